@@ -1,0 +1,27 @@
+"""Attention modes behind one call (see base.py). `build_mode(name, **params)` makes one from config."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from engine.attention.base import AttentionMode, FrameAttention, SequenceAttention, StepInfo
+from engine.attention.dense import DenseAttention
+from engine.attention.window import WindowAttention, WindowConfig
+
+# name -> factory(**params). The FAST-AR modes register here too (engine/attention/fastar*.py).
+MODES: dict[str, Callable[..., AttentionMode]] = {
+    "dense": lambda **p: DenseAttention(),
+    "window": lambda **p: WindowAttention(WindowConfig(**p)),
+}
+
+
+def build_mode(name: str, **params: Any) -> AttentionMode:
+    """Make the attention mode `name` with its config `params`; unknown names and fields are clear errors."""
+    if name not in MODES:
+        raise ValueError(f"unknown attention mode {name!r}; available: {sorted(MODES)}")
+    try:
+        return MODES[name](**params)
+    except TypeError as e:
+        raise ValueError(f"attention mode {name!r}: bad config field ({e})") from None
+
+
+__all__ = ["AttentionMode", "FrameAttention", "SequenceAttention", "StepInfo", "MODES", "build_mode"]

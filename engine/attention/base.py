@@ -1,0 +1,98 @@
+"""One attention interface for every mode: the model calls it, the modes implement it.
+
+The network's attention layers call `attn.self_attn(layer, q, k, v)` and `attn.cross_attn(layer, q, k, v)` on
+whatever object they are given and never know which mode runs:
+
+- `SequenceAttention` (training, and the full-recomputation reference): a whole clip at once with a
+  block-causal mask (a frame sees itself and every earlier frame).
+- `FrameAttention` (generation, one frame at a time): binds a mode, the KV cache and the step being computed;
+  the mode decides which cached keys each query reads and what the cache keeps.
+
+An `AttentionMode` is stateless about the model; it may keep per-layer bookkeeping about the cache (a ring
+position, groups), which `adopt` rebuilds from the cache when the mode is switched in at run time.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from engine.attention import kernels
+from engine.cache import KVCache
+
+
+@dataclass(frozen=True)
+class StepInfo:
+    """Which pass of which frame is being computed."""
+    frame: int        # absolute index of the frame being generated
+    step: int         # denoising step, 0..num_steps-1; num_steps on the commit pass
+    num_steps: int    # denoising steps per frame (<= 4)
+    commit: bool      # True on the pass that writes the frame's clean K/V into the cache
+
+    @property
+    def progress(self) -> float:
+        """Share of denoising done before this pass (0 at the first step); the FAST-AR schedule keys on it."""
+        return self.step / max(self.num_steps, 1)
+
+
+class AttentionMode:
+    """Base class of dense, window and the FAST-AR modes. Subclasses override `self_attention` and may
+    override `cross_attention`, `adopt` and `stats`."""
+
+    name: str = "base"
+
+    def reset(self) -> None:
+        """Forget bookkeeping for a new episode (the cache itself is reset by its owner)."""
+
+    def capacity_tokens(self, tokens_per_frame: int) -> int | None:
+        """Fixed cache capacity this mode needs (tokens per layer), or None if the cache grows."""
+        return None
+
+    def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
+        """Called when this mode is switched in at run time with a cache another mode filled: bring the cache
+        to this mode's rules (compress, evict) without restarting."""
+
+    def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                       info: StepInfo) -> torch.Tensor:
+        """q, k, v (B, H, n, D): the current frame's tokens, rotary applied. Attend to what the cache holds
+        for `layer` plus the frame itself; when `info.commit`, also store k, v. Returns (B, H, n, D)."""
+        raise NotImplementedError
+
+    def cross_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        info: StepInfo) -> torch.Tensor:
+        """q (B, H, n, D) against the prompt's k, v (B, H, P, D). Dense by default."""
+        return kernels.attention(q, k, v)
+
+    def stats(self) -> dict[str, Any]:
+        """Facts for the HUD and the benchmark (density, recall, groups...), JSON-serialisable."""
+        return {"mode": self.name, "kernel": kernels.kernel_name()}
+
+
+class FrameAttention:
+    """What the network calls while generating one frame: a mode, its cache, and the pass being computed."""
+
+    def __init__(self, mode: AttentionMode, cache: KVCache, info: StepInfo) -> None:
+        self.mode, self.cache, self.info = mode, cache, info
+
+    def self_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.mode.self_attention(layer, q, k, v, self.cache, self.info)
+
+    def cross_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return self.mode.cross_attention(layer, q, k, v, self.info)
+
+
+class SequenceAttention:
+    """Whole-clip attention for training and for the full-recomputation reference.
+
+    `mask` is a boolean (Lq, Lk) or (B, 1, Lq, Lk) tensor, True where a query may see a key (block-causal
+    over frames, built by the model). Cross-attention is plain dense attention to the prompt tokens."""
+
+    def __init__(self, mask: torch.Tensor | None) -> None:
+        self.mask = mask
+
+    def self_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+
+    def cross_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v)

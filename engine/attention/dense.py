@@ -1,0 +1,35 @@
+"""Dense attention: every frame reads every earlier frame. The cache grows without bound (memory and time per
+frame grow linearly with the frame index): the quality reference and the speed baseline."""
+from __future__ import annotations
+
+import torch
+
+from engine.attention import kernels
+from engine.attention.base import AttentionMode, StepInfo
+from engine.cache import KVCache
+
+
+class DenseAttention(AttentionMode):
+    name = "dense"
+
+    def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                       info: StepInfo) -> torch.Tensor:
+        end = cache.write_scratch(layer, k, v)
+        K, V, _ = cache.view(layer, end)
+        # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
+        # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
+        out = kernels.attention(q, K, V, bias=self._bias(cache, layer, end))
+        if info.commit:
+            cache.commit_scratch(layer, k.shape[2], info.frame)
+        return out
+
+    def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
+        self._biased = bool((cache.bias != 0).any()) if cache.tokens() else False
+
+    def reset(self) -> None:
+        self._biased = False
+
+    _biased: bool = False
+
+    def _bias(self, cache: KVCache, layer: int, end: int) -> torch.Tensor | None:
+        return cache.view(layer, end)[2] if self._biased else None

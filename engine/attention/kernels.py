@@ -1,0 +1,126 @@
+"""Dense attention kernels, chosen per shape by measurement, with a per-key logit bias that never forces a
+slow path.
+
+Why measure: on Hopper, torch SDPA picks cuDNN by default, which is fast for long query blocks but ~6x slower
+than the FlashAttention-2 backend for one 256-query frame against a long cache. So on CUDA the first call for a
+shape bucket times every backend that accepts the inputs and keeps the fastest; `kernel_name()` says which one
+ran, and the benchmark reports it. On the CPU the math path runs (and is the float64 reference in tests).
+
+Per-key bias (TempCache's log(group size)): carried as one extra channel, q' = [q, 1], k' = [k, b / scale], so
+q'.k' * scale = q.k * scale + b, with the head dim zero-padded to a multiple of 8 and the softmax scale passed
+explicitly (else the kernel would scale by the padded dim). Any dense or variable-length kernel then carries
+the bias with no mask argument.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional GPU kernels: used when importable, never required
+    from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
+except Exception:  # pragma: no cover - depends on the machine
+    _flash_attn_func = None
+
+_last_kernel: str = "none"
+_choice: dict[tuple, str] = {}
+
+
+def kernel_name() -> str:
+    """Name of the kernel the last dense call ran (for the HUD, stats and the benchmark)."""
+    return _last_kernel
+
+
+def chosen_kernels() -> dict[str, str]:
+    """Every shape bucket measured so far and the kernel chosen for it."""
+    return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _choice.items()}
+
+
+def with_bias_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
+                      scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fold a per-key bias (B, H, Lk) into one extra q/k channel; pad q, k, v to a multiple of 8 channels."""
+    D = q.shape[-1]
+    Dp = (D + 1 + 7) // 8 * 8
+    qp = F.pad(q, (0, Dp - D))
+    kp = F.pad(k, (0, Dp - D))
+    qp[..., D] = 1.0
+    kp[..., D] = (bias / scale).to(k.dtype)
+    vp = F.pad(v, (0, Dp - D))
+    return qp, kp, vp
+
+
+def _sdpa_backend(backend: "torch.nn.attention.SDPBackend") -> Callable[..., torch.Tensor]:
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return run
+
+
+def _flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    # flash_attn takes (B, L, H, D)
+    o = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
+    return o.transpose(1, 2)
+
+
+def _candidates() -> dict[str, Callable[..., torch.Tensor]]:
+    from torch.nn.attention import SDPBackend
+    c: dict[str, Callable[..., torch.Tensor]] = {
+        "sdpa_flash": _sdpa_backend(SDPBackend.FLASH_ATTENTION),
+        "sdpa_cudnn": _sdpa_backend(SDPBackend.CUDNN_ATTENTION),
+        "sdpa_efficient": _sdpa_backend(SDPBackend.EFFICIENT_ATTENTION),
+    }
+    if _flash_attn_func is not None:
+        c["flash_attn"] = _flash_attn
+    return c
+
+
+def _time(fn: Callable[[], torch.Tensor], reps: int = 5) -> float:
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
+def _bucket(q: torch.Tensor, k: torch.Tensor) -> tuple:
+    lk = 1 << max(0, math.ceil(math.log2(max(k.shape[2], 1))))  # power-of-two bucket of the key count
+    return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch."))
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
+              scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + bias) v.  q (B, H, Nq, D); k, v (B, H, Lk, D); bias None or (B, H, Lk).
+
+    Returns (B, H, Nq, D). Non-causal: callers pass exactly the keys each query may see."""
+    global _last_kernel
+    D = q.shape[-1]
+    scale = 1.0 / math.sqrt(D) if scale is None else scale
+    if q.device.type != "cuda":
+        _last_kernel = "sdpa_math_cpu"
+        mask = None if bias is None else bias[:, :, None, :].to(q.dtype)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
+    if bias is not None:
+        q, k, v = with_bias_channel(q, k, v, bias, scale)
+    key = _bucket(q, k)
+    cands = _candidates()
+    if key not in _choice:
+        times: dict[str, float] = {}
+        for name, fn in cands.items():
+            try:
+                times[name] = _time(lambda: fn(q, k, v, scale))
+            except RuntimeError:
+                continue  # backend does not accept this shape/dtype
+        if not times:
+            raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}")
+        _choice[key] = min(times, key=times.__getitem__)
+    _last_kernel = _choice[key]
+    out = cands[_last_kernel](q, k, v, scale)
+    return out[..., :D]

@@ -1,0 +1,124 @@
+"""The KV cache: preallocated K/V storage for every self-attention layer of one generation stream.
+
+Only this class owns cache memory. Attention modes (engine/attention/) decide what to keep and ask the cache to
+append, overwrite, compact or grow; the model never sees the cache, only the attention call.
+
+Layout, per layer l (all layers share one capacity, lengths are per layer):
+
+    k[l], v[l]   (B, H, capacity, D)  keys (rotary already applied) and values, slots [0, length[l]) valid
+    bias[l]      (B, H, capacity)     float32 additive logit bias per slot: 0 for a plain key, log(m) for a
+                                      TempCache group of m keys, NEG_BIAS for a slot a head has emptied
+    frame[l]     (capacity,)          int64 absolute frame index of the newest key in the slot (-1 if none)
+
+Order of slots carries no meaning: rotary positions are applied before keys are stored, and softmax attention
+is invariant to the order of keys, so modes may reuse slots in any order (a ring for the window mode).
+
+The current frame's own K/V are written into a scratch region right after the valid slots,
+[length, length + n), so that one kernel call attends to the past and the frame together without a
+concatenation; `commit` then advances the length (or a mode moves the scratch into its ring slot).
+
+Lengths are host integers: no device sync is needed to know how much of the cache is valid.
+"""
+from __future__ import annotations
+
+import torch
+
+NEG_BIAS = -1.0e4  # bias of an emptied slot: exp(-1e4) is 0 in every float format, yet finite (no inf - inf NaN)
+
+
+class KVCache:
+    def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        if min(n_layers, batch, n_heads, head_dim) <= 0 or capacity < 0:
+            raise ValueError(f"KVCache: sizes must be positive, got layers={n_layers} batch={batch} "
+                             f"heads={n_heads} head_dim={head_dim} capacity={capacity}")
+        self.n_layers, self.batch, self.n_heads, self.head_dim = n_layers, batch, n_heads, head_dim
+        self.device, self.dtype = torch.device(device), dtype
+        self.capacity = 0
+        self.k: torch.Tensor
+        self.v: torch.Tensor
+        self.bias: torch.Tensor
+        self.frame: torch.Tensor
+        self.length: list[int] = [0] * n_layers
+        self._allocate(capacity)
+
+    def _allocate(self, capacity: int) -> None:
+        L, B, H, D = self.n_layers, self.batch, self.n_heads, self.head_dim
+        k = torch.zeros(L, B, H, capacity, D, device=self.device, dtype=self.dtype)
+        v = torch.zeros_like(k)
+        bias = torch.zeros(L, B, H, capacity, device=self.device, dtype=torch.float32)
+        frame = torch.full((L, capacity), -1, device=self.device, dtype=torch.int64)
+        if self.capacity:
+            n = min(self.capacity, capacity)
+            k[..., :n, :] = self.k[..., :n, :]
+            v[..., :n, :] = self.v[..., :n, :]
+            bias[..., :n] = self.bias[..., :n]
+            frame[:, :n] = self.frame[:, :n]
+        self.k, self.v, self.bias, self.frame, self.capacity = k, v, bias, frame, capacity
+
+    # ---- sizes -------------------------------------------------------------------------------------------
+    def ensure_capacity(self, tokens: int) -> None:
+        """Grow (doubling, so appends are amortised O(1)) until `tokens` slots fit. Used by the dense mode,
+        whose memory is meant to grow; bounded modes allocate their fixed capacity once."""
+        if tokens <= self.capacity:
+            return
+        new = max(tokens, 2 * self.capacity, 1)
+        self._allocate(new)
+
+    def resize(self, capacity: int) -> None:
+        """Reallocate to exactly `capacity` slots (never below a valid length): modes that bound memory call
+        this when switched in, so that what a dense cache grew to is given back."""
+        if capacity < max(self.length):
+            raise ValueError(f"KVCache.resize: {capacity} slots cannot hold the {max(self.length)} valid ones")
+        if capacity != self.capacity:
+            self._allocate(capacity)
+
+    def tokens(self) -> int:
+        """Valid slots summed over layers (what the HUD reports as cache size)."""
+        return sum(self.length)
+
+    def nbytes(self) -> int:
+        """Bytes allocated for the cache (all layers, capacity, not only the valid part)."""
+        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.bias, self.frame))
+
+    def reset(self) -> None:
+        self.length = [0] * self.n_layers
+        self.frame.fill_(-1)
+        self.bias.zero_()
+
+    # ---- per-layer access ---------------------------------------------------------------------------------
+    def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> int:
+        """Put the current frame's k, v (B, H, n, D) right after the valid slots; returns the end index, so
+        that slots [0, end) are what the frame attends to. Does not change the length."""
+        n = k.shape[2]
+        start = self.length[layer]
+        self.ensure_capacity(start + n)
+        self.k[layer, :, :, start:start + n] = k
+        self.v[layer, :, :, start:start + n] = v
+        self.bias[layer, :, :, start:start + n] = 0.0
+        return start + n
+
+    def commit_scratch(self, layer: int, n: int, frame: int) -> None:
+        """Make the n scratch slots written by `write_scratch` part of the cache (frame index `frame`)."""
+        start = self.length[layer]
+        self.frame[layer, start:start + n] = frame
+        self.length[layer] = start + n
+
+    def view(self, layer: int, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """k, v (B, H, end, D) and bias (B, H, end) for slots [0, end) (default: the valid length)."""
+        end = self.length[layer] if end is None else end
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end], self.bias[layer, :, :, :end]
+
+    def move(self, layer: int, src: slice, dst_start: int) -> None:
+        """Copy slots `src` to [dst_start, ...) of the same layer (ring updates, compaction)."""
+        n = src.stop - src.start
+        dst = slice(dst_start, dst_start + n)
+        self.k[layer, :, :, dst] = self.k[layer, :, :, src].clone()
+        self.v[layer, :, :, dst] = self.v[layer, :, :, src].clone()
+        self.bias[layer, :, :, dst] = self.bias[layer, :, :, src].clone()
+        self.frame[layer, dst] = self.frame[layer, src].clone()
+
+    def set_length(self, layer: int, length: int) -> None:
+        if not 0 <= length <= self.capacity:
+            raise ValueError(f"KVCache.set_length: {length} outside [0, {self.capacity}]")
+        self.length[layer] = length
