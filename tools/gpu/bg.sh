@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# Start a long job in the background on the GPU machine so that it outlives this call (until the machine goes
+# back): bash tools/gpu/bg.sh NAME COMMAND...   Logs to /tmp/jobs/NAME/log; exit status to /tmp/jobs/NAME/rc.
+# Poll with: bash tools/gpu/poll.sh NAME [files to copy to $OUT...]
+set -u
+name=$1; shift
+mkdir -p /tmp/jobs/$name
+source tools/gpu/setup.sh
+setsid nohup bash -c "$* > /tmp/jobs/$name/log 2>&1; echo \$? > /tmp/jobs/$name/rc" > /dev/null 2>&1 < /dev/null &
+echo "started $name (pid $!); log /tmp/jobs/$name/log"
