@@ -18,7 +18,7 @@ import numpy as np
 from engine.env import Action, EnvSpec, Frame, validate_action
 from worlds.maze.map import MazeMap, generate_map
 from worlds.maze.physics import RADIUS, Pose, square_free, step_pose, wrap_yaw
-from worlds.maze.render import build_assets, Renderer
+from worlds.maze.render import RenderAssets, Renderer, build_assets
 from worlds.maze.style import Style, canonical_prompt, parse_prompt
 
 DEFAULT_PROMPT = "brick checker red day clear"
@@ -55,7 +55,7 @@ class MazeEnv:
         self.seed: int | None = None
         self.pose: Pose = (0.0, 0.0, 0.0)
         self.frame_index = 0
-        self._assets = None
+        self._assets: RenderAssets | None = None
 
     # ------------------------------------------------------------------ Env protocol
     def reset(self, seed: int, prompt: str | None = None) -> Frame:
@@ -76,9 +76,7 @@ class MazeEnv:
         """Validate the action (ActionError names the problem), move, return the new frame."""
         if self.map is None:
             raise RuntimeError("MazeEnv.step: call reset(seed, prompt) first")
-        a = validate_action(action, "MazeEnv.step action")
-        self.pose = step_pose(self.map.walls, self.pose, a)
-        self.frame_index += 1
+        self.move(action)
         return self.render()
 
     def info(self) -> dict[str, Any]:
@@ -93,6 +91,23 @@ class MazeEnv:
         raise ValueError(f"MazeEnv has no attention modes (it is the simulator); got {mode!r}")
 
     # ------------------------------------------------------------------ extras for evaluation and tools
+    @property
+    def assets(self) -> RenderAssets:
+        """The render assets of the current episode (for batch rendering several envs in one call)."""
+        if self._assets is None:
+            raise RuntimeError("MazeEnv.assets: call reset(seed, prompt) first")
+        return self._assets
+
+    def move(self, action: Action) -> Pose:
+        """step() without rendering: validate and apply the action, return the new pose (batch renderers
+        call this on several envs, then render them together with Renderer.render)."""
+        if self.map is None:
+            raise RuntimeError("MazeEnv.move: call reset(seed, prompt) first")
+        a = validate_action(action, "MazeEnv.step action")
+        self.pose = step_pose(self.map.walls, self.pose, a)
+        self.frame_index += 1
+        return self.pose
+
     def render(self) -> Frame:
         """The frame at the current pose, uint8 (H, W, 3)."""
         if self._assets is None:
