@@ -1,0 +1,120 @@
+"""NeuralEnv: the world model behind the Env protocol (engine/env.py).
+
+Layers: network (engine/model) -> sampler (engine/sampler.py, the one sampling loop) -> this env -> front end.
+reset() encodes the prompt once and starts from a real first frame when a `bootstrap` env is given (as
+GameNGen and DIAMOND start from real context), else generates frame 0 from empty context; step() samples the
+next latent for the action and decodes it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from engine.attention import MODES, build_mode
+from engine.attention import kernels
+from engine.checkpoint import BUNDLED, load_model
+from engine.env import ACTION_DIM, Env, EnvSpec, Frame, validate_action
+from engine.sampler import Sampler
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _mode_spec(attention: str | dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
+    """"dense" or {"name": "window", "window": 32, ...} (a hydra attention node) -> (name, params)."""
+    if attention is None:
+        return "dense", {}
+    if isinstance(attention, str):
+        return attention, {}
+    params = dict(attention)
+    return str(params.pop("name", "dense")), params
+
+
+class NeuralEnv:
+    """Env implemented by the world model. Same seed, prompt, actions, device, dtype and mode -> same frames."""
+
+    def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
+                 attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
+                 bf16: bool | None = None, model: Any = None) -> None:
+        self.device = _resolve_device(device)
+        if model is None:
+            model, manifest = load_model(checkpoint or BUNDLED, self.device)
+            self.checkpoint_sha256 = manifest["sha256"]
+        else:   # an in-memory model (trainer previews, tests)
+            model = model.to(self.device).eval()
+            self.checkpoint_sha256 = "in-memory"
+        self.model = model
+        cfg = model.cfg
+        self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size, fps=20.0)
+        if bootstrap is not None:
+            self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size,
+                                fps=bootstrap.spec.fps)
+        self.bootstrap = bootstrap
+        name, params = _mode_spec(attention)
+        self._mode_params: dict[str, dict[str, Any]] = {name: params}
+        autocast = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
+        self.sampler = Sampler(model, build_mode(name, **params), steps=steps, autocast=autocast)
+        self.mode_name = name
+        self.prompt = ""
+        self._last_ms = 0.0
+
+    # ---- Env protocol -------------------------------------------------------------------------------------
+    @property
+    def attention_modes(self) -> tuple[str, ...]:
+        return tuple(MODES)
+
+    def set_attention(self, mode: str | dict[str, Any]) -> None:
+        name, params = _mode_spec(mode)
+        if name not in MODES:
+            raise ValueError(f"unknown attention mode {name!r}; available: {sorted(MODES)}")
+        params = params or self._mode_params.get(name, {})
+        self.sampler.set_mode(build_mode(name, **params))
+        self._mode_params[name] = params
+        self.mode_name = name
+
+    @torch.no_grad()
+    def reset(self, seed: int, prompt: str) -> Frame:
+        self.prompt = self.model.prompt.canonical(prompt)   # ValueError listing the vocabulary if bad
+        self.sampler.reset(seed, self.prompt)
+        if self.bootstrap is not None:
+            first = np.asarray(self.bootstrap.reset(seed, prompt), dtype=np.uint8)
+            self.prime([first], [np.zeros(ACTION_DIM, np.float32)])
+            return first
+        return self._generate(np.zeros(ACTION_DIM, np.float32))
+
+    @torch.no_grad()
+    def step(self, action: Any) -> Frame:
+        if self.sampler.prompt is None:
+            raise RuntimeError("NeuralEnv.step before reset(seed, prompt)")
+        return self._generate(validate_action(action))
+
+    def info(self) -> dict[str, Any]:
+        cache = self.sampler.cache
+        stats = self.sampler.mode.stats()
+        return {"frame": self.sampler.frame - 1, "cache_tokens": cache.tokens(),
+                "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
+                "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
+                "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
+
+    # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------
+    @torch.no_grad()
+    def prime(self, frames: Sequence[np.ndarray], actions: Sequence[np.ndarray]) -> None:
+        """Commit true frames (uint8 (H, W, 3) each) with the actions that produced them, in order, as context.
+        Used by reset(bootstrap) and by the evaluation (16 true frames, then a rollout)."""
+        for f, a in zip(frames, actions, strict=True):
+            z = self.model.encode(torch.as_tensor(np.asarray(f, np.uint8)[None], device=self.device))
+            self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]))
+
+    def _generate(self, action: np.ndarray) -> Frame:
+        import time
+        t0 = time.perf_counter()
+        z = self.sampler.step(torch.as_tensor(action[None]))
+        frame = self.model.decode(z)[0].cpu().numpy()        # the one host sync: the frame leaves the device
+        self._last_ms = (time.perf_counter() - t0) * 1e3
+        return frame
