@@ -59,12 +59,20 @@ class MazeMap:
         return np.stack([xs, ys], axis=1)
 
     def spawn(self, rng: np.random.Generator) -> tuple[float, float, float]:
-        """A start pose: the centre of a random floor cell, yaw a multiple of 6 degrees facing open space."""
+        """A start pose: the centre of a random floor cell, looking down its longest open line (so the first
+        frame shows some of the maze rather than a wall an arm's length away)."""
         cells = self.floor_cells()
-        x, y = (int(v) for v in cells[int(rng.integers(len(cells)))])
-        open_dirs = [yaw for yaw, (dx, dy) in ((0.0, (1, 0)), (90.0, (0, 1)), (180.0, (-1, 0)), (270.0, (0, -1)))
-                     if not self.is_wall(x + dx, y + dy)]
-        yaw = open_dirs[int(rng.integers(len(open_dirs)))] if open_dirs else 0.0
+        options = []                                  # (open run, x, y, yaw) for 6 candidate cells x 4 headings
+        for i in rng.integers(len(cells), size=6):
+            x, y = (int(v) for v in cells[int(i)])
+            for yaw, (dx, dy) in ((0.0, (1, 0)), (90.0, (0, 1)), (180.0, (-1, 0)), (270.0, (0, -1))):
+                n = 0
+                while not self.is_wall(x + dx * (n + 1), y + dy * (n + 1)):
+                    n += 1
+                options.append((n, x, y, yaw))
+        longest = max(o[0] for o in options)
+        best = [o for o in options if o[0] == longest]
+        _, x, y, yaw = best[int(rng.integers(len(best)))]
         return x + 0.5, y + 0.5, yaw
 
     def bfs(self, start: tuple[int, int]) -> np.ndarray:

@@ -37,9 +37,9 @@ SIDE_SHADE = 0.78           # y-facing walls are darker: cheap directional light
 # light word -> (ambient rgb, lamp rgb, lamp reach in cells, fog rgb, lamp disc rgb)
 LIGHTING: dict[str, tuple[tuple[float, float, float], tuple[float, float, float], float,
                           tuple[float, float, float], tuple[float, float, float]]] = {
-    "day": ((1.0, 1.0, 1.0), (0.35, 0.32, 0.25), 3.0, (200.0, 205.0, 215.0), (255.0, 250.0, 235.0)),
-    "dusk": ((0.62, 0.5, 0.45), (0.75, 0.6, 0.35), 3.5, (140.0, 95.0, 80.0), (255.0, 225.0, 170.0)),
-    "night": ((0.16, 0.18, 0.27), (1.15, 0.95, 0.6), 4.0, (8.0, 10.0, 22.0), (255.0, 235.0, 180.0)),
+    "day": ((0.95, 0.95, 0.95), (0.22, 0.2, 0.15), 2.5, (200.0, 205.0, 215.0), (255.0, 252.0, 240.0)),
+    "dusk": ((0.6, 0.48, 0.43), (0.45, 0.36, 0.2), 2.8, (140.0, 95.0, 80.0), (255.0, 225.0, 160.0)),
+    "night": ((0.15, 0.17, 0.26), (0.75, 0.6, 0.36), 3.0, (8.0, 10.0, 22.0), (255.0, 230.0, 160.0)),
 }
 # fog word -> extinction per cell of distance
 FOG_DENSITY: dict[str, float] = {"clear": 0.035, "haze": 0.11, "fog": 0.3}
@@ -74,7 +74,7 @@ def _pool_map(lamps: np.ndarray, light: str) -> np.ndarray:
         d2 = (vx - (lx + 0.5)) ** 2 + (vy - (ly + 0.5)) ** 2
         t = np.maximum(0.0, 1.0 - d2 / (reach * reach))
         pool += t * t
-    return np.minimum(pool, 1.3)
+    return np.minimum(pool, 1.0)
 
 
 @functools.lru_cache(maxsize=256)

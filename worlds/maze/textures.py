@@ -216,10 +216,10 @@ def _ceiling(rng: np.random.Generator) -> np.ndarray:
 def _room_variant(wall: np.ndarray) -> np.ndarray:
     """Room walls: the same material with a dark wainscot below a bright trim band."""
     out = wall.copy()
-    out[_Y >= 40] *= 0.6
-    band = (_Y >= 36) & (_Y < 40)
+    out[_Y >= 46] *= 0.6
+    band = (_Y >= 42) & (_Y < 46)
     out[band] = _rgb(225, 215, 190)
-    out[(_Y >= 34) & (_Y < 36)] *= 0.4
+    out[(_Y >= 40) & (_Y < 42)] *= 0.4
     return out
 
 
