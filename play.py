@@ -12,7 +12,6 @@ recorder, replay check) live in controls/.
 from __future__ import annotations
 
 import datetime as _dt
-import signal
 import sys
 import time
 from typing import Any, Callable, Protocol
@@ -21,15 +20,14 @@ from omegaconf import DictConfig
 
 import controls  # noqa: F401  (quiets pygame's banner before pygame is imported)
 import pygame
-from controls.cli import PlayConfig, run_main, world_prompt
-from controls.config import ControlsConfig, load_controls
-from controls.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+from controls.cli import PlayConfig, run_main
+from controls.config import ControlsConfig
 from controls.hud import Hud, HudState
 from controls.keymap import Keymap
-from controls.recorder import Recorder, current_attention, default_session_dir, session_meta
+from controls.recorder import Recorder, current_attention, session_meta
 from controls.stats import Rolling
 from controls.stepper import StepResult, Stepper
-from controls.window import Window, display_available
+from controls.window import Window
 from engine.env import Action, Env, Frame
 
 
@@ -70,17 +68,21 @@ class Game:
         clock = pygame.time.Clock()
         try:
             while not self.quit:
-                self.handle_events()
-                self.collect()
-                self.feed()
-                self.collect()
-                self.draw()
+                self.tick()
                 if self.paced:
                     clock.tick(self.fps)
         finally:
             self.stepper.close()
             if self.recorder is not None:
                 self.recorder.stop()
+
+    def tick(self) -> None:
+        """One display frame: input, pick up a finished frame, hand over the next job, redraw."""
+        self.handle_events()
+        self.collect()
+        self.feed()
+        self.collect()  # inline (unpaced) jobs finish within feed(): show their frame now
+        self.draw()
 
     def done(self) -> bool:
         return self.limit is not None and self.produced >= self.limit
@@ -198,6 +200,13 @@ class Game:
         stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
         return str(self.window.screenshot(path or f"{self.cfg.sessions_dir}/screenshots/{stamp}.png"))
 
+    def slow_now(self) -> bool:
+        """Generation is behind the target rate: by throughput, or by median time per frame."""
+        if not self.paced or self.paused or len(self.gen) < 4:
+            return False
+        p50 = self.gen.percentile(50) or 0.0
+        return self.gen.rate() < 0.9 * self.fps or p50 > 1000.0 / self.fps
+
     def draw(self) -> None:
         now = time.perf_counter()
         self.display.add(now=now)
@@ -209,60 +218,22 @@ class Game:
             gen_p50=self.gen.percentile(50), gen_p99=self.gen.percentile(99), frame=self.frame_index,
             seed=self.seed, prompt=self.prompt, attention=self.attention, attention_modes=self.env.attention_modes,
             info=self.info, recording=bool(self.recorder and self.recorder.active), paused=self.paused,
-            slow=self.paced and not self.paused and self.produced > self.fps and 0 < gen_fps < 0.9 * self.fps,
+            slow=self.slow_now(),
             mouse_captured=self.window.mouse_captured, message=self.message if now < self.message_until else "")
         self.hud.draw(self.window.surface, state)
         self.window.flip()
 
 
-def play(cfg: DictConfig, opts: PlayConfig, overrides: list[str]) -> int:
-    """Play (windowed, or headless with the autopilot), recording as configured."""
-    from controls.autopilot import Autopilot
-    from engine.factory import build_env
-
-    headless = opts.headless
-    if not headless and not display_available():
-        print("notice: no display (DISPLAY/WAYLAND_DISPLAY unset): running headless with the autopilot")
-        headless = True
-    controls = load_controls(cfg.controls)
-    env = build_env(cfg)
-    frames = opts.frames if opts.frames is not None else (opts.headless_frames if headless else None)
-    record = opts.record if opts.record is not None else headless
-    window = Window(controls.window, env.spec.height, env.spec.width, headless)
-    recorder = Recorder(default_session_dir(opts.sessions_dir) if opts.out is None else opts.out,
-                        fps=float(controls.window.fps or env.spec.fps), video_scale=controls.window.video_scale)
-    source = Autopilot(opts.seed, controls.autopilot) if headless or opts.autopilot else None
-    game = Game(env, cfg, controls, window, seed=opts.seed, prompt=world_prompt(cfg), source=source,
-                recorder=recorder, record=record, limit=frames, paced=not headless, interactive=True)
-    recorder.say = game.say
-
-    def on_sigint(*_: object) -> None:
-        if game.quit:  # a second Ctrl-C: stop now (the finally blocks still close the session)
-            raise KeyboardInterrupt
-        game.quit = game.interrupted = True
-
-    previous = signal.signal(signal.SIGINT, on_sigint)
-    try:
-        game.run()
-        if opts.screenshot:
-            print(f"screenshot: {game.screenshot(opts.screenshot)}")
-    finally:
-        signal.signal(signal.SIGINT, previous)
-        window.close()
-    print(f"played {game.produced} frames" + (f"; sessions: {', '.join(map(str, recorder.sessions))}"
-                                              if recorder.sessions else ""))
-    if game.failed:
-        return EXIT_FAILED
-    return EXIT_INTERRUPTED if game.interrupted else EXIT_OK
-
-
 def main(argv: list[str] | None = None) -> int:
     def body(cfg: DictConfig, opts: PlayConfig, overrides: list[str]) -> int:
+        # controls/ never imports this entry point: it is handed the Game class
         if opts.replay:
             from controls.replay import run_replays
 
             return run_replays(cfg, opts, overrides, Game)
-        return play(cfg, opts, overrides)
+        from controls.session import play
+
+        return play(cfg, opts, Game)
 
     return run_main(argv, body)
 

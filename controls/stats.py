@@ -27,6 +27,9 @@ class Rolling:
         while self._events and now - self._events[0][0] > self.seconds:
             self._events.popleft()
 
+    def __len__(self) -> int:
+        return len(self._events)
+
     def rate(self, now: float | None = None) -> float:
         """Events per second over the window (0 when fewer than two events)."""
         now = time.perf_counter() if now is None else now
