@@ -65,7 +65,8 @@ class Checker:
                                   np.full((rec.shape[0], 2, 3), 255, np.uint8), diff], axis=1)
             row = np.repeat(np.repeat(row, scale, 0), scale, 1)
             row = np.ascontiguousarray(row[:, :, ::-1])
-            cv2.putText(row, f"frame {i}  {-neg_p:.1f} dB", (4, 14), cv2.FONT_HERSHEY_SIMPLEX, 0.45,
+            cv2.putText(row, f"frame {i}  {-neg_p:.1f} dB  (recorded / replayed / diff x4)", (4, 14),
+                        cv2.FONT_HERSHEY_SIMPLEX, 0.45,
                         (0, 255, 255), 1, cv2.LINE_AA)
             rows.append(row)
             rows.append(np.full((4, row.shape[1], 3), 255, np.uint8))

@@ -14,7 +14,7 @@ from typing import Callable, Optional
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
-from controls.errors import EXIT_USAGE, UsageError
+from controls.errors import EXIT_INTERRUPTED, EXIT_USAGE, UsageError
 
 CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
@@ -111,3 +111,6 @@ def run_main(argv: list[str] | None, body: Callable[[DictConfig, PlayConfig, lis
     except (UsageError, EpisodeError, ActionError, FactoryError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a second Ctrl-C, or one during a replay: sessions are closed by then
+        print("interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED

@@ -70,7 +70,7 @@ class Hud:
     def lines(self, s: HudState) -> list[tuple[str, tuple[int, int, int]]]:
         white, red, yellow = (235, 235, 235), (255, 90, 90), (255, 220, 90)
         ms = "-" if s.gen_p50 is None else f"{s.gen_p50:.1f} / {s.gen_p99:.1f}"
-        out = [(f"{s.display_fps:4.1f} fps display   gen ms p50/p99 {ms}", white),
+        out = [(f"{s.display_fps:4.1f} fps   gen {s.gen_fps:4.1f} fps   ms p50/p99 {ms}", white),
                (f"frame {s.frame}   seed {s.seed}" + ("   PAUSED" if s.paused else ""), white)]
         if s.slow:
             out.append((f"generation slower than target: {s.gen_fps:.1f} < {s.target_fps:.0f} fps", red))
@@ -108,6 +108,8 @@ class Hud:
     def draw(self, surface: pygame.Surface, s: HudState) -> None:
         if s.recording:  # the recording dot shows even with the HUD hidden
             pygame.draw.circle(surface, (230, 30, 30), (surface.get_width() - 12, 12), 6)
+            rec = self.font.render("REC", True, (230, 30, 30))
+            surface.blit(rec, (surface.get_width() - 22 - rec.get_width(), 12 - rec.get_height() // 2))
         if self.visible:
             self._box(surface, self.lines(s), 4, 4)
         elif s.message:

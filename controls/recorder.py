@@ -142,6 +142,7 @@ class Recorder:
             return
         self.sessions.append(path)
         self.video = Video(path / "video.mp4", self.fps, self.video_scale)
+        self.say(f"recording to {path}")
         self.append(frame, None, 0.0, info)
 
     def append(self, frame: Frame, action: Action | None, gen_ms: float, info: dict[str, Any]) -> None:
