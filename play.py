@@ -39,7 +39,8 @@ class Game:
     """The display loop: events every display frame, one env job at a time on the stepper, redraw.
 
     `paced` (a window) runs env jobs on a worker thread and ticks at the target FPS; unpaced (headless,
-    replay checks) runs them inline as fast as they come. `on_frame(index, frame, info)` sees every frame."""
+    replay checks) runs them inline as fast as they come. `interactive=False` (replay) disables reset and
+    record, which would break the trace. `on_frame(index, frame, info)` sees every frame."""
 
     def __init__(self, env: Env, cfg: DictConfig, controls: ControlsConfig, window: Window, *,
                  seed: int, prompt: str, source: ActionSource | None = None, recorder: Recorder | None = None,
@@ -118,12 +119,12 @@ class Game:
         res = self.stepper.poll()
         if res is None:
             return
+        if res.kind == "call":  # an attention switch the env refused is a message, not a crash
+            self.attention = res.tag if res.error is None else self.attention
+            self.say(f"attention: {res.tag}" if res.error is None else f"attention switch failed: {res.error}")
+            return
         if res.error is not None:
             raise res.error
-        if res.kind == "call":
-            self.attention = res.tag
-            self.say(f"attention: {res.tag}")
-            return
         self.latest, self.info = res.frame, res.info
         self.attention = current_attention(self.env, res.info, self.attention)
         self.frame_index = 0 if res.kind == "reset" else self.frame_index + 1
@@ -173,14 +174,11 @@ class Game:
                 self.window.capture_mouse(False)
             else:
                 self.quit = True
-        elif name == "pause":
-            self.paused = not self.paused
-        elif name == "step":
-            self.step_once = self.paused
-        elif name == "hud":
-            self.hud.visible = not self.hud.visible
-        elif name == "help":
-            self.hud.help = not self.hud.help
+        elif name in ("pause", "step", "hud", "help"):
+            self.paused ^= name == "pause"
+            self.step_once = self.paused and name == "step"
+            self.hud.visible ^= name == "hud"
+            self.hud.help ^= name == "help"
         elif name == "screenshot":
             self.say(f"screenshot: {self.screenshot()}")
         elif name in ("reset", "record") and not self.interactive:
@@ -218,8 +216,8 @@ class Game:
             gen_p50=self.gen.percentile(50), gen_p99=self.gen.percentile(99), frame=self.frame_index,
             seed=self.seed, prompt=self.prompt, attention=self.attention, attention_modes=self.env.attention_modes,
             info=self.info, recording=bool(self.recorder and self.recorder.active), paused=self.paused,
-            slow=self.slow_now(),
-            mouse_captured=self.window.mouse_captured, message=self.message if now < self.message_until else "")
+            slow=self.slow_now(), mouse_captured=self.window.mouse_captured,
+            message=self.message if now < self.message_until else "")
         self.hud.draw(self.window.surface, state)
         self.window.flip()
 

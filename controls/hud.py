@@ -6,7 +6,8 @@ the env reports in info(); the keys it understands are:
     pose                      [x, y, yaw_deg]   the simulator's true pose
     cache_tokens, cache_mib   KV cache size                  (neural model)
     attention_mode            the attention mode in use      (neural model; also read as "attention")
-    density, recall           sparse-attention measurements  (neural model, when measured)
+    density, recall           sparse-attention measurements  (neural model, when measured; top level or
+                              inside info["mode_stats"])
 
 Anything missing is simply not shown, so the same HUD serves the simulator and the model.
 """
@@ -83,8 +84,10 @@ class Hud:
             out.append((f"attention {s.attention}   ({keys})", white))
         else:
             out.append(("attention: none (simulator)", white))
-        if "density" in info or "recall" in info:
-            out.append((f"density {_fmt(info.get('density', '-'), 3)}  recall {_fmt(info.get('recall', '-'), 3)}",
+        ms = info.get("mode_stats")
+        stats = {**(ms if isinstance(ms, dict) else {}), **info}   # top level, or in the model's mode_stats
+        if "density" in stats or "recall" in stats:
+            out.append((f"density {_fmt(stats.get('density', '-'), 3)}  recall {_fmt(stats.get('recall', '-'), 3)}",
                         white))
         if "pose" in info:
             out.append(("pose " + " ".join(_fmt(v, 2) for v in info["pose"]), white))

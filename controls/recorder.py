@@ -43,7 +43,8 @@ def engine_version() -> str:
 
 
 def _small(v: Any) -> Any | None:
-    """v as plain JSON if it is small (a number, a short string, a short list of numbers), else None."""
+    """v as plain JSON if it is small (a number, a short string, a short list of numbers, a small dict of
+    those), else None."""
     if isinstance(v, (bool, np.bool_)):
         return bool(v)
     if isinstance(v, numbers.Integral):
@@ -52,6 +53,9 @@ def _small(v: Any) -> Any | None:
         return float(v)
     if isinstance(v, str) and len(v) <= 32:
         return v
+    if isinstance(v, dict) and len(v) <= 8:   # e.g. the model's mode_stats {density, recall...}
+        items = {str(k): _small(x) for k, x in v.items()}
+        return items if all(x is not None for x in items.values()) else None
     if isinstance(v, (list, tuple, np.ndarray)) and len(v) <= 16:
         items = [_small(x) for x in (v.tolist() if isinstance(v, np.ndarray) else v)]
         if all(isinstance(x, (int, float, bool)) for x in items):

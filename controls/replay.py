@@ -42,7 +42,8 @@ class TraceSource:
     def attention_for_next(self) -> str | None:
         if self.i >= self.limit:
             return None
-        mode = self.reader.trace[self.i].get("attention_mode")
+        line = self.reader.trace[self.i]
+        mode = line.get("attention_mode", line.get("attention"))
         return mode if isinstance(mode, str) else None
 
 

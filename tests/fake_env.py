@@ -60,7 +60,8 @@ class FakeEnv:
     def info(self) -> dict[str, Any]:
         out: dict[str, Any] = {"pose": [round(float(v), 6) for v in self.pose]}
         if self._modes:
-            out.update(attention_mode=self._mode, cache_tokens=16 * (self.t + 1),
+            out.update(attention_mode=self._mode, mode_stats={"density": 0.25, "recall": 0.99},
+                       cache_tokens=16 * (self.t + 1),
                        cache_mib=round(0.01 * (self.t + 1), 3), checkpoint_sha256=self.sha)
         return out
 

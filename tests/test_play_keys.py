@@ -79,7 +79,7 @@ def test_attention_switch_live(game) -> None:
     press(game, pygame.K_F3, 1)
     assert "no attention mode F3" in game.message
     lines = " | ".join(t for t, _ in game.hud.lines(game_state(game)))
-    assert "attention window" in lines and "KV cache" in lines
+    assert "attention window" in lines and "KV cache" in lines and "density 0.250  recall 0.990" in lines
 
 
 def game_state(game):
