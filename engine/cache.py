@@ -40,6 +40,10 @@ class KVCache:
         self.bias: torch.Tensor
         self.frame: torch.Tensor
         self.length: list[int] = [0] * n_layers
+        # Extra per-slot tensors that modes register (e.g. AnnSA's bucket codes), (L, B, H, capacity, *trailing):
+        # they follow every slot move, resize and per-head gather, so a mode's side data never drifts from K/V.
+        self.slot_data: dict[str, torch.Tensor] = {}
+        self._slot_fill: dict[str, float] = {}
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
@@ -54,6 +58,13 @@ class KVCache:
             v[..., :n, :] = self.v[..., :n, :]
             bias[..., :n] = self.bias[..., :n]
             frame[:, :n] = self.frame[:, :n]
+        for name, old in getattr(self, "slot_data", {}).items():
+            new = torch.full((L, B, H, capacity, *old.shape[4:]), self._slot_fill[name], device=self.device,
+                             dtype=old.dtype)
+            if self.capacity:
+                n = min(self.capacity, capacity)
+                new[:, :, :, :n] = old[:, :, :, :n]
+            self.slot_data[name] = new
         self.k, self.v, self.bias, self.frame, self.capacity = k, v, bias, frame, capacity
 
     # ---- sizes -------------------------------------------------------------------------------------------
@@ -79,12 +90,15 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes allocated for the cache (all layers, capacity, not only the valid part)."""
-        return sum(t.numel() * t.element_size() for t in (self.k, self.v, self.bias, self.frame))
+        tensors = (self.k, self.v, self.bias, self.frame, *self.slot_data.values())
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     def reset(self) -> None:
         self.length = [0] * self.n_layers
         self.frame.fill_(-1)
         self.bias.zero_()
+        for name, t in self.slot_data.items():
+            t.fill_(self._slot_fill[name])
 
     # ---- per-layer access ---------------------------------------------------------------------------------
     def write_scratch(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> int:
@@ -117,8 +131,43 @@ class KVCache:
         self.v[layer, :, :, dst] = self.v[layer, :, :, src].clone()
         self.bias[layer, :, :, dst] = self.bias[layer, :, :, src].clone()
         self.frame[layer, dst] = self.frame[layer, src].clone()
+        for t in self.slot_data.values():
+            t[layer, :, :, dst] = t[layer, :, :, src].clone()
 
     def set_length(self, layer: int, length: int) -> None:
         if not 0 <= length <= self.capacity:
             raise ValueError(f"KVCache.set_length: {length} outside [0, {self.capacity}]")
         self.length[layer] = length
+
+    # ---- additive API for compressed modes (TempCache, AnnSA) ------------------------------------------------
+    def add_slot_tensor(self, name: str, trailing: tuple[int, ...], dtype: torch.dtype, fill: float = 0) -> torch.Tensor:
+        """Register (or return) a per-slot side tensor (L, B, H, capacity, *trailing) that moves with the slots."""
+        t = self.slot_data.get(name)
+        if t is None or tuple(t.shape[4:]) != tuple(trailing) or t.dtype != dtype:
+            L, B, H = self.n_layers, self.batch, self.n_heads
+            t = torch.full((L, B, H, self.capacity, *trailing), fill, device=self.device, dtype=dtype)
+            self.slot_data[name] = t
+            self._slot_fill[name] = fill
+        return t
+
+    def valid(self, layer: int, end: int | None = None) -> torch.Tensor:
+        """(B, H, end) bool: slots a head really holds (not emptied with NEG_BIAS)."""
+        end = self.length[layer] if end is None else end
+        return self.bias[layer, :, :, :end] > NEG_BIAS / 2
+
+    def gather_heads(self, layer: int, idx: torch.Tensor, frame: torch.Tensor | None = None) -> None:
+        """Per-head reorder of the first M slots: slot j of head (b, h) becomes old slot idx[b, h, j].
+        idx (B, H, M) int64. Used to compact a cache whose heads emptied different slots; the layer-level
+        `frame` of the new slots is `frame` (M,) if given (callers pass the newest frame over heads)."""
+        M = idx.shape[-1]
+        k, v, b = self.k[layer], self.v[layer], self.bias[layer]
+        D = k.shape[-1]
+        self.k[layer, :, :, :M] = torch.gather(k, 2, idx[..., None].expand(-1, -1, -1, D)).clone()
+        self.v[layer, :, :, :M] = torch.gather(v, 2, idx[..., None].expand(-1, -1, -1, D)).clone()
+        self.bias[layer, :, :, :M] = torch.gather(b, 2, idx).clone()
+        for t in self.slot_data.values():
+            src = t[layer]
+            ix = idx.reshape(*idx.shape, *([1] * (src.dim() - 3))).expand(*idx.shape, *src.shape[3:])
+            t[layer, :, :, :M] = torch.gather(src, 2, ix).clone()
+        if frame is not None:
+            self.frame[layer, :M] = frame

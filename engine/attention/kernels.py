@@ -6,7 +6,9 @@ than the FlashAttention-2 backend for one 256-query frame against a long cache. 
 shape bucket times every backend that accepts the inputs and keeps the fastest; `kernel_name()` says which one
 ran, and the benchmark reports it. On the CPU the math path runs (and is the float64 reference in tests).
 
-Per-key bias (TempCache's log(group size)): carried as one extra channel, q' = [q, 1], k' = [k, b / scale], so
+Per-key bias (TempCache's log(group size)): the candidates are every plain kernel on extra-channel inputs and
+the SDPA kernels that take a (B, H, 1, Lk) bias mask natively; the measurement picks among them, so a bias can
+cost at most the difference to the best of those. Extra channel, q' = [q, 1], k' = [k, b / scale], so
 q'.k' * scale = q.k * scale + b, with the head dim zero-padded to a multiple of 8 and the softmax scale passed
 explicitly (else the kernel would scale by the padded dim). Any dense or variable-length kernel then carries
 the bias with no mask argument.
@@ -26,6 +28,7 @@ except Exception:  # pragma: no cover - depends on the machine
 
 _last_kernel: str = "none"
 _choice: dict[tuple, str] = {}
+_timings: dict[tuple, dict[str, float]] = {}   # every candidate's measured ms per shape bucket (benchmark)
 
 
 def kernel_name() -> str:
@@ -51,6 +54,15 @@ def with_bias_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     return qp, kp, vp
 
 
+def note_kernel(name: str) -> None:
+    """Record a kernel that ran outside `attention` (masked reference paths), for `kernel_name()`."""
+    global _last_kernel
+    _last_kernel = name
+
+
+Fn = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, "torch.Tensor | None", float], torch.Tensor]
+
+
 def _sdpa_backend(backend: "torch.nn.attention.SDPBackend") -> Callable[..., torch.Tensor]:
     from torch.nn.attention import sdpa_kernel
 
@@ -60,13 +72,23 @@ def _sdpa_backend(backend: "torch.nn.attention.SDPBackend") -> Callable[..., tor
     return run
 
 
+def _sdpa_mask(backend: "torch.nn.attention.SDPBackend") -> Fn:
+    """Bias as a broadcast (B, H, 1, Lk) mask in q's dtype (cuDNN is silently wrong with an fp32 mask on bf16)."""
+    from torch.nn.attention import sdpa_kernel
+
+    def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: "torch.Tensor | None", scale: float) -> torch.Tensor:
+        with sdpa_kernel([backend]):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=bias[:, :, None, :].to(q.dtype), scale=scale)
+    return run
+
+
 def _flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
     # flash_attn takes (B, L, H, D)
     o = _flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), softmax_scale=scale)
     return o.transpose(1, 2)
 
 
-def _candidates() -> dict[str, Callable[..., torch.Tensor]]:
+def _plain() -> dict[str, Callable[..., torch.Tensor]]:
     from torch.nn.attention import SDPBackend
     c: dict[str, Callable[..., torch.Tensor]] = {
         "sdpa_flash": _sdpa_backend(SDPBackend.FLASH_ATTENTION),
@@ -75,6 +97,26 @@ def _candidates() -> dict[str, Callable[..., torch.Tensor]]:
     }
     if _flash_attn_func is not None:
         c["flash_attn"] = _flash_attn
+    return c
+
+
+def _candidates(biased: bool) -> dict[str, Fn]:
+    """Every way to run the call on CUDA. With a bias: each plain kernel on the extra-channel inputs, and the
+    kernels that take a bias mask natively, so the measurement, not the bias, picks the kernel."""
+    from torch.nn.attention import SDPBackend
+    plain = _plain()
+    if not biased:
+        return {name: (lambda f: lambda q, k, v, b, s: f(q, k, v, s))(f) for name, f in plain.items()}
+
+    def chan(f: Callable[..., torch.Tensor]) -> Fn:
+        def run(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, b: "torch.Tensor | None", s: float) -> torch.Tensor:
+            D = q.shape[-1]
+            qp, kp, vp = with_bias_channel(q, k, v, b, s)  # type: ignore[arg-type]
+            return f(qp, kp, vp, s)[..., :D]
+        return run
+    c: dict[str, Fn] = {name + "+bias_channel": chan(f) for name, f in plain.items()}
+    c["sdpa_efficient+bias_mask"] = _sdpa_mask(SDPBackend.EFFICIENT_ATTENTION)
+    c["sdpa_cudnn+bias_mask"] = _sdpa_mask(SDPBackend.CUDNN_ATTENTION)
     return c
 
 
@@ -90,9 +132,9 @@ def _time(fn: Callable[[], torch.Tensor], reps: int = 5) -> float:
     return start.elapsed_time(end) / reps
 
 
-def _bucket(q: torch.Tensor, k: torch.Tensor) -> tuple:
+def _bucket(q: torch.Tensor, k: torch.Tensor, biased: bool) -> tuple:
     lk = 1 << max(0, math.ceil(math.log2(max(k.shape[2], 1))))  # power-of-two bucket of the key count
-    return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch."))
+    return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + ("_bias" if biased else ""))
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -107,20 +149,24 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
         _last_kernel = "sdpa_math_cpu"
         mask = None if bias is None else bias[:, :, None, :].to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
-    if bias is not None:
-        q, k, v = with_bias_channel(q, k, v, bias, scale)
-    key = _bucket(q, k)
-    cands = _candidates()
+    biased = bias is not None
+    key = _bucket(q, k, biased)
+    cands = _candidates(biased)
     if key not in _choice:
         times: dict[str, float] = {}
         for name, fn in cands.items():
             try:
-                times[name] = _time(lambda: fn(q, k, v, scale))
+                times[name] = _time(lambda: fn(q, k, v, bias, scale))
             except RuntimeError:
                 continue  # backend does not accept this shape/dtype
         if not times:
             raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}")
         _choice[key] = min(times, key=times.__getitem__)
+        _timings[key] = times
     _last_kernel = _choice[key]
-    out = cands[_last_kernel](q, k, v, scale)
-    return out[..., :D]
+    return cands[_last_kernel](q, k, v, bias, scale)
+
+
+def kernel_timings() -> dict[str, dict[str, float]]:
+    """Measured ms of every candidate per shape bucket (what the choice was made from), for the benchmark."""
+    return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _timings.items()}

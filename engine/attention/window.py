@@ -12,7 +12,7 @@ import torch
 
 from engine.attention import kernels
 from engine.attention.base import AttentionMode, StepInfo
-from engine.cache import KVCache
+from engine.cache import NEG_BIAS, KVCache
 
 
 @dataclass
@@ -32,9 +32,7 @@ class WindowAttention(AttentionMode):
     def __init__(self, cfg: WindowConfig | None = None) -> None:
         self.cfg = cfg or WindowConfig()
         self._frames: dict[int, int] = {}   # layer -> frames committed since reset (drives the ring position)
-
-    def reset(self) -> None:
-        self._frames.clear()
+        self._biased: dict[int, bool] = {}  # layer -> slots carry biases (adopted from TempCache)
 
     def capacity_tokens(self, tokens_per_frame: int) -> int:
         return (self.cfg.sinks + self.cfg.window + 1) * tokens_per_frame   # +1: the scratch frame
@@ -43,8 +41,9 @@ class WindowAttention(AttentionMode):
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         end = cache.write_scratch(layer, k, v)
-        K, V, _ = cache.view(layer, end)
-        out = kernels.attention(q, K, V)
+        K, V, bias = cache.view(layer, end)
+        # a cache adopted from TempCache keeps its group weights and emptied slots until the ring overwrites them
+        out = kernels.attention(q, K, V, bias=bias if self._biased.get(layer) else None)
         if info.commit:
             done = self._frames.get(layer, 0)
             kept = self.cfg.sinks + self.cfg.window
@@ -55,28 +54,44 @@ class WindowAttention(AttentionMode):
                 dst = (self.cfg.sinks + ring_slot) * n
                 cache.move(layer, slice(end - n, end), dst)
                 cache.frame[layer, dst:dst + n] = info.frame
+                if self._biased.get(layer) and ring_slot == self.cfg.window - 1:   # a full turn: recheck once
+                    self._biased[layer] = bool((cache.view(layer)[2] != 0).any())
             self._frames[layer] = done + 1
         return out
 
     def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
-        """Keep the first `sinks` and the last `window` frames of whatever the cache holds, in that order, so
-        that the ring continues from there."""
+        """Keep the slots of the first `sinks` and the last `window` frames of whatever the cache holds (by the
+        frame index of each slot, so a TempCache cache with per-head holes works too), sinks first, so that
+        the ring continues from there. Slot biases (group weights, emptied slots) are kept, not zeroed: zeroing
+        would revive emptied slots as garbage keys."""
         n = tokens_per_frame
+        self._biased = {}
         for layer in range(cache.n_layers):
             length = cache.length[layer]
-            frames = cache.frame[layer, :length].view(-1, n)[:, 0].tolist() if length else []
-            order = sorted(range(len(frames)), key=frames.__getitem__)
-            keep = order[:self.cfg.sinks] + order[self.cfg.sinks:][-self.cfg.window:]
-            src_k = cache.k[layer].clone()
-            src_v = cache.v[layer].clone()
-            src_f = cache.frame[layer].clone()
-            for dst_i, src_i in enumerate(keep):
-                s, d = slice(src_i * n, src_i * n + n), slice(dst_i * n, dst_i * n + n)
-                cache.k[layer, :, :, d] = src_k[:, :, s]
-                cache.v[layer, :, :, d] = src_v[:, :, s]
-                cache.frame[layer, d] = src_f[s]
-            cache.bias[layer].zero_()   # window keys are plain keys: merged groups lose their weight here
-            cache.set_length(layer, len(keep) * n)
-            # Next frame overwrites ring slot (done - sinks) % window: make that the oldest kept frame.
-            self._frames[layer] = len(keep)
+            fr = cache.frame[layer, :length]
+            order = fr.argsort(stable=True)
+            n_sink, n_win = self.cfg.sinks * n, self.cfg.window * n
+            if length <= n_sink + n_win:
+                keep = order
+            else:
+                keep = torch.cat([order[:n_sink], order[-n_win:]])
+            src_k, src_v = cache.k[layer, :, :, keep].clone(), cache.v[layer, :, :, keep].clone()
+            src_b, src_f = cache.bias[layer, :, :, keep].clone(), cache.frame[layer, keep].clone()
+            side = {name: t[layer, :, :, keep].clone() for name, t in cache.slot_data.items()}
+            m = keep.numel()
+            padded = -(-m // n) * n   # whole frames, so the ring's frame-sized slots line up
+            cache.k[layer, :, :, :m], cache.v[layer, :, :, :m] = src_k, src_v
+            cache.bias[layer, :, :, :m], cache.frame[layer, :m] = src_b, src_f
+            for name, t in side.items():
+                cache.slot_data[name][layer, :, :, :m] = t
+            cache.bias[layer, :, :, m:padded] = NEG_BIAS
+            cache.frame[layer, m:padded] = -1
+            cache.set_length(layer, padded)
+            self._biased[layer] = bool((cache.bias[layer, :, :, :padded] != 0).any())
+            # next frame overwrites ring slot (done - sinks) % window: the oldest kept window frame
+            self._frames[layer] = padded // n
         cache.resize(max(self.capacity_tokens(n), max(cache.length)))   # give back what a dense cache grew to
+
+    def reset(self) -> None:
+        self._frames.clear()
+        self._biased = {}

@@ -1,0 +1,69 @@
+"""Top-1 nearest-neighbour search (TempCache's matching step) on two engines that return the same neighbours:
+
+- "torch" (default): brute-force inner products on the cache's device, chunked over keys. On the GPU this is
+  one (n x C) matmul per head over a bounded cache: cheaper than the attention it serves, with no transfer.
+- "faiss": IndexFlatIP per group (faiss-gpu when installed and the data is on the GPU, else faiss-cpu). Same
+  function; useful to cross-check and on CPU-only machines with large caches.
+
+Approximation (LSH buckets, 8-bit codes) is applied by the caller to the vectors and the candidate mask, so both
+engines search the same points and agree exactly (a test checks this on a fixed set).
+"""
+from __future__ import annotations
+
+import torch
+
+NEG = -1.0e30
+
+
+def top1(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None = None, engine: str = "torch",
+         chunk: int = 65536) -> tuple[torch.Tensor, torch.Tensor]:
+    """x (G, n, D) queries, y (G, L, D) points, allowed (G, L) or (G, n, L) bool or None.
+    Returns (sim (G, n) float32, idx (G, n) int64): best inner product over allowed points (sim = NEG and
+    idx = 0 where none is allowed)."""
+    if engine == "torch":
+        return _top1_torch(x, y, allowed, chunk)
+    if engine == "faiss":
+        if allowed is not None and allowed.dim() == 3:
+            raise ValueError("ann engine: 'faiss' takes a per-point mask only (no per-query candidate sets, "
+                             "as LSH-restricted search needs); use engine='torch'")
+        return _top1_faiss(x, y, allowed)
+    raise ValueError(f"ann engine: unknown engine={engine!r}; use 'torch' or 'faiss'")
+
+
+def _top1_torch(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None,
+                chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
+    G, n, _ = x.shape
+    best = torch.full((G, n), NEG, device=x.device, dtype=torch.float32)
+    arg = torch.zeros(G, n, device=x.device, dtype=torch.int64)
+    for s in range(0, y.shape[1], chunk):
+        e = min(s + chunk, y.shape[1])
+        sc = torch.einsum("gnd,gld->gnl", x.float(), y[:, s:e].float())         # (G, n, l)
+        if allowed is not None:
+            a = allowed[:, None, s:e] if allowed.dim() == 2 else allowed[:, :, s:e]
+            sc = sc.masked_fill(~a, NEG)
+        v, i = sc.max(dim=-1)
+        take = v > best
+        best = torch.where(take, v, best)
+        arg = torch.where(take, i + s, arg)
+    return best, arg
+
+
+def _top1_faiss(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    import faiss  # type: ignore
+    import numpy as np
+
+    G, n, D = x.shape
+    sims = np.full((G, n), NEG, dtype=np.float32)
+    idxs = np.zeros((G, n), dtype=np.int64)
+    xs = x.detach().float().cpu().numpy()
+    ys = y.detach().float().cpu().numpy()
+    al = None if allowed is None else allowed.cpu().numpy()
+    for g in range(G):
+        ids = np.arange(ys.shape[1]) if al is None else np.nonzero(al[g])[0]
+        if len(ids) == 0:
+            continue
+        index = faiss.IndexFlatIP(D)
+        index.add(np.ascontiguousarray(ys[g, ids]))
+        d, i = index.search(np.ascontiguousarray(xs[g]), 1)
+        sims[g], idxs[g] = d[:, 0], ids[i[:, 0]]
+    return torch.from_numpy(sims).to(x.device), torch.from_numpy(idxs).to(x.device)

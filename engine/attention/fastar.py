@@ -1,0 +1,295 @@
+"""FAST-AR attention modes: TempCache, AnnSA, AnnCA, alone or together, one class behind the AttentionMode call.
+
+A mode name picks the modules and the ANN back-end (conf/attention/<name>.yaml):
+    tempcache, annsa, annca, fastar            LSH back-end (random hyperplanes, multi-probe)
+    tempcache_quant, annsa_quant, annca_quant, fastar_quant   quantization back-end (k-means buckets, 8-bit search)
+Params are nested dicts (ann, tempcache, annsa, annca, schedule, metrics); an unknown field, or params for a
+module the mode does not use, is a ValueError that names it.
+
+Schedule: AnnSA and AnnCA are off for the first `dense_until` (0.3) of denoising progress, where the coarse
+layout is decided, and on only in `schedule.layers`. Until the trained model's per-layer sparsity has been
+measured (probe mode, metrics.choose_layers), the default is every layer but the first and the last: those
+are the ones that read raw inputs and write the output, where attention is typically least sparse. TempCache
+is not scheduled: it shapes the cache, which every later step reads.
+
+The hasher is shared: one set of hyperplanes/centroids per layer serves the key codes stored in the cache
+(AnnSA, TempCache's LSH search) and the queries' probes, so stored codes and probes always agree.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from engine.attention import kernels, sparse_kernels
+from engine.attention.annca import AnnCAConfig, keep_mask, sparse_cross_attention
+from engine.attention.annsa import AnnSAConfig, allowed_mask, sparse_self_attention
+from engine.attention.base import AttentionMode, StepInfo
+from engine.attention.lsh import Hasher, LSHHasher
+from engine.attention.metrics import LayerMeter, mass_recall, sample_queries
+from engine.attention.quant import QuantHasher
+from engine.attention.tempcache import CODES, TempCache, TempCacheConfig
+from engine.cache import NEG_BIAS, KVCache
+
+CROSS = 10_000   # hasher layer key offset for cross-attention (prompt keys live in another space)
+
+
+@dataclass
+class ANNConfig:
+    backend: str = "lsh"    # lsh | quant
+    bits: int = 4           # lsh: 16 buckets per table; with 4 probes a query reads ~1/4 of the cache
+    tables: int = 1         # one table: a key is in one bucket, segments never overlap (cheapest packing)
+    probes: int = 4         # own bucket + the 3 Hamming-1 buckets across the least certain bits
+    centroids: int = 16     # quant: k-means buckets per head
+    seed: int = 0
+    center: bool = True     # hash k - mean(k): softmax-invariant, balances buckets (lsh.py)
+
+    def __post_init__(self) -> None:
+        if self.backend not in ("lsh", "quant"):
+            raise ValueError(f"ann.backend: must be lsh|quant, got {self.backend!r}")
+
+    def build(self, head_dim: int) -> Hasher:
+        if self.backend == "lsh":
+            return LSHHasher(head_dim, self.bits, self.tables, self.probes, self.seed, self.center)
+        return QuantHasher(head_dim, self.centroids, self.tables, self.probes, seed=self.seed, center=self.center)
+
+
+@dataclass
+class ScheduleConfig:
+    dense_until: float = 0.3             # sparse attention off while progress < dense_until
+    layers: list[int] | None = None      # layers where AnnSA/AnnCA run; None: all but the first and last
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.dense_until <= 1.0:
+            raise ValueError(f"schedule.dense_until: must be in [0, 1], got {self.dense_until!r}")
+
+    def active(self, layer: int, info: StepInfo, n_layers: int | None) -> bool:
+        if info.progress < self.dense_until:
+            return False
+        if self.layers is not None:
+            return layer in self.layers
+        if n_layers is None or n_layers <= 2:
+            return True
+        return 0 < layer < n_layers - 1
+
+
+@dataclass
+class MetricsConfig:
+    recall_every: int = 8     # measure recall on every Nth frame (0: never, for timing runs)
+    recall_queries: int = 32  # strided sample of the frame's queries
+
+    def __post_init__(self) -> None:
+        if self.recall_every < 0 or self.recall_queries < 1:
+            raise ValueError(f"metrics.recall_every must be >= 0 and metrics.recall_queries >= 1, got "
+                             f"{self.recall_every}, {self.recall_queries}")
+
+
+SECTIONS = {"ann": ANNConfig, "tempcache": TempCacheConfig, "annsa": AnnSAConfig, "annca": AnnCAConfig,
+            "schedule": ScheduleConfig, "metrics": MetricsConfig}
+
+
+def _make(cls: type, params: Any, where: str) -> Any:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: expected a mapping of fields, got {params!r}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in params:
+        if key not in names:
+            raise ValueError(f"{where}.{key}: unknown field; known: {sorted(names)}")
+    return cls(**params)
+
+
+@dataclass
+class FastARConfig:
+    tempcache: TempCacheConfig | None = None
+    annsa: AnnSAConfig | None = None
+    annca: AnnCAConfig | None = None
+    ann: ANNConfig = field(default_factory=ANNConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+
+    @classmethod
+    def build(cls, modules: tuple[str, ...], backend: str, mode: str, **params: Any) -> "FastARConfig":
+        for key in params:
+            if key not in SECTIONS:
+                raise ValueError(f"{mode}.{key}: unknown field; known: {sorted(SECTIONS)}")
+            if key in ("tempcache", "annsa", "annca") and key not in modules:
+                raise ValueError(f"{mode}.{key}: mode {mode!r} does not use {key} (it uses {list(modules)})")
+        ann = dict(params.get("ann") or {})
+        ann.setdefault("backend", backend)
+        out = cls(ann=_make(ANNConfig, ann, f"{mode}.ann"),
+                  schedule=_make(ScheduleConfig, params.get("schedule"), f"{mode}.schedule"),
+                  metrics=_make(MetricsConfig, params.get("metrics"), f"{mode}.metrics"))
+        for m in modules:
+            setattr(out, m, _make(SECTIONS[m], params.get(m), f"{mode}.{m}"))
+        return out
+
+
+class FastARAttention(AttentionMode):
+    def __init__(self, cfg: FastARConfig, name: str = "fastar") -> None:
+        self.cfg, self.name = cfg, name
+        self.meter = LayerMeter()
+        self.hasher: Hasher | None = None
+        self.tc: TempCache | None = None
+        self._frames: dict[int, int] = {}       # layer -> frames the cache stands for (dense-equivalent)
+        self._n_layers: int | None = None
+        self._cache: KVCache | None = None
+        self._biased = cfg.tempcache is not None
+        self._paths: dict[str, str] = {}
+        self._n = 1                             # tokens per frame (from the calls)
+
+    # ---- setup -------------------------------------------------------------------------------------------
+    def _setup(self, cache: KVCache) -> None:
+        self._cache, self._n_layers = cache, cache.n_layers
+        if self.hasher is None:
+            self.hasher = self.cfg.ann.build(cache.head_dim)
+        if self.tc is None and self.cfg.tempcache is not None:
+            self.tc = TempCache(self.cfg.tempcache, self.hasher, self.cfg.ann.backend)
+        if self._needs_codes():
+            cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
+
+    def _needs_codes(self) -> bool:
+        tc = self.cfg.tempcache
+        return self.cfg.annsa is not None or (tc is not None and tc.search == "ann" and self.cfg.ann.backend == "lsh")
+
+    def _write_codes(self, cache: KVCache, layer: int, k: torch.Tensor) -> None:
+        """Bucket codes of the n scratch keys k (B, H, n, D), stored beside them."""
+        start, n = cache.length[layer], k.shape[2]
+        cache.slot_data[CODES][layer, :, :, start:start + n] = self.hasher.codes(layer, k, True)  # type: ignore[union-attr]
+
+    def reset(self) -> None:
+        self.meter.reset()
+        self._frames.clear()
+        if self.tc is not None:
+            self.tc.reset()
+
+    def capacity_tokens(self, tokens_per_frame: int) -> int | None:
+        return None if self.cfg.tempcache is None else (self.cfg.tempcache.capacity_frames + 1) * tokens_per_frame
+
+    def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
+        """Switch in over a cache another mode filled: fit the hasher on its keys, then compress (TempCache) or
+        just compute the bucket codes of every slot (AnnSA)."""
+        self._setup(cache)
+        n = self._n = tokens_per_frame
+        for layer in range(cache.n_layers):
+            L = cache.length[layer]
+            fr = cache.frame[layer, :L]
+            self._frames[layer] = int(fr.unique().numel()) if L else 0
+            if L:
+                self.hasher.fit(layer, cache.k[layer, :, :, max(0, L - n):L])  # type: ignore[union-attr]
+        if self.tc is not None:
+            self.tc.adopt(cache, n, self._write_codes if self._needs_codes() else None)
+        elif self._needs_codes():
+            for layer in range(cache.n_layers):
+                L = cache.length[layer]
+                for s in range(0, L, 4096):
+                    e = min(L, s + 4096)
+                    cache.slot_data[CODES][layer, :, :, s:e] = self.hasher.codes(layer, cache.k[layer, :, :, s:e], True)  # type: ignore[union-attr]
+        self._biased = self.tc is not None or (bool((cache.bias != 0).any()) if cache.tokens() else False)
+
+    # ---- the calls ---------------------------------------------------------------------------------------
+    def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                       info: StepInfo) -> torch.Tensor:
+        self._setup(cache)
+        hasher = self.hasher
+        assert hasher is not None
+        hasher.fit(layer, k, q)
+        n, L0 = k.shape[2], cache.length[layer]
+        self._n = n
+        end = cache.write_scratch(layer, k, v)
+        K, V, bias_all = cache.view(layer, end)
+        bias = bias_all if self._biased else None
+        recall_now = self._recall_now(info)
+        if self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers):
+            codes = cache.slot_data[CODES][layer, :, :, :L0]
+            probes = hasher.probe_codes(layer, q)                                   # (B, H, n, T, P)
+            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probes, K, V, codes, bias, hasher.n_buckets)
+            self._paths["self"] = path
+            valid = cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]
+            self.meter.add(layer, "sa_density", pairs / ((valid + n * q.shape[0] * q.shape[1]) * n))
+            if recall_now:
+                idx = sample_queries(q, self.cfg.metrics.recall_queries)
+                c = codes if bias is None else torch.where(bias[:, :, :L0, None] > NEG_BIAS / 2, codes,
+                                                           torch.full_like(codes, hasher.n_buckets))
+                kept = torch.cat([allowed_mask(probes[:, :, idx], c),
+                                  torch.ones(*q.shape[:2], idx.numel(), n, dtype=torch.bool, device=q.device)], -1)
+                self.meter.add(layer, "sa_recall", mass_recall(q[:, :, idx], K, bias, kept))
+        else:
+            out = kernels.attention(q, K, V, bias=bias)
+            self._paths["dense"] = kernels.kernel_name()
+        if info.commit:
+            if self._needs_codes():
+                self._write_codes(cache, layer, k)
+            if self.tc is not None:
+                self.tc.commit(cache, layer, n, info.frame, q=q)
+            else:
+                cache.commit_scratch(layer, n, info.frame)
+            self._frames[layer] = self._frames.get(layer, 0) + 1
+        return out
+
+    def cross_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        info: StepInfo) -> torch.Tensor:
+        if self.cfg.annca is None or not self.cfg.schedule.active(layer, info, self._n_layers):
+            return kernels.attention(q, k, v)
+        if self.hasher is None:
+            self.hasher = self.cfg.ann.build(q.shape[-1])
+        hk = CROSS + layer
+        self.hasher.fit(hk, k, q)
+        keep = keep_mask(self.hasher.probe_codes(hk, q), self.hasher.codes(hk, k, True), self.hasher.n_buckets)
+        compact = {"always": True, "never": False}.get(self.cfg.annca.compact, q.device.type == "cuda")
+        out, pairs = sparse_cross_attention(q, k, v, keep, compact)
+        self._paths["cross"] = ("packed:" if compact else "masked:") + kernels.kernel_name()
+        B, H, n = q.shape[:3]
+        self.meter.add(layer, "ca_density", pairs / (B * H * n * k.shape[2]))
+        if self._recall_now(info):
+            idx = sample_queries(q, self.cfg.metrics.recall_queries)
+            self.meter.add(layer, "ca_recall", mass_recall(q[:, :, idx], k, None, keep))
+        return out
+
+    def _recall_now(self, info: StepInfo) -> bool:
+        every = self.cfg.metrics.recall_every
+        return every > 0 and info.frame % every == 0
+
+    # ---- reporting ---------------------------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        layers = self.meter.summary()
+        out: dict[str, Any] = {"mode": self.name, "backend": self.cfg.ann.backend, "kernel": kernels.kernel_name(),
+                               "paths": dict(self._paths), "sparse_kernel": sparse_kernels.last_kernel(),
+                               "sparse_kernel_errors": sparse_kernels.errors()}
+        for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
+            out[key] = self.meter.mean(key)
+        c = self._cache
+        if c is not None:
+            kept = []
+            for layer in range(c.n_layers):
+                L = c.length[layer]
+                slots = float(c.valid(layer, L).float().sum(-1).mean()) if L else 0.0
+                frames = self._frames.get(layer, 0)
+                d = layers.setdefault(str(layer), {})
+                d["cache_groups"] = slots
+                d["cache_density"] = slots / (frames * self._n) if frames else 1.0
+                kept.append(d["cache_density"])
+            out["cache_tokens"] = c.tokens()
+            out["cache_bytes"] = c.nbytes()
+            out["cache_groups"] = sum(layers[str(i)]["cache_groups"] for i in range(c.n_layers))
+            out["cache_density"] = sum(kept) / len(kept)
+        out["layers"] = layers
+        return out
+
+
+def _factory(modules: tuple[str, ...], backend: str, name: str):  # type: ignore[no-untyped-def]
+    def make(**params: Any) -> FastARAttention:
+        return FastARAttention(FastARConfig.build(modules, backend, name, **params), name)
+    return make
+
+
+ALL = ("tempcache", "annsa", "annca")
+FASTAR_MODES = {
+    **{m: _factory((m,), "lsh", m) for m in ALL},
+    **{f"{m}_quant": _factory((m,), "quant", f"{m}_quant") for m in ALL},
+    "fastar": _factory(ALL, "lsh", "fastar"),
+    "fastar_quant": _factory(ALL, "quant", "fastar_quant"),
+}

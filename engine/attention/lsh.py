@@ -1,0 +1,87 @@
+"""Bucketing of queries and keys into one shared space, the first half of every FAST-AR ANN step.
+
+`Hasher` is what TempCache, AnnSA and AnnCA ask for: integer codes per token and table (the bucket a key is
+stored in) and probe codes per token, table and probe (the buckets a query searches). Two back-ends:
+
+- `LSHHasher` (here): sign random projections (SimHash), `bits` hyperplanes per table, `tables` tables,
+  multi-probe by flipping the bits with the smallest margins (Lv et al. 2007): the nearest buckets in Hamming
+  distance are the likeliest to hold the query's neighbours, so one extra probe buys more recall than one
+  extra table at the same key-side cost (keys are hashed once per table, probes are free for keys).
+- `QuantHasher` (quant.py): nearest k-means centroid, fitted once on the first frame a layer sees.
+
+Keys are centred by the mean key of the first frame a layer sees (per head) before hashing: q.(k - mu) and q.k
+differ by q.mu, a constant per query, so softmax is unchanged, while the shared component that attention keys
+carry would otherwise put most keys on one side of every hyperplane (one giant bucket). The mean is frozen
+after the first fit so that codes stored in the cache stay valid.
+"""
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+
+class Hasher(Protocol):
+    tables: int
+    probes: int
+    n_buckets: int
+
+    def codes(self, layer: int, x: torch.Tensor, is_key: bool) -> torch.Tensor:
+        """x (B, H, N, D) -> (B, H, N, T) int64 bucket per table, in [0, n_buckets)."""
+        ...
+
+    def probe_codes(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        """x (B, H, N, D) queries -> (B, H, N, T, P) int64 buckets to search; [..., 0] is the own bucket."""
+        ...
+
+    def fit(self, layer: int, k: torch.Tensor, q: torch.Tensor | None = None) -> None:
+        """Freeze per-layer statistics (key mean, centroids) from the first frame seen; no-op afterwards."""
+        ...
+
+
+class LSHHasher:
+    """SimHash with `bits` hyperplanes x `tables` tables and `probes` probes per table."""
+
+    def __init__(self, head_dim: int, bits: int = 4, tables: int = 1, probes: int = 1, seed: int = 0,
+                 center: bool = True) -> None:
+        if bits < 1 or bits > 16:
+            raise ValueError(f"lsh: bits must be in [1, 16], got bits={bits}")
+        if tables < 1:
+            raise ValueError(f"lsh: tables must be >= 1, got tables={tables}")
+        if not 1 <= probes <= bits + 1:
+            raise ValueError(f"lsh: probes must be in [1, bits + 1], got probes={probes}")
+        self.bits, self.tables, self.probes, self.center = bits, tables, probes, center
+        self.n_buckets = 1 << bits
+        g = torch.Generator().manual_seed(seed)
+        self._planes = torch.randn(tables, head_dim, bits, generator=g)      # (T, D, bits)
+        self._mean: dict[int, torch.Tensor] = {}                              # layer -> (H, D)
+        self._dev: dict[tuple, torch.Tensor] = {}
+
+    def fit(self, layer: int, k: torch.Tensor, q: torch.Tensor | None = None) -> None:
+        if layer not in self._mean:
+            self._mean[layer] = k.float().mean(dim=(0, 2)) if self.center else torch.zeros_like(k[0, :, 0]).float()
+
+    def _proj(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        key = (x.device, x.dtype)
+        if key not in self._dev:
+            self._dev[key] = self._planes.to(x.device, torch.float32)
+        mu = self._mean.get(layer)
+        xf = x.float() if mu is None else x.float() - mu[None, :, None, :].to(x.device)
+        return torch.einsum("bhnd,tdk->bhntk", xf, self._dev[key])          # (B, H, N, T, bits)
+
+    def _weights(self, device: torch.device) -> torch.Tensor:
+        return (1 << torch.arange(self.bits, device=device, dtype=torch.int64))
+
+    def codes(self, layer: int, x: torch.Tensor, is_key: bool = True) -> torch.Tensor:
+        p = self._proj(layer, x)
+        return ((p > 0).long() * self._weights(x.device)).sum(-1)            # (B, H, N, T)
+
+    def probe_codes(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        p = self._proj(layer, x)                                              # (B, H, N, T, bits)
+        code = ((p > 0).long() * self._weights(x.device)).sum(-1)
+        if self.probes == 1:
+            return code[..., None]
+        # flip the (probes - 1) least certain bits, one at a time: the Hamming-1 buckets nearest the query
+        order = p.abs().argsort(dim=-1)[..., :self.probes - 1]                # (B, H, N, T, P-1)
+        flips = code[..., None] ^ (1 << order)
+        return torch.cat([code[..., None], flips], dim=-1)                    # (B, H, N, T, P)

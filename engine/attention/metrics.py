@@ -1,0 +1,97 @@
+"""Density, recall and sparsity, measured the same way for every mode (HUD, benchmark, schedule choice).
+
+- density: share of query-key pairs a sparse kernel computed, over the pairs dense attention over the same
+  cache would compute; and cache density: slots kept per head over the tokens a dense cache of the same frame
+  count would hold.
+- recall: share of the dense softmax mass (over the mode's own cache, biases included) that falls on the keys a
+  sparse step kept, computed exactly for a strided sample of queries on every `recall_every`-th frame
+  (0 = never: timing runs). It needs the full score row, so it is the one place that may sync.
+- sparsity (for choosing the schedule's layers): the smallest share of keys that carries `mass` of a query's
+  softmax, averaged; a layer where it is small is one where sparse attention loses little.
+
+Running sums stay on the device; `summary()` reads them (one sync, when the HUD or benchmark asks).
+"""
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+class LayerMeter:
+    """Per-layer running means of named quantities; values may be device tensors (no sync until summary)."""
+
+    def __init__(self) -> None:
+        self._sum: dict[int, dict[str, Any]] = defaultdict(dict)
+        self._cnt: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+
+    def add(self, layer: int, name: str, value: torch.Tensor | float) -> None:
+        v = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
+        self._sum[layer][name] = self._sum[layer].get(name, 0.0) + v
+        self._cnt[layer][name] += 1
+
+    def reset(self) -> None:
+        self._sum.clear()
+        self._cnt.clear()
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out: dict[str, dict[str, float]] = {}
+        for layer in sorted(self._sum):
+            out[str(layer)] = {k: float(v) / self._cnt[layer][k] for k, v in self._sum[layer].items()}
+        return out
+
+    def mean(self, name: str) -> float | None:
+        vals = [float(s[name]) / self._cnt[l][name] for l, s in self._sum.items() if name in s]
+        return sum(vals) / len(vals) if vals else None
+
+
+def sample_queries(q: torch.Tensor, count: int) -> torch.Tensor:
+    """Strided subset of `count` query indices of q (B, H, n, D)."""
+    n = q.shape[2]
+    return torch.arange(0, n, max(1, n // max(count, 1)), device=q.device)[:count]
+
+
+def mass_recall(q: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None, kept: torch.Tensor) -> torch.Tensor:
+    """Share of the dense softmax mass on kept keys. q (B, H, s, D); K (B, H, L, D); bias (B, H, L) or None;
+    kept (B, H, s, L) or (B, H, L) bool. Returns a device scalar (mean over queries and heads)."""
+    scores = torch.einsum("bhsd,bhld->bhsl", q.float(), K.float()) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias[:, :, None, :].float()
+    p = scores.softmax(-1)
+    kept = kept if kept.dim() == 4 else kept[:, :, None, :]
+    return (p * kept).sum(-1).mean()
+
+
+def top_mass_share(q: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None, mass: float = 0.85) -> torch.Tensor:
+    """Smallest share of keys carrying `mass` of each query's softmax, averaged (device scalar)."""
+    scores = torch.einsum("bhsd,bhld->bhsl", q.float(), K.float()) / math.sqrt(q.shape[-1])
+    if bias is not None:
+        scores = scores + bias[:, :, None, :].float()
+    p = scores.softmax(-1).sort(-1, descending=True).values.cumsum(-1)
+    need = (p < mass).sum(-1).float() + 1
+    return (need / K.shape[2]).mean()
+
+
+def grouped_recall(q: torch.Tensor, hist_k: torch.Tensor, comp_k: torch.Tensor, comp_bias: torch.Tensor) -> torch.Tensor:
+    """Recall of a compressed (TempCache) cache against the dense history it replaced, for the benchmark:
+    each history key is assigned to its most similar (cosine) valid slot; recall = sum over slots of
+    min(dense mass of the keys assigned to it, compressed softmax weight of the slot). 1 exactly when groups
+    hold identical keys (grouping lemma); falls with approximate merges and forced merges.
+    q (B, H, s, D); hist_k (B, H, Lh, D); comp_k (B, H, Lc, D); comp_bias (B, H, Lc) (NEG_BIAS = empty)."""
+    d = math.sqrt(q.shape[-1])
+    p_dense = (torch.einsum("bhsd,bhld->bhsl", q.float(), hist_k.float()) / d).softmax(-1)
+    w = (torch.einsum("bhsd,bhld->bhsl", q.float(), comp_k.float()) / d + comp_bias[:, :, None].float()).softmax(-1)
+    sim = torch.einsum("bhld,bhcd->bhlc", F.normalize(hist_k.float(), dim=-1), F.normalize(comp_k.float(), dim=-1))
+    sim = sim.masked_fill(comp_bias[:, :, None, :] < -1e3, -2.0)
+    assign = sim.argmax(-1)                                                      # (B, H, Lh)
+    agg = torch.zeros_like(w).scatter_add_(3, assign[:, :, None, :].expand_as(p_dense), p_dense)
+    return torch.minimum(agg, w).sum(-1).mean()
+
+
+def choose_layers(share_by_layer: dict[int, float], fraction: float = 0.7) -> list[int]:
+    """The `fraction` of layers with the smallest top-mass share (the sparsest): the schedule's layers."""
+    ranked = sorted(share_by_layer, key=share_by_layer.__getitem__)
+    return sorted(ranked[:max(1, round(fraction * len(ranked)))])

@@ -1,0 +1,156 @@
+"""Bucket-sparse attention that really skips work: sort queries and keys by bucket, run one variable-length
+attention over all (head, query-bucket) segments at once.
+
+Segments: queries of one (batch, head) with the same probe set (own bucket per table plus probes) share one key
+set: the cached keys in any of those buckets, plus every key of the query's own frame (so no query has an empty
+set). Keys of a table are sorted once per call by (head, bucket); a segment's keys for one (table, probe) are
+then one contiguous range (searchsorted), and the segment is the concatenation of its ranges. With several
+tables a key can fall in two ranges; it is kept only in the first table that matches (no double counting).
+All heads and buckets go into one kernel call, so 256 queries per frame x heads fill the GPU.
+
+Back-ends (`kernel`): "flash_attn_varlen" (flash_attn.flash_attn_varlen_func), "torch_varlen"
+(torch.nn.attention.varlen.varlen_attn, torch >= 2.10, CUDA), "loop" (one SDPA per segment: the CPU check of
+the packing, slow). "auto" tries them in that order on CUDA and records every failure; it never falls back to
+a masked dense kernel silently (the caller reports the path that ran).
+
+Host syncs: one per call (the packed sizes that varlen kernels take as ints), two with several tables.
+"""
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+try:  # optional
+    from flash_attn import flash_attn_varlen_func as _fa_varlen  # type: ignore
+except Exception:  # pragma: no cover
+    _fa_varlen = None
+
+
+def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    from torch.nn.attention.varlen import varlen_attn
+    return varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale)
+
+
+def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    return _fa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale)
+
+
+def _loop(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    out = torch.empty_like(q)
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for s in range(len(cq) - 1):
+        qs, ks, vs = (t.transpose(0, 1) for t in (q[cq[s]:cq[s + 1]], k[ck[s]:ck[s + 1]], v[ck[s]:ck[s + 1]]))
+        out[cq[s]:cq[s + 1]] = F.scaled_dot_product_attention(qs, ks, vs, scale=scale).transpose(0, 1)
+    return out
+
+
+BACKENDS = {"flash_attn_varlen": _flash_varlen, "torch_varlen": _torch_varlen, "loop": _loop}
+_last: dict[str, object] = {"kernel": "none", "errors": {}}
+
+
+def last_kernel() -> str:
+    return str(_last["kernel"])
+
+
+def errors() -> dict[str, str]:
+    return dict(_last["errors"])  # type: ignore[arg-type]
+
+
+def _auto_order(device: torch.device) -> list[str]:
+    if device.type != "cuda":
+        return ["loop"]
+    return (["flash_attn_varlen"] if _fa_varlen is not None else []) + ["torch_varlen"]
+
+
+def bucket_attention(q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor,
+                     bias: torch.Tensor | None, k_own: torch.Tensor, v_own: torch.Tensor, n_buckets: int,
+                     scale: float, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """q (B, H, n, D); probes (B, H, n, T, P) buckets each query searches; K, V (B, H, L, D) cached slots;
+    codes (B, H, L, T) their buckets (n_buckets = none, for empty slots); bias (B, H, L) or None;
+    k_own, v_own (B, H, n, D) the frame's own keys, always attended.
+    Returns out (B, H, n, D) and the number of query-key pairs computed (device scalar)."""
+    B, H, n, D = q.shape
+    L, T, P = K.shape[2], probes.shape[3], probes.shape[4]
+    BH, S, dev = B * H, n_buckets + 1, q.device
+    # 1. query segments: same (head, probe set)
+    pr = probes.reshape(BH * n, T, P).sort(dim=-1).values.reshape(BH * n, T * P)
+    bh_q = torch.arange(BH, device=dev).repeat_interleave(n)
+    rows = torch.cat([bh_q[:, None], pr], dim=1)
+    seg, inv, qcount = torch.unique(rows, dim=0, return_inverse=True, return_counts=True)   # (Sg, 1+TP)
+    Sg = seg.shape[0]
+    q_order = inv.argsort(stable=True)
+    # 2. key ranges per (segment, table, probe) in keys sorted by (head, bucket)
+    bh_k = torch.arange(BH, device=dev).repeat_interleave(L)
+    ck = bh_k[:, None] * S + codes.reshape(BH * L, T)                          # (BH*L, T)
+    sk, perm = ck.sort(dim=0)                                                  # per table
+    target = seg[:, :1] * S + seg[:, 1:]                                       # (Sg, T*P)
+    tabs = [t for t in range(T) for _ in range(P)]                             # table of each column
+    tab = torch.tensor(tabs, device=dev)
+    lo = torch.stack([torch.searchsorted(sk[:, t].contiguous(), target[:, c].contiguous())
+                      for c, t in enumerate(tabs)], 1)
+    hi = torch.stack([torch.searchsorted(sk[:, t].contiguous(), target[:, c].contiguous(), right=True)
+                      for c, t in enumerate(tabs)], 1)
+    lens = (hi - lo).reshape(-1)                                               # (Sg*T*P,)
+    stats = torch.stack([lens.sum(), qcount.max(), (hi - lo).sum(1).max()]).tolist()   # the one host sync
+    total, max_q, max_c = (int(x) for x in stats)
+    # 3. expand ranges to candidate key ids
+    starts = lo.reshape(-1)
+    off = torch.cumsum(lens, 0) - lens
+    pos = torch.arange(total, device=dev) - off.repeat_interleave(lens, output_size=total) \
+        + starts.repeat_interleave(lens, output_size=total)
+    col = torch.arange(Sg * T * P, device=dev).repeat_interleave(lens, output_size=total)
+    seg_of, t_of = col // (T * P), tab[col % (T * P)]
+    key = perm[pos, t_of]                                                      # flat (BH*L) ids
+    if T > 1:   # keep a key only in the first table whose probes it matches
+        kc = codes.reshape(BH * L, T)[key]                                     # (N, T)
+        sp = seg[seg_of, 1:].reshape(-1, T, P)
+        first = (kc[..., None] == sp).any(-1).float().argmax(-1)
+        keep = first == t_of
+        key, seg_of = key[keep], seg_of[keep]
+    ccount = torch.bincount(seg_of, minlength=Sg)
+    if T > 1:
+        max_c = int(ccount.max())
+    # 4. pack: per segment [its candidates..., the frame's own n keys]
+    kcount = ccount + n
+    kstart = torch.cumsum(kcount, 0) - kcount
+    cstart = torch.cumsum(ccount, 0) - ccount
+    Nc = key.numel()
+    src = torch.empty(Nc + Sg * n, dtype=torch.long, device=dev)
+    src[kstart[seg_of] + torch.arange(Nc, device=dev) - cstart[seg_of]] = key
+    own = (kstart + ccount)[:, None] + torch.arange(n, device=dev)             # (Sg, n)
+    src[own.reshape(-1)] = (BH * L + seg[:, 0:1] * n + torch.arange(n, device=dev)).reshape(-1)
+    Kp = torch.cat([K.reshape(BH * L, D), k_own.reshape(BH * n, D)])[src]
+    Vp = torch.cat([V.reshape(BH * L, D), v_own.reshape(BH * n, D)])[src]
+    Qp = q.reshape(BH * n, D)[q_order]
+    if bias is not None:   # per-key bias as one extra channel (kernels.py explains), padded to 8
+        Dp = (D + 1 + 7) // 8 * 8
+        bp = torch.cat([bias.reshape(BH * L).float(), torch.zeros(BH * n, device=dev)])[src]
+        Qp, Kp, Vp = (F.pad(t, (0, Dp - D)) for t in (Qp, Kp, Vp))
+        Qp[:, D] = 1.0
+        Kp[:, D] = (bp / scale).to(Kp.dtype)
+    cu_q = F.pad(torch.cumsum(qcount, 0), (1, 0)).to(torch.int32)
+    cu_k = F.pad(torch.cumsum(kcount, 0), (1, 0)).to(torch.int32)
+    out = _run(Qp[:, None], Kp[:, None], Vp[:, None], cu_q, cu_k, max_q, max_c + n, scale, kernel)[:, 0, :D]
+    res = torch.empty(BH * n, D, dtype=out.dtype, device=dev)
+    res[q_order] = out
+    pairs = (qcount * kcount).sum()
+    return res.reshape(B, H, n, D), pairs
+
+
+def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel):  # type: ignore[no-untyped-def]
+    names = _auto_order(q.device) if kernel == "auto" else [kernel]
+    errs: dict[str, str] = {}
+    for name in names:
+        if name not in BACKENDS:
+            raise ValueError(f"annsa.kernel: unknown sparse kernel {name!r}; available: auto, {sorted(BACKENDS)}")
+        try:
+            out = BACKENDS[name](q, k, v, cu_q, cu_k, max_q, max_k, scale)
+            _last["kernel"], _last["errors"] = name, errs
+            return out
+        except Exception as e:  # report, then try the next real sparse kernel
+            errs[name] = f"{type(e).__name__}: {e}"[:300]
+            warnings.warn(f"sparse kernel {name} failed ({errs[name]}); trying the next one")
+    _last["errors"] = errs
+    raise RuntimeError(f"no sparse varlen kernel ran: {errs}")

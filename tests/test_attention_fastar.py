@@ -1,0 +1,247 @@
+"""FAST-AR attention modes against dense attention where they must be exact (float64, CPU), plus bounds,
+recall, run-time switching and config errors. Attention alone: random per-frame q, k, v stand in for a model."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.attention import FrameAttention, SequenceAttention, StepInfo, build_mode
+from engine.attention import ann
+from engine.cache import NEG_BIAS, KVCache
+
+B, H, N, D = 1, 2, 8, 16
+F64 = torch.float64
+
+
+def _cache(mode, layers: int = 1, n: int = N) -> KVCache:
+    cap = mode.capacity_tokens(n) or 4 * n
+    return KVCache(layers, B, H, D, cap, dtype=F64)
+
+
+def _step(mode, cache, layer, frame, q, k, v, commit=True):
+    info = StepInfo(frame=frame, step=2 if commit else 1, num_steps=2, commit=commit)
+    return FrameAttention(mode, cache, info).self_attn(layer, q, k, v)
+
+
+def _dup_frames(frames: int, seed: int = 0):
+    """Keys identical in every frame (static content), fresh queries and values: the grouping lemma's case."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.randn(B, H, N, D, generator=g, dtype=F64)
+    for _ in range(frames):
+        yield torch.randn(B, H, N, D, generator=g, dtype=F64), base.clone(), torch.randn(B, H, N, D, generator=g, dtype=F64)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("tempcache", {"tempcache": {"threshold": 0.99}}),
+    ("tempcache", {"tempcache": {"threshold": 0.99, "group": "layer"}}),
+    ("tempcache_quant", {"tempcache": {"threshold": 0.99, "capacity_frames": 2}}),
+    ("tempcache", {"tempcache": {"threshold": 8.0, "search": "exact", "metric": "dot"}}),
+    ("tempcache", {"tempcache": {"threshold": 0.99, "match_by": "query", "engine": "faiss", "search": "exact"}}),
+])
+def test_tempcache_exact_duplicates_equal_dense(name, params):
+    dense, tc = build_mode("dense"), build_mode(name, **params)
+    cd, ct = _cache(dense), _cache(tc)
+    for f, (q, k, v) in enumerate(_dup_frames(10)):
+        a = _step(dense, cd, 0, f, q, k, v)
+        b = _step(tc, ct, 0, f, q, k, v)
+        assert torch.allclose(a, b, atol=1e-6), (f, (a - b).abs().max())
+    if params["tempcache"].get("match_by", "key") == "key" and "metric" not in params["tempcache"]:
+        assert int(ct.valid(0).sum(-1).max()) == N and cd.length[0] == 10 * N   # one group per distinct key
+
+
+def test_switch_dense_to_tempcache_compresses_exactly():
+    dense, tc = build_mode("dense"), build_mode("tempcache", tempcache={"threshold": 0.99, "capacity_frames": 3})
+    cd, cs = _cache(dense), _cache(dense)
+    frames = list(_dup_frames(12, seed=1))
+    for f, (q, k, v) in enumerate(frames[:6]):
+        _step(dense, cd, 0, f, q, k, v)
+        _step(dense, cs, 0, f, q, k, v)
+    tc.adopt(cs, N)                                               # 6 frames -> N groups of 6
+    assert cs.length[0] == N and cs.capacity <= tc.capacity_tokens(N)
+    for f, (q, k, v) in enumerate(frames[6:], start=6):
+        assert torch.allclose(_step(dense, cd, 0, f, q, k, v), _step(tc, cs, 0, f, q, k, v), atol=1e-6)
+
+
+@pytest.mark.parametrize("name,params", [
+    ("annsa_quant", {"ann": {"centroids": 1, "probes": 1}}),
+    ("annsa", {"ann": {"bits": 1, "probes": 2}}),               # both buckets probed: one bucket in effect
+    ("annsa_quant", {"ann": {"centroids": 1, "probes": 1}, "annsa": {"path": "sparse", "kernel": "loop"}}),
+])
+def test_annsa_one_bucket_equals_dense(name, params):
+    dense = build_mode("dense")
+    sa = build_mode(name, schedule={"dense_until": 0.0}, **params)
+    cd, cs = _cache(dense), _cache(sa)
+    g = torch.Generator().manual_seed(2)
+    for f in range(6):
+        q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+        assert torch.allclose(_step(dense, cd, 0, f, q, k, v), _step(sa, cs, 0, f, q, k, v), atol=1e-10)
+    st = sa.stats()
+    assert st["sa_recall"] == pytest.approx(1.0) and st["sa_density"] == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize("tables", [1, 2])
+def test_annsa_sparse_packing_equals_masked_reference(tables):
+    """The GPU path's packing (sort by bucket, varlen segments; here run segment by segment on the CPU) computes
+    the same function as the masked reference, with several buckets, probes and tables, and TempCache biases."""
+    common = dict(ann={"bits": 3, "probes": 2, "tables": tables}, schedule={"dense_until": 0.0},
+                  tempcache={"threshold": 0.8})
+    ref = build_mode("fastar", annsa={"path": "masked"}, **common)
+    spa = build_mode("fastar", annsa={"path": "sparse", "kernel": "loop"}, **common)
+    cr, cs = _cache(ref), _cache(spa)
+    g = torch.Generator().manual_seed(3)
+    base = torch.randn(B, H, N, D, generator=g, dtype=F64)
+    for f in range(8):
+        q = torch.randn(B, H, N, D, generator=g, dtype=F64)
+        k = base + 0.3 * torch.randn(B, H, N, D, generator=g, dtype=F64)
+        v = torch.randn(B, H, N, D, generator=g, dtype=F64)
+        assert torch.allclose(_step(ref, cr, 0, f, q, k, v), _step(spa, cs, 0, f, q, k, v), atol=1e-10)
+    assert spa.stats()["sa_density"] == pytest.approx(ref.stats()["sa_density"])
+    assert ref.stats()["sa_density"] < 1.0
+
+
+def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():
+    g = torch.Generator().manual_seed(4)
+    q = torch.randn(B, H, N, D, generator=g, dtype=F64)
+    k, v = torch.randn(B, H, 40, D, generator=g, dtype=F64), torch.randn(B, H, 40, D, generator=g, dtype=F64)
+    info = StepInfo(frame=0, step=2, num_steps=2, commit=False)
+    dense = build_mode("dense").cross_attention(0, q, k, v, info)
+    for compact in ("never", "always"):
+        ca = build_mode("annca_quant", ann={"centroids": 1, "probes": 1}, annca={"compact": compact})
+        assert torch.allclose(ca.cross_attention(0, q, k, v, info), dense, atol=1e-10)
+        assert ca.stats()["ca_recall"] == pytest.approx(1.0)
+    ca = build_mode("annca", ann={"bits": 8, "probes": 1})
+    ca.cross_attention(0, q[:, :, :1], k, v, info)                # one query: most prompt buckets hold none
+    st = ca.stats()
+    assert st["ca_density"] < 1.0 and st["ca_recall"] < 1.0
+
+
+def test_recall_one_without_drops_and_below_one_with_drops():
+    g = torch.Generator().manual_seed(5)
+    full = build_mode("annsa_quant", ann={"centroids": 1, "probes": 1}, schedule={"dense_until": 0.0})
+    part = build_mode("annsa", ann={"bits": 4, "probes": 1}, schedule={"dense_until": 0.0}, metrics={"recall_every": 1})
+    cf, cp = _cache(full), _cache(part)
+    for f in range(5):
+        q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+        _step(full, cf, 0, f, q, k, v)
+        _step(part, cp, 0, f, q, k, v)
+    assert full.stats()["sa_recall"] == pytest.approx(1.0)
+    assert part.stats()["sa_recall"] < 0.99 and part.stats()["sa_density"] < 0.9
+
+
+def _block_causal(frames: int, n: int) -> torch.Tensor:
+    f = torch.arange(frames).repeat_interleave(n)
+    return f[:, None] >= f[None, :]
+
+
+@pytest.mark.parametrize("name", ["dense", "window", "annsa", "annsa_quant"])
+def test_cached_decoding_equals_full_recomputation(name):
+    frames, layers = 7, 2
+    params = {"window": {"sinks": 1, "window": 2}}.get(name, {})
+    if name.startswith("annsa"):
+        params = {"schedule": {"dense_until": 0.0, "layers": [0, 1]}, "ann": {"probes": 1}}
+    mode = build_mode(name, **params)
+    cache = _cache(mode, layers)
+    g = torch.Generator().manual_seed(6)
+    qs, ks, vs = (torch.randn(layers, B, H, frames * N, D, generator=g, dtype=F64) for _ in range(3))
+    outs = torch.zeros_like(qs)
+    for f in range(frames):
+        sl = slice(f * N, (f + 1) * N)
+        for layer in range(layers):
+            outs[layer, :, :, sl] = _step(mode, cache, layer, f, qs[layer, :, :, sl], ks[layer, :, :, sl], vs[layer, :, :, sl])
+    for layer in range(layers):
+        mask = _block_causal(frames, N)
+        if name == "window":
+            fr = torch.arange(frames).repeat_interleave(N)
+            mask = mask & ((fr[None, :] < 1) | (fr[:, None] - fr[None, :] <= 2))
+        if name.startswith("annsa"):
+            h = mode.hasher
+            codes = h.codes(layer, ks[layer], True)                     # (B, H, L, T)
+            probes = h.probe_codes(layer, qs[layer])                    # (B, H, L, T, P)
+            share = (codes[:, :, None, :, :, None] == probes[:, :, :, None]).flatten(-2).any(-1)
+            fr = torch.arange(frames).repeat_interleave(N)
+            mask = mask & (share | (fr[:, None] == fr[None, :]))
+        ref = SequenceAttention(mask).self_attn(layer, qs[layer], ks[layer], vs[layer])
+        assert torch.allclose(outs[layer], ref, atol=1e-10), (name, layer)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_tempcache_never_exceeds_capacity(seed):
+    g = torch.Generator().manual_seed(seed)
+    cap_frames = 1 + seed
+    tc = build_mode("fastar" if seed % 2 else "tempcache", tempcache={"capacity_frames": cap_frames,
+                    "threshold": 0.5 + 0.2 * seed, "group": ("head", "layer")[seed % 2]})
+    cache = _cache(tc, 2)
+    C = tc.capacity_tokens(N)
+    for f in range(40):
+        for layer in range(2):
+            step_k = torch.randn(B, H, N, D, generator=g, dtype=F64) * (1 + (f % 3))
+            q, v = torch.randn(B, H, N, D, generator=g, dtype=F64), torch.randn(B, H, N, D, generator=g, dtype=F64)
+            out = _step(tc, cache, layer, f, q, step_k, v)
+            assert torch.isfinite(out).all()
+            assert cache.length[layer] <= C and cache.capacity <= C
+            assert int(cache.valid(layer).sum(-1).max()) <= C - N
+            # total mass is conserved: every key ever committed is in some group (merge, never evict)
+            mass = torch.exp(cache.bias[layer, :, :, :cache.length[layer]]).masked_fill(~cache.valid(layer), 0)
+            assert torch.allclose(mass.sum(-1), torch.full((B, H), float((f + 1) * N), dtype=torch.float32))
+
+
+def test_switching_modes_mid_run_stays_bounded():
+    cache = KVCache(2, B, H, D, 4 * N, dtype=F64)
+    g = torch.Generator().manual_seed(7)
+    plan = [("dense", {}, 6), ("fastar", {"tempcache": {"capacity_frames": 3}}, 8), ("window", {"window": 2}, 5),
+            ("dense", {}, 4), ("fastar_quant", {"tempcache": {"capacity_frames": 2}}, 4)]
+    f = 0
+    for name, params, frames in plan:
+        mode = build_mode(name, **params)
+        mode.adopt(cache, N)
+        cap = mode.capacity_tokens(N)
+        for _ in range(frames):
+            for layer in range(2):
+                q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+                assert torch.isfinite(_step(mode, cache, layer, f, q, k, v)).all()
+            if cap is not None:
+                assert max(cache.length) <= cap, (name, cache.length, cap)
+            f += 1
+        if name == "window":   # adopted groups and emptied slots are honoured, not turned into plain keys
+            assert max(cache.length) <= cap
+
+
+@pytest.mark.parametrize("name,params,field", [
+    ("annsa", {"ann": {"bits": 0}}, "bits"),
+    ("annsa_quant", {"ann": {"centroids": 0}}, "centroids"),
+    ("tempcache", {"tempcache": {"threshold": -0.1}}, "threshold"),
+    ("tempcache", {"tempcache": {"thresold": 0.9}}, "thresold"),
+    ("fastar", {"bogus": 1}, "bogus"),
+    ("annsa", {"tempcache": {}}, "tempcache"),
+    ("fastar", {"schedule": {"dense_until": 2}}, "dense_until"),
+    ("window", {"windw": 3}, "windw"),
+])
+def test_bad_config_is_a_clear_value_error(name, params, field):
+    with pytest.raises(ValueError, match=field):
+        m = build_mode(name, **params)
+        m.adopt(KVCache(1, B, H, D, N), N)   # the hasher is built lazily: make it
+
+
+def test_ann_engines_return_the_same_neighbours():
+    g = torch.Generator().manual_seed(8)
+    y = torch.nn.functional.normalize(torch.randn(3, 200, D, generator=g), dim=-1)
+    x = torch.nn.functional.normalize(y[:, :50] + 0.05 * torch.randn(3, 50, D, generator=g), dim=-1)
+    allowed = torch.rand(3, 200, generator=g) > 0.2
+    allowed[:, :50] = True
+    for a in (None, allowed):
+        st, it = ann.top1(x, y, a, engine="torch")
+        sf, if_ = ann.top1(x, y, a, engine="faiss")
+        assert torch.equal(it, if_) and torch.allclose(st, sf, atol=1e-5)
+    assert torch.equal(it[:, :50], torch.arange(50).expand(3, 50))
+
+
+def test_window_adopts_a_compressed_cache_without_reviving_empty_slots():
+    tc = build_mode("tempcache", tempcache={"threshold": 0.0, "capacity_frames": 4})
+    cache = _cache(tc)
+    for f, (q, k, v) in enumerate(_dup_frames(5)):
+        _step(tc, cache, 0, f, q, k + 0.1 * torch.randn_like(k), v)
+    win = build_mode("window", sinks=1, window=2)
+    win.adopt(cache, N)
+    assert (cache.bias[0, :, :, :cache.length[0]] != 0).any()   # group weights kept
+    q, k, v = next(_dup_frames(1, seed=9))
+    assert torch.isfinite(_step(win, cache, 0, 5, q, k, v)).all()
