@@ -26,14 +26,28 @@ def _resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
+CONF_ATTENTION = Path(__file__).resolve().parent.parent / "conf" / "attention"
+
+
 def _mode_spec(attention: str | dict[str, Any] | None) -> tuple[str, dict[str, Any]]:
-    """"dense" or {"name": "window", "window": 32, ...} (a hydra attention node) -> (name, params)."""
+    """"dense", {"name": "window", "params": {...}} (the conf/attention node) or {"name": ..., **params}."""
     if attention is None:
         return "dense", {}
     if isinstance(attention, str):
         return attention, {}
-    params = dict(attention)
-    return str(params.pop("name", "dense")), params
+    node = dict(attention)
+    name = str(node.pop("name", "dense"))
+    return name, dict(node.pop("params", None) or {}, **node)
+
+
+def _default_params(name: str) -> dict[str, Any]:
+    """A mode switched to by name alone (F-keys) takes its parameters from conf/attention/<name>.yaml."""
+    path = CONF_ATTENTION / f"{name}.yaml"
+    if not path.exists():
+        return {}
+    from omegaconf import OmegaConf
+    node = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    return dict(node.get("params") or {}) if isinstance(node, dict) else {}
 
 
 class NeuralEnv:
@@ -73,17 +87,19 @@ class NeuralEnv:
         name, params = _mode_spec(mode)
         if name not in MODES:
             raise ValueError(f"unknown attention mode {name!r}; available: {sorted(MODES)}")
-        params = params or self._mode_params.get(name, {})
+        if not params:
+            params = self._mode_params[name] if name in self._mode_params else _default_params(name)
         self.sampler.set_mode(build_mode(name, **params))
         self._mode_params[name] = params
         self.mode_name = name
 
     @torch.no_grad()
-    def reset(self, seed: int, prompt: str) -> Frame:
-        self.prompt = self.model.prompt.canonical(prompt)   # ValueError listing the vocabulary if bad
+    def reset(self, seed: int, prompt: str | None = None) -> Frame:
+        # None: the vocabulary's defaults (the first word of each category, as the maze's default prompt)
+        self.prompt = self.model.prompt.canonical(prompt or "")   # ValueError listing the vocabulary if bad
         self.sampler.reset(seed, self.prompt)
         if self.bootstrap is not None:
-            first = np.asarray(self.bootstrap.reset(seed, prompt), dtype=np.uint8)
+            first = np.asarray(self.bootstrap.reset(seed, self.prompt), dtype=np.uint8)
             self.prime([first], [np.zeros(ACTION_DIM, np.float32)])
             return first
         return self._generate(np.zeros(ACTION_DIM, np.float32))
