@@ -69,6 +69,8 @@ def replay_config(cfg: DictConfig, overrides: list[str], meta: dict[str, Any]) -
     for key in RECORDED_GROUPS:
         if key not in named and key in meta["config"]:
             out[key] = meta["config"][key]
+    if "device" in named and "engine" not in named and "device" in out.engine:
+        out.engine.device = cfg.device  # the recorded engine node holds the recording's resolved device
     seed = int(cfg.seed) if "seed" in named else int(meta["seed"])
     prompt = str(cfg.prompt) if "prompt" in named and cfg.prompt is not None else str(meta["prompt"])
     return out, seed, prompt
