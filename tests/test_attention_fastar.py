@@ -245,3 +245,16 @@ def test_window_adopts_a_compressed_cache_without_reviving_empty_slots():
     assert (cache.bias[0, :, :, :cache.length[0]] != 0).any()   # group weights kept
     q, k, v = next(_dup_frames(1, seed=9))
     assert torch.isfinite(_step(win, cache, 0, 5, q, k, v)).all()
+
+
+def test_bench_smoke(tmp_path):
+    from engine.attention import bench
+    out = tmp_path / "a.json"
+    res = bench.main(["--frames", "3", "--tokens", "8", "--heads", "2", "--dim", "16", "--reps", "1",
+                      "--warmup", "0", "--device", "cpu", "--out", str(out)])
+    row = res["results"]["3"]
+    assert set(row) == set(bench.MODES)
+    for name, e in row.items():
+        assert "error" not in e, (name, e.get("trace"))
+        assert 0 < e["density"] <= 1 and 0 < e["recall"] <= 1 + 1e-6 and e["time_ms"] > 0
+    assert row["dense"]["recall"] == 1.0 and out.exists()

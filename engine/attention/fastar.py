@@ -140,6 +140,7 @@ class FastARAttention(AttentionMode):
         self._biased = cfg.tempcache is not None
         self._paths: dict[str, str] = {}
         self._n = 1                             # tokens per frame (from the calls)
+        self.last_pairs: torch.Tensor | int = 0  # query-key pairs the last self-attention call computed
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -210,6 +211,7 @@ class FastARAttention(AttentionMode):
             self._paths["self"] = path
             valid = cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]
             self.meter.add(layer, "sa_density", pairs / ((valid + n * q.shape[0] * q.shape[1]) * n))
+            self.last_pairs = pairs
             if recall_now:
                 idx = sample_queries(q, self.cfg.metrics.recall_queries)
                 c = codes if bias is None else torch.where(bias[:, :, :L0, None] > NEG_BIAS / 2, codes,
@@ -220,6 +222,8 @@ class FastARAttention(AttentionMode):
         else:
             out = kernels.attention(q, K, V, bias=bias)
             self._paths["dense"] = kernels.kernel_name()
+            self.last_pairs = (cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]) * n \
+                + n * n * q.shape[0] * q.shape[1]
         if info.commit:
             if self._needs_codes():
                 self._write_codes(cache, layer, k)

@@ -75,19 +75,31 @@ def top_mass_share(q: torch.Tensor, K: torch.Tensor, bias: torch.Tensor | None, 
     return (need / K.shape[2]).mean()
 
 
-def grouped_recall(q: torch.Tensor, hist_k: torch.Tensor, comp_k: torch.Tensor, comp_bias: torch.Tensor) -> torch.Tensor:
+def grouped_recall(q: torch.Tensor, hist_k: torch.Tensor, comp_k: torch.Tensor, comp_bias: torch.Tensor,
+                   kept: torch.Tensor | None = None, own: int = 0, chunk: int = 8192) -> torch.Tensor:
     """Recall of a compressed (TempCache) cache against the dense history it replaced, for the benchmark:
     each history key is assigned to its most similar (cosine) valid slot; recall = sum over slots of
     min(dense mass of the keys assigned to it, compressed softmax weight of the slot). 1 exactly when groups
-    hold identical keys (grouping lemma); falls with approximate merges and forced merges.
+    hold identical keys (grouping lemma); falls with approximate and forced merges. With `kept` (B, H, s, Lc),
+    the weight of slots a sparse step skipped counts as lost (TempCache + AnnSA). The last `own` entries of
+    both (the frame's own keys) correspond one to one.
     q (B, H, s, D); hist_k (B, H, Lh, D); comp_k (B, H, Lc, D); comp_bias (B, H, Lc) (NEG_BIAS = empty)."""
     d = math.sqrt(q.shape[-1])
     p_dense = (torch.einsum("bhsd,bhld->bhsl", q.float(), hist_k.float()) / d).softmax(-1)
     w = (torch.einsum("bhsd,bhld->bhsl", q.float(), comp_k.float()) / d + comp_bias[:, :, None].float()).softmax(-1)
-    sim = torch.einsum("bhld,bhcd->bhlc", F.normalize(hist_k.float(), dim=-1), F.normalize(comp_k.float(), dim=-1))
-    sim = sim.masked_fill(comp_bias[:, :, None, :] < -1e3, -2.0)
-    assign = sim.argmax(-1)                                                      # (B, H, Lh)
-    agg = torch.zeros_like(w).scatter_add_(3, assign[:, :, None, :].expand_as(p_dense), p_dense)
+    if kept is not None:
+        w = w * kept
+    Lh, Lc = hist_k.shape[2], comp_k.shape[2]
+    ck = F.normalize(comp_k[:, :, :Lc - own].float(), dim=-1)
+    empty = comp_bias[:, :, None, :Lc - own] < -1e3
+    agg = torch.zeros_like(w)
+    if own:
+        agg[..., Lc - own:] = p_dense[..., Lh - own:]
+    for s in range(0, Lh - own, chunk):   # assignment in chunks: history x slots does not fit at once
+        e = min(s + chunk, Lh - own)
+        sim = torch.einsum("bhld,bhcd->bhlc", F.normalize(hist_k[:, :, s:e].float(), dim=-1), ck)
+        assign = sim.masked_fill(empty, -2.0).argmax(-1)                         # (B, H, l)
+        agg.scatter_add_(3, assign[:, :, None, :].expand(-1, -1, q.shape[2], -1), p_dense[..., s:e])
     return torch.minimum(agg, w).sum(-1).mean()
 
 
