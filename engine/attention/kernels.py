@@ -154,15 +154,17 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     cands = _candidates(biased)
     if key not in _choice:
         times: dict[str, float] = {}
+        times_failed: list[str] = []
         for name, fn in cands.items():
             try:
                 times[name] = _time(lambda: fn(q, k, v, bias, scale))
-            except RuntimeError:
-                continue  # backend does not accept this shape/dtype
+            except Exception:   # backend does not accept this shape/dtype/mask (all listed in kernel_timings)
+                times_failed.append(name)
+                continue
         if not times:
             raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}")
         _choice[key] = min(times, key=times.__getitem__)
-        _timings[key] = times
+        _timings[key] = {**times, **{f"{n} (failed)": float("nan") for n in times_failed}}
     _last_kernel = _choice[key]
     return cands[_last_kernel](q, k, v, bias, scale)
 
