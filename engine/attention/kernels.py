@@ -28,7 +28,7 @@ except Exception:  # pragma: no cover - depends on the machine
 
 _last_kernel: str = "none"
 _choice: dict[tuple, str] = {}
-_timings: dict[tuple, dict[str, float]] = {}   # every candidate's measured ms per shape bucket (benchmark)
+_timings: dict[tuple, dict[str, float | None]] = {}   # every candidate's measured ms per shape bucket (benchmark)
 
 
 def kernel_name() -> str:
@@ -164,11 +164,11 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
         if not times:
             raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype}")
         _choice[key] = min(times, key=times.__getitem__)
-        _timings[key] = {**times, **{f"{n} (failed)": float("nan") for n in times_failed}}
+        _timings[key] = {**times, **{f"{n} (failed)": None for n in times_failed}}
     _last_kernel = _choice[key]
     return cands[_last_kernel](q, k, v, bias, scale)
 
 
-def kernel_timings() -> dict[str, dict[str, float]]:
+def kernel_timings() -> dict[str, dict[str, float | None]]:
     """Measured ms of every candidate per shape bucket (what the choice was made from), for the benchmark."""
     return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _timings.items()}
