@@ -134,8 +134,11 @@ class Trainer:
 
     def log(self, rec: dict[str, Any]) -> None:
         rec = {"t": round(time.time() - self.t0, 1), **rec}
-        self.log_file.write(json.dumps(rec) + "\n")
+        line = json.dumps(rec)
+        self.log_file.write(line + "\n")
         self.log_file.flush()
+        if not self.cfg.progress:   # background runs (GPU box): the log file tail is the progress report
+            print(line, flush=True)
 
     def out_of_time(self) -> bool:
         return self.stop or time.time() > self.deadline
@@ -257,7 +260,7 @@ class Trainer:
             bar.update(1)
             if step % self.cfg.log_every == 0:
                 psnr = float(-10 * torch.log10(((y[: a.batch // 2] - x[: a.batch // 2]) / 2).pow(2).mean().detach()))
-                self.log({"phase": "ae", "step": step, "loss": float(loss), "l1": float(loss_px),
+                self.log({"phase": "ae", "step": step, "loss": float(loss.detach()), "l1": float(loss_px.detach()),
                           "psnr_db": round(psnr, 2), "lr": opt.param_groups[0]["lr"]})
                 bar.set_postfix(loss=f"{float(loss):.4f}", psnr=f"{psnr:.1f}")
             if time.time() - last_save > 60 * self.cfg.ckpt_every_min:
