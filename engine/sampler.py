@@ -101,13 +101,20 @@ class Sampler:
         self.frame += 1
 
     @torch.no_grad()
-    def step(self, action: torch.Tensor) -> torch.Tensor:
-        """Generate the next frame's latent for `action` (B, A), commit it, return it (B, C, h, w)."""
+    def sample(self, action: torch.Tensor) -> torch.Tensor:
+        """Denoise the next frame's latent for `action` (B, A) without committing it (B, C, h, w)."""
         action = action.to(self.device, self.dtype)
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
                         device=self.device).to(self.dtype)
         for i in range(self.steps):
             v = self._pass(x, self.sigmas[i:i + 1].to(self.dtype), action, i, commit=False)
             x = x + (self.sigmas[i + 1] - self.sigmas[i]) * v
+        return x
+
+    @torch.no_grad()
+    def step(self, action: torch.Tensor) -> torch.Tensor:
+        """Generate the next frame's latent for `action` (B, A), commit it, return it (B, C, h, w).
+        (Teacher forcing calls sample() and then commit() with the true frame instead.)"""
+        x = self.sample(action)
         self.commit(x, action)
         return x

@@ -127,6 +127,13 @@ class NeuralEnv:
             z = self.model.encode(torch.as_tensor(np.asarray(f, np.uint8)[None], device=self.device))
             self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]))
 
+    @torch.no_grad()
+    def predict(self, action: Any) -> Frame:
+        """The frame step(action) would return, without committing it: follow with prime([true frame],
+        [action]) for teacher-forced evaluation."""
+        z = self.sampler.sample(torch.as_tensor(validate_action(action)[None]))
+        return self.model.decode(z)[0].cpu().numpy()
+
     def _generate(self, action: np.ndarray) -> Frame:
         import time
         t0 = time.perf_counter()

@@ -1,0 +1,219 @@
+"""Evaluate a world-model checkpoint against the real maze; writes docs/results/world_model.json.
+
+    python -m engine.evaluate                                   # bundled weights, GPU if there is one
+    python -m engine.evaluate checkpoint=runs/base/export stability_frames=3000
+    python -m engine.evaluate quick=true                        # CPU-sized numbers (tests use a tiny model)
+
+Every episode is new: map seeds >= 1_000_000 (the dataset draws map seeds from PCG64, so a collision with a
+training map is a ~1e-4 chance per episode), played by the scripted explorer; truth is the simulator's frame
+for the same action. All generation goes through NeuralEnv (the one sampling loop).
+
+Metrics (PSNR in dB over uint8 frames, engine.metrics):
+  ae_psnr_db                       encode -> decode of held-out frames
+  teacher_forced_psnr_db           next frame from true context (sample, then commit the TRUE frame)
+  copy_baseline_*                  repeating the last true frame instead
+  rollout16_psnr_db / curve        16 true frames primed, then 16 (64) generated frames with the true actions
+  revisit_psnr_db_{dense,window}   two full turns in place (120 x turn_right): second turn vs first turn,
+                                   both generated; memory shows as a high number, forgetting as a low one
+  stability                        per 100 frames of a long rollout: colour mean/std of generated vs true
+  controllability                  per key and mouse direction: 8 frames of one action from a primed context
+"""
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from engine.env import ACTION_DIM, KEY_NAMES, make_action
+from engine.metrics import mean_psnr
+from engine.world_model import NeuralEnv
+
+SEED0 = 1_000_000
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str | None = None     # None: the bundled weights
+    device: str = "auto"
+    steps: int = 4
+    out: str = "docs/results/world_model.json"
+    episodes: int = 4
+    context: int = 16
+    teacher_forced: int = 32          # frames per episode
+    rollout: int = 64
+    stability_frames: int = 3000
+    control_frames: int = 8
+    window: int = 32
+    fps_frames: int = 100
+    cpu_fps_frames: int = 5
+    quick: bool = False               # CPU-sized: 2 episodes, short rollouts, 200-frame stability
+
+
+def _quick(c: EvalConfig) -> EvalConfig:
+    return EvalConfig(**{**asdict(c), "episodes": 1, "teacher_forced": 4, "rollout": 8, "stability_frames": 20,
+                         "control_frames": 2, "fps_frames": 3, "cpu_fps_frames": 2, "context": 4})
+
+
+class Truth:
+    """A held-out maze episode played by the explorer: frames, actions, and the live simulator."""
+
+    def __init__(self, k: int, frames: int) -> None:
+        from worlds.maze.env import MazeEnv
+        from worlds.maze.explorer import Explorer
+        from worlds.maze.style import random_prompt
+        rng = np.random.default_rng(SEED0 + k)
+        self.seed, self.prompt = SEED0 + k, random_prompt(rng)
+        self.env = MazeEnv()
+        self.frames = [self.env.reset(self.seed, self.prompt)]
+        self.actions = [np.zeros(ACTION_DIM, np.float32)]
+        assert self.env.map is not None
+        self.explorer = Explorer(self.env.map, SEED0 + k)
+        self.extend(frames)
+
+    def extend(self, n: int) -> None:
+        while len(self.frames) < n:
+            a = self.explorer.act(self.env.pose)
+            self.frames.append(self.env.step(a))
+            self.actions.append(a)
+
+
+def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:
+    return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, steps=cfg.steps)
+
+
+def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
+    if cfg.quick:
+        cfg = _quick(cfg)
+    env = env or _env(cfg)
+    dev = env.device
+    n_ep = cfg.context + max(cfg.teacher_forced, cfg.rollout)
+    eps = [Truth(k, n_ep) for k in range(cfg.episodes)]
+    res: dict[str, Any] = {"config": asdict(cfg)}
+
+    # autoencoder
+    frames = np.stack([f for e in eps for f in e.frames])
+    with torch.no_grad():
+        rec = np.concatenate([env.model.decode(env.model.encode(torch.as_tensor(frames[i:i + 64], device=dev)))
+                              .cpu().numpy() for i in range(0, len(frames), 64)])
+    res["ae_psnr_db"] = mean_psnr(rec, frames)
+
+    # teacher forced, rollouts
+    tf, tf_copy, r16, r16_copy, curve = [], [], [], [], []
+    for k, e in enumerate(eps):
+        env.sampler.reset(k, e.prompt)
+        env.prime(e.frames[:cfg.context], e.actions[:cfg.context])
+        for i in range(cfg.context, cfg.context + cfg.teacher_forced):
+            tf.append(mean_psnr(env.predict(e.actions[i])[None], e.frames[i][None]))
+            tf_copy.append(mean_psnr(e.frames[i - 1][None], e.frames[i][None]))
+            env.prime([e.frames[i]], [e.actions[i]])
+        env.sampler.reset(k, e.prompt)
+        env.prime(e.frames[:cfg.context], e.actions[:cfg.context])
+        gen = np.stack([env.step(e.actions[i]) for i in range(cfg.context, cfg.context + cfg.rollout)])
+        true = np.stack(e.frames[cfg.context:cfg.context + cfg.rollout])
+        curve.append([mean_psnr(g[None], t[None]) for g, t in zip(gen, true)])
+        r16.append(mean_psnr(gen[:16], true[:16]))
+        r16_copy.append(mean_psnr(np.broadcast_to(e.frames[cfg.context - 1], true[:16].shape), true[:16]))
+    res.update(teacher_forced_psnr_db=float(np.mean(tf)), copy_baseline_teacher_forced_psnr_db=float(np.mean(tf_copy)),
+               rollout16_psnr_db=float(np.mean(r16)), copy_baseline_rollout16_psnr_db=float(np.mean(r16_copy)),
+               rollout64_psnr_curve=[round(float(x), 3) for x in np.mean(curve, 0)])
+
+    # revisit: two full turns in place from a true first frame
+    turns = 120 if not cfg.quick else 8
+    for mode, att in (("dense", "dense"), ("window", {"name": "window", "sinks": 1, "window": cfg.window})):
+        env.set_attention(att)
+        e = eps[0]
+        env.sampler.reset(0, e.prompt)
+        env.prime(e.frames[:1], e.actions[:1])
+        gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(turns)])
+        res[f"revisit_psnr_db_{mode}"] = mean_psnr(gen[turns // 2:], gen[:turns // 2])
+    env.set_attention("dense")
+
+    # stability: a long rollout driven by the explorer on the true simulator (same actions, same prompt)
+    e = Truth(cfg.episodes, 1)
+    env.sampler.reset(99, e.prompt)
+    env.prime(e.frames[:1], e.actions[:1])
+    chunks: list[dict[str, Any]] = []
+    g_acc, t_acc = [], []
+    for i in range(1, cfg.stability_frames + 1):
+        e.extend(i + 1)
+        g_acc.append(env.step(e.actions[i]).reshape(-1, 3).astype(np.float64))
+        t_acc.append(e.frames[i].reshape(-1, 3).astype(np.float64))
+        e.frames[i] = None  # type: ignore[call-overload]  # keep memory flat over 3000 frames
+        if i % 100 == 0 or i == cfg.stability_frames:
+            g, t = np.concatenate(g_acc), np.concatenate(t_acc)
+            chunks.append({"frames_to": i, "gen_mean": g.mean(0).round(2).tolist(), "true_mean": t.mean(0).round(2).tolist(),
+                           "gen_std": g.std(0).round(2).tolist(), "true_std": t.std(0).round(2).tolist(),
+                           "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3)})
+            g_acc, t_acc = [], []
+    res["stability"] = chunks
+
+    # controllability: one action held for a few frames from a primed context, vs the simulator from there
+    e = eps[0]
+    actions = {k: make_action((k,)) for k in KEY_NAMES if k != "run"}
+    actions.update({"mouse_right": make_action((), 1.0), "mouse_left": make_action((), -1.0),
+                    "run_forward": make_action(("forward", "run"))})
+    ctrl: dict[str, Any] = {}
+    sim = Truth(0, cfg.context)   # same episode, stopped after the context
+    for name, a in actions.items():
+        twin = copy.deepcopy(sim.env)
+        true = np.stack([twin.step(a) for _ in range(cfg.control_frames)])
+        env.sampler.reset(7, e.prompt)
+        env.prime(sim.frames[:cfg.context], sim.actions[:cfg.context])
+        gen = np.stack([env.step(a) for _ in range(cfg.control_frames)])
+        ctrl[name] = {"psnr_db": mean_psnr(gen, true),
+                      "copy_psnr_db": mean_psnr(np.broadcast_to(sim.frames[-1], true.shape), true)}
+    res["controllability"] = ctrl
+
+    # speed (short context: 16 frames primed)
+    def fps(e_: NeuralEnv, n: int) -> float:
+        ctx = min(16, len(eps[0].frames) - 1)
+        acts = eps[0].actions[ctx:]
+        e_.sampler.reset(0, eps[0].prompt)
+        e_.prime(eps[0].frames[:ctx], eps[0].actions[:ctx])
+        e_.step(acts[0])   # warm-up (kernel choice, allocation)
+        if e_.device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for i in range(n):
+            e_.step(acts[i % len(acts)])
+        return n / (time.perf_counter() - t0)
+    res["fps_gpu_short_context"] = fps(env, cfg.fps_frames) if dev.type == "cuda" else None
+    cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", steps=cfg.steps)
+    res["fps_cpu"] = fps(cpu_env, cfg.cpu_fps_frames)
+    res["cpu_threads"] = torch.get_num_threads()
+    ck = Path(cfg.checkpoint) if cfg.checkpoint else None
+    from engine.checkpoint import BUNDLED
+    ck = ck or BUNDLED
+    res["checkpoint_mib"] = round(sum(p.stat().st_size for p in ck.iterdir()) / 2 ** 20, 2) if ck.is_dir() else None
+    res["checkpoint_sha256"] = env.checkpoint_sha256
+    res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
+    try:
+        res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    except OSError:
+        res["commit"] = None
+    return res
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    import sys
+    from omegaconf import OmegaConf
+    cli = OmegaConf.from_cli(argv if argv is not None else sys.argv[1:])
+    cfg: EvalConfig = OmegaConf.to_object(OmegaConf.merge(OmegaConf.structured(EvalConfig), cli))  # type: ignore
+    res = evaluate(cfg)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(res, indent=1, default=float))
+    summary = {k: v for k, v in res.items() if isinstance(v, (int, float)) or v is None}
+    print(json.dumps(summary, indent=1))
+    return res
+
+
+if __name__ == "__main__":
+    main()

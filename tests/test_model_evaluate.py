@@ -1,0 +1,30 @@
+"""engine.evaluate end to end on the CPU with a tiny random model: every required key, finite numbers."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import torch
+
+from engine.evaluate import EvalConfig, evaluate
+from engine.model import WorldModel, preset
+from engine.world_model import NeuralEnv
+
+KEYS = ("ae_psnr_db", "teacher_forced_psnr_db", "rollout16_psnr_db", "rollout64_psnr_curve",
+        "copy_baseline_teacher_forced_psnr_db", "copy_baseline_rollout16_psnr_db", "revisit_psnr_db_dense",
+        "revisit_psnr_db_window", "stability", "controllability", "fps_gpu_short_context", "fps_cpu",
+        "checkpoint_mib", "device", "commit")
+
+
+def test_evaluate_quick(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    env = NeuralEnv(model=WorldModel(preset("tiny")), device="cpu", steps=1)
+    res = evaluate(EvalConfig(quick=True, steps=1, window=2), env=env)
+    for k in KEYS:
+        assert k in res, k
+    for k in ("ae_psnr_db", "teacher_forced_psnr_db", "rollout16_psnr_db", "revisit_psnr_db_dense", "fps_cpu"):
+        assert math.isfinite(res[k]) and res[k] > 0, (k, res[k])
+    assert len(res["rollout64_psnr_curve"]) == 8 and res["stability"][-1]["frames_to"] == 20
+    assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
+    json.dumps(res)
