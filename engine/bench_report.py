@@ -1,0 +1,291 @@
+"""The benchmark's numbers from its per-frame series: per-mode summary, the printed table, the issue's bars, plots.
+
+Pure functions of the series engine/bench.py records, so a bench.json can be re-summarised or re-plotted
+without running anything again (`summarise`, `table`, `bars`, `plots`).
+
+FPS at a frame: 1000 / the median generation time over a centred window of `fps_window` frames (clipped at
+the ends, so at the last frame it is a trailing window). A median, so that one slow frame (a GC pause, the
+first call of a kernel) does not decide it; frames flagged as instrumentation (the first-use kernel
+measurement, a mode's recall measurement) are left out of the window and of mean_fps.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SUMMARY_FIELDS: tuple[str, ...] = (
+    "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
+    "ssim_vs_dense", "psnr_vs_truth_db", "revisit_psnr_db", "density", "recall", "kernel")
+
+
+def mean_of(xs: list[float | None] | None) -> float | None:
+    """Mean of the finite values, None when there are none (a field not measured stays null, never 0)."""
+    vals = [x for x in (xs or []) if x is not None and math.isfinite(x)]
+    return float(np.mean(vals)) if vals else None
+
+
+def ms_at(gen_ms: list[float], excluded: set[int], frame: int, window: int) -> float | None:
+    """Median generation ms over the centred window around `frame` (1-based, clipped to the run)."""
+    n = len(gen_ms)
+    if n == 0:
+        return None
+    lo = max(1, min(frame, n) - window // 2)
+    hi = min(n, lo + window - 1)
+    lo = max(1, hi - window + 1)
+    idx = [f for f in range(lo, hi + 1) if f not in excluded] or list(range(lo, hi + 1))
+    return float(np.median([gen_ms[f - 1] for f in idx]))
+
+
+def _mem_at(memory: dict[str, list[Any]], frame: int) -> float | None:
+    for f, v in zip(memory["frame"], memory["peak_alloc_mib"]):
+        if f == frame:
+            return v
+    return None
+
+
+def summarise(series: dict[str, Any], early: int, late: int, fps_window: int) -> dict[str, Any]:
+    """The per-mode summary (SUMMARY_FIELDS plus the frame times and memory behind them)."""
+    gen = series["gen_ms"]
+    excluded = {int(f) for f in series["excluded"]}
+    kept = [ms for f, ms in enumerate(gen, start=1) if f not in excluded] or gen
+    e_ms, l_ms = ms_at(gen, excluded, early, fps_window), ms_at(gen, excluded, late, fps_window)
+    st = series["stats"]
+    return {
+        "fps_at_300": 1e3 / e_ms if e_ms else None,
+        "fps_at_3000": 1e3 / l_ms if l_ms else None,
+        "mean_fps": 1e3 * len(kept) / sum(kept) if kept else None,
+        "mean_fps_raw": 1e3 * len(gen) / sum(gen) if gen else None,
+        "ms_at_300": e_ms, "ms_at_3000": l_ms,
+        "peak_mem_mib_at_300": _mem_at(series["memory"], early),
+        "peak_mem_mib_at_3000": _mem_at(series["memory"], late),
+        "reserved_mib_at_3000": next((r for f, r in zip(series["memory"]["frame"], series["memory"]["reserved_mib"])
+                                      if f == late), None),
+        "psnr_vs_dense_db": mean_of(series["psnr_vs_dense"]),
+        "ssim_vs_dense": mean_of(series["ssim_vs_dense"]),
+        "psnr_vs_truth_db": mean_of(series["psnr_vs_truth"]),
+        "revisit_psnr_db": mean_of(series["revisit_psnr"]),
+        "density": mean_of(st["density"]),
+        "recall": mean_of(st["recall"]),
+        "kernel": series["kernel"],
+        "excluded_frames": len(excluded),
+    }
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def _f(x: float | None, fmt: str = "{:.1f}") -> str:
+    return "-" if x is None else fmt.format(x)
+
+
+def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
+    """The printed table: one row per mode, speed-ups against dense's row (when dense ran)."""
+    d = summary.get("dense", {})
+    head = ["mode", f"fps@{early}", f"fps@{late}", "mean fps", f"x@{late}", "x mean", f"MiB@{early}",
+            f"MiB@{late}", "PSNR/SSIM vs dense", "PSNR vs truth", "revisit dB", "density", "recall", "kernel"]
+    rows = [head]
+    for name, s in summary.items():
+        vs_dense = "ref" if name == "dense" else f"{_f(s['psnr_vs_dense_db'])} / {_f(s['ssim_vs_dense'], '{:.3f}')}"
+        rows.append([name, _f(s["fps_at_300"]), _f(s["fps_at_3000"]), _f(s["mean_fps"]),
+                     _f(_ratio(s["fps_at_3000"], d.get("fps_at_3000")), "{:.2f}x"),
+                     _f(_ratio(s["mean_fps"], d.get("mean_fps")), "{:.2f}x"),
+                     _f(s["peak_mem_mib_at_300"]), _f(s["peak_mem_mib_at_3000"]), vs_dense,
+                     _f(s["psnr_vs_truth_db"]), _f(s["revisit_psnr_db"]), _f(s["density"], "{:.3f}"),
+                     _f(s["recall"], "{:.3f}"), str(s["kernel"])])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def bars(summary: dict[str, dict[str, Any]], early: int, late: int, b: Any) -> list[dict[str, str]]:
+    """The issue's bars, each PASS/FAIL/SKIP with its numbers. Reported only: nothing here changes output."""
+    out: list[dict[str, str]] = []
+
+    def add(bar: str, ok: bool | None, detail: str) -> None:
+        out.append({"bar": bar, "status": "SKIP" if ok is None else ("PASS" if ok else "FAIL"), "detail": detail})
+
+    fa, de, wi = summary.get("fastar"), summary.get("dense"), summary.get("window")
+
+    def need(*names: str) -> str | None:
+        missing = [n for n in names if n not in summary]
+        return f"mode(s) {missing} not run" if missing else None
+
+    x_end = _ratio(fa and fa["fps_at_3000"], de and de["fps_at_3000"])
+    x_mean = _ratio(fa and fa["mean_fps"], de and de["mean_fps"])
+    miss = need("fastar", "dense")
+    add(f"fastar >= {b.speedup_end}x dense per frame at frame {late}", None if miss or x_end is None else
+        x_end >= b.speedup_end, miss or f"{x_end:.2f}x ({_f(fa['fps_at_3000'])} vs {_f(de['fps_at_3000'])} fps)")
+    add(f"fastar >= {b.speedup_mean}x dense averaged", None if miss or x_mean is None else x_mean >= b.speedup_mean,
+        miss or f"{x_mean:.2f}x ({_f(fa['mean_fps'])} vs {_f(de['mean_fps'])} mean fps)")
+
+    miss_f = need("fastar")
+    drift = _ratio(fa and fa["ms_at_3000"], fa and fa["ms_at_300"])
+    add(f"fastar frame time at {late} within {b.flat_time:.0%} of at {early}",
+        None if miss_f or drift is None else abs(drift - 1) <= b.flat_time,
+        miss_f or f"{_f(fa['ms_at_300'], '{:.2f}')} -> {_f(fa['ms_at_3000'], '{:.2f}')} ms ({(drift - 1):+.1%})")
+    grow = _ratio(fa and fa["peak_mem_mib_at_3000"], fa and fa["peak_mem_mib_at_300"])
+    dgrow = _ratio(de and de["peak_mem_mib_at_3000"], de and de["peak_mem_mib_at_300"])
+    add(f"fastar peak memory growth {early}->{late} <= {b.mem_growth:.0%}",
+        None if miss_f or grow is None else grow - 1 <= b.mem_growth,
+        miss_f or ("no CUDA memory statistics on this device" if grow is None else
+                   f"fastar {_f(fa['peak_mem_mib_at_300'])} -> {_f(fa['peak_mem_mib_at_3000'])} MiB ({grow - 1:+.1%}); "
+                   f"dense " + ("-" if dgrow is None else f"{_f(de['peak_mem_mib_at_300'])} -> "
+                                f"{_f(de['peak_mem_mib_at_3000'])} MiB ({dgrow - 1:+.1%})")))
+    p, s = (fa or {}).get("psnr_vs_dense_db"), (fa or {}).get("ssim_vs_dense")
+    add(f"fastar vs dense PSNR >= {b.psnr_db} dB and SSIM >= {b.ssim}",
+        None if miss or p is None or s is None else (p >= b.psnr_db and s >= b.ssim),
+        miss or f"PSNR {_f(p, '{:.2f}')} dB, SSIM {_f(s, '{:.3f}')}")
+
+    rf, rd, rw = ((x or {}).get("revisit_psnr_db") for x in (fa, de, wi))
+    miss3 = need("fastar", "dense", "window")
+    nums = f"revisit PSNR fastar {_f(rf, '{:.2f}')}, dense {_f(rd, '{:.2f}')}, window {_f(rw, '{:.2f}')} dB"
+    add(f"revisit: fastar within {b.revisit_db} dB of dense, window worse than dense by >= {b.window_margin_db} dB",
+        None if miss3 or None in (rf, rd, rw) else (rf >= rd - b.revisit_db and rw <= rd - b.window_margin_db),
+        miss3 or nums)
+    t = _ratio(fa and fa["ms_at_3000"], wi and wi["ms_at_3000"])
+    miss2 = need("fastar", "window")
+    add(f"fastar beats window on revisit at <= {b.time_ratio}x its frame time (at frame {late})",
+        None if miss2 or None in (rf, rw, t) else (rf > rw and t <= b.time_ratio),  # type: ignore[operator]
+        miss2 or f"revisit {_f(rf, '{:.2f}')} vs {_f(rw, '{:.2f}')} dB; frame time ratio {_f(t, '{:.2f}')}x")
+    return out
+
+
+def _smooth(y: list[float | None], w: int, fn: Any = np.nanmedian) -> np.ndarray:
+    a = np.asarray([np.nan if v is None else v for v in y], np.float64)
+    if w <= 1 or len(a) < 2:
+        return a
+    h = w // 2
+    return np.asarray([fn(a[max(0, i - h):i + h + 1]) if np.isfinite(a[max(0, i - h):i + h + 1]).any() else np.nan
+                       for i in range(len(a))])
+
+
+def plots(out: Path, modes: dict[str, dict[str, Any]], early: int, late: int, device: str) -> list[str]:
+    """fps_vs_frame.png, memory_vs_frame.png, psnr_vs_frame.png (one figure each); returns the file names."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names: list[str] = []
+    w = max(5, late // 100)
+    colour = {n: plt.get_cmap("tab10")(i % 10) for i, n in enumerate(modes)}   # one colour per mode everywhere
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for name, s in modes.items():
+        fps = [1e3 / ms if ms else None for ms in s["gen_ms"]]
+        ax.plot(range(1, len(fps) + 1), _smooth(fps, w), label=name, lw=1.2, color=colour[name])
+    ax.set(xlabel="frame", ylabel=f"FPS (median over {w} frames)", title=f"Generation speed vs frame ({device})")
+    if any(s["gen_ms"] for s in modes.values()):
+        ax.set_yscale("log")
+    for f in (early, late):
+        ax.axvline(f, color="gray", ls=":", lw=0.8)
+    ax.legend(fontsize=8, ncol=2)
+    ax.grid(alpha=0.3, which="both")
+    fig.tight_layout()
+    fig.savefig(out / "fps_vs_frame.png", dpi=120)
+    names.append("fps_vs_frame.png")
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    any_mem = False
+    for name, s in modes.items():
+        m = s["memory"]
+        if any(v is not None for v in m["peak_alloc_mib"]):
+            any_mem = True
+            ax.plot(m["frame"], m["peak_alloc_mib"], label=name, lw=1.2, marker=".", ms=3, color=colour[name])
+    if not any_mem:
+        ax.text(0.5, 0.5, f"no CUDA memory statistics on {device}", ha="center", va="center", transform=ax.transAxes)
+    else:
+        ax.legend(fontsize=8, ncol=2)
+    ax.set(xlabel="frame", ylabel="peak allocated MiB (torch.cuda.max_memory_allocated)",
+           title=f"Peak GPU memory vs frame ({device})")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out / "memory_vs_frame.png", dpi=120)
+    names.append("memory_vs_frame.png")
+    plt.close(fig)
+
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), sharey=True)
+    for name, s in modes.items():
+        x = range(1, len(s["psnr_vs_truth"]) + 1)
+        if name != "dense" and s["psnr_vs_dense"]:
+            axes[0].plot(x, _smooth(s["psnr_vs_dense"], w, np.nanmean), label=name, lw=1.2, color=colour[name])
+        axes[1].plot(x, _smooth(s["psnr_vs_truth"], w, np.nanmean), label=name, lw=1.2, color=colour[name])
+    top = axes[0].get_ylim()[1]
+    if top > 60:   # identical frames count as 100 dB; do not let them flatten the curves that matter
+        axes[0].set_ylim(top=60)
+    axes[0].set(xlabel="frame", ylabel=f"PSNR dB (mean over {w} frames; clipped at 60)", title="PSNR vs dense rollout")
+    axes[1].set(xlabel="frame", title="PSNR vs true maze frames")
+    for a in axes:
+        a.grid(alpha=0.3)
+        if a.get_legend_handles_labels()[0]:
+            a.legend(fontsize=8, ncol=2)
+    fig.tight_layout()
+    fig.savefig(out / "psnr_vs_frame.png", dpi=120)
+    names.append("psnr_vs_frame.png")
+    plt.close(fig)
+    return names
+
+
+def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], keep: list[int], make_plots: bool) -> None:
+    """Plots and the frame sheet first (so bench.json can list them), then bench.json and table.txt."""
+    early, late = doc["early_frame"], doc["late_frame"]
+    names = plots(out, {n: m["series"] for n, m in doc["modes"].items()}, early, late, doc["device"]) if make_plots else []
+    if strips:
+        _frames_png(out / "frames.png", strips, keep)
+        names.append("frames.png")
+    doc["outputs"] = ["bench.json", "table.txt", *names]
+    chosen = doc["kernels"]["chosen"]
+    text = [f"engine.bench on {doc['device']} (host {doc['host']}), torch {doc['torch']}, commit {doc['commit'][:12]}"
+            f"{' (dirty)' if doc['dirty'] else ''}, {doc['frames']} frames, timer {doc['timer']}",
+            "dense kernels chosen by measurement: " + (json.dumps(chosen) if chosen else
+                                                       "none (no CUDA: the torch SDPA math path runs)"),
+            f"revisit pairs: {len(doc['trace']['revisit_pairs'])} (gap > {doc['trace']['revisit_min_gap']} frames); "
+            f"truth's own revisit PSNR: {_f(doc['truth']['revisit_psnr_db'], '{:.2f}')} dB", "",
+            table(doc["summary"], early, late), "", "bars:"]
+    text += [f"  {b['status']:4}  {b['bar']}: {b['detail']}" for b in doc["bars"]]
+    text += [f"note: {n}" for n in doc["trace"]["notes"]]
+    (out / "table.txt").write_text("\n".join(text) + "\n")
+    (out / "bench.json").write_text(json.dumps(doc, indent=1, default=_json_default, allow_nan=False))
+    print("\n".join(text), flush=True)
+    print(f"wrote {out}/{{{','.join(doc['outputs'])}}}", flush=True)
+
+
+def _frames_png(path: Path, strips: dict[str, np.ndarray], keep: list[int]) -> None:
+    """Contact sheet: one row per mode (truth first), one column per reported frame (and the revisit pair)."""
+    from PIL import Image, ImageDraw
+
+    rows = [np.concatenate(list(f), axis=1) for f in strips.values()]
+    h = rows[0].shape[0]
+    img = Image.fromarray(np.concatenate(rows, axis=0))
+    pad = Image.new("RGB", (img.width + 110, img.height + 14), "white")
+    pad.paste(img, (110, 14))
+    d = ImageDraw.Draw(pad)
+    for r, name in enumerate(strips):
+        d.text((4, 14 + r * h + h // 2 - 6), name, fill="black")
+    for c, f in enumerate(keep):
+        d.text((110 + c * rows[0].shape[1] // len(keep) + 4, 1), f"frame {f}", fill="black")
+    pad.save(path)
+
+
+def _json_default(x: Any) -> Any:
+    if isinstance(x, (np.floating, np.integer)):
+        return x.item()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON-serialisable: {type(x).__name__}")
+
+
+def results_json(path: Path, doc: dict[str, Any]) -> None:
+    """The summary in the documented shape (docs/BENCHMARKS.md), e.g. docs/results/bench_h100.json."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    res = {"device": doc["device"], "commit": doc["commit"], "dirty": doc["dirty"], "frames": doc["frames"],
+           "early_frame": doc["early_frame"], "late_frame": doc["late_frame"], "torch": doc["torch"],
+           "timer": doc["timer"], "created": doc["created"],
+           "modes": {n: {k: s[k] for k in SUMMARY_FIELDS} for n, s in doc["summary"].items()}}
+    path.write_text(json.dumps(res, indent=1, default=_json_default, allow_nan=False) + "\n")

@@ -1,0 +1,203 @@
+"""One mode's rollout and its quality, for the benchmark (engine/bench.py).
+
+`rollout` plays the trace in a fresh NeuralEnv and records, per frame, the generation time (CUDA events around
+env.step on the GPU, time.perf_counter on the CPU), and every few frames the CUDA memory statistics and
+env.info() (density, recall, cache size, kernel). `quality` then compares the frames, outside the timed loop.
+Only the Env interface, torch.cuda memory statistics and the kernel registry's report are used: nothing here
+reaches into the sampler.
+"""
+from __future__ import annotations
+
+import gc
+import os
+import platform
+import subprocess
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from engine.bench_trace import Trace
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def report_frames(frames: int) -> tuple[int, int]:
+    """The frames the summary reports: 300 and 3000 for a 3000-frame run; 10% and the last frame otherwise."""
+    return max(1, round(frames * 0.1)), frames
+
+
+def recall_every(name: str, params: dict[str, Any]) -> int:
+    """Every how many frames the mode measures recall (those frames are left out of the FPS numbers)."""
+    from engine.attention.fastar import FASTAR_MODES, MetricsConfig
+
+    if name not in FASTAR_MODES:
+        return 0
+    return int((params.get("metrics") or {}).get("recall_every", MetricsConfig().recall_every))
+
+
+
+def tiny_random_model(seed: int = 0) -> Any:
+    """An untrained tiny WorldModel with every DiT weight perturbed (as tests/test_model_core.py does: the
+    adaLN-Zero init would make most paths zero), so smoke runs exercise the whole pipeline in seconds."""
+    import torch
+
+    from engine.model import WorldModel, preset
+
+    torch.manual_seed(seed)
+    m = WorldModel(preset("tiny"))
+    with torch.no_grad():
+        for p in m.dit.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m.eval()
+
+
+
+def git_state() -> dict[str, Any]:
+    def run(*args: str) -> str | None:
+        try:
+            return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return None
+    head = run("rev-parse", "HEAD")
+    status = run("status", "--porcelain", "--untracked-files=no")
+    return {"commit": head or "unknown", "dirty": None if status is None else bool(status)}
+
+
+def where(device: Any) -> dict[str, Any]:
+    import torch
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    return {"device": name, "device_type": device.type, "host": platform.node(), "cpu_count": os.cpu_count(),
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
+            "timer": "cuda_events" if device.type == "cuda" else "perf_counter (cpu: no CUDA events)"}
+
+
+
+def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) -> tuple[Any, Any, dict[str, Any]]:
+    """Density and recall from env.info(), comparable across modes: the mode's own "density"/"recall" when it
+    reports them; else density = kept cache share (cache_density, or cache tokens over dense's at the same
+    frame) x self-attention pair density (sa_density), which is the share of dense's self-attention pairs
+    computed; for a mode that sparsifies only cross-attention (annca), its cross-attention density. Recall =
+    sa_recall, else ca_recall (None when the mode measures none: window, tempcache alone). The components
+    are kept beside them ("parts"). Dense is 1 and 1 by definition."""
+    if name == "dense":
+        return 1.0, 1.0, {}
+    st = info.get("mode_stats") or {}
+    parts = {k: st[k] for k in ("cache_density", "sa_density", "ca_density", "sa_recall", "ca_recall") if st.get(k) is not None}
+    if st.get("cache_density") is None and dense_tokens:
+        parts["cache_density"] = info["cache_tokens"] / dense_tokens
+    density = st.get("density")
+    if density is None:
+        if "sa_density" not in parts and parts.get("cache_density", 1.0) == 1.0 and "ca_density" in parts:
+            density = parts["ca_density"]          # a mode that sparsifies only cross-attention (annca)
+        elif "sa_density" in parts or "cache_density" in parts:
+            density = parts.get("cache_density", 1.0) * parts.get("sa_density", 1.0)
+    recall = st.get("recall", parts.get("sa_recall", parts.get("ca_recall")))
+    return density, recall, parts
+
+
+
+def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, Any], device: Any,
+            steps: int, warmup: int, sample_every: int, bootstrap: Callable[[], Any] | None,
+            dense_tokens: dict[int, int], bar: Any) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """Play the trace with a fresh env in mode `name`. Returns (frames (T, H, W, 3), series, final info)."""
+    import torch
+
+    from engine.attention import kernels
+    from engine.world_model import NeuralEnv
+
+    cuda = device.type == "cuda"
+    env = NeuralEnv(device=str(device), attention={"name": name, **params}, steps=steps,
+                    bootstrap=bootstrap() if bootstrap else None, **source)
+    if warmup:
+        env.reset(trace.seed, trace.prompt)
+        for a in trace.actions[:warmup]:
+            env.step(a)
+    env.reset(trace.seed, trace.prompt)
+    T, early, late = trace.frames, *report_frames(trace.frames)
+    samples = set(range(sample_every, T + 1, sample_every)) | {1, early, late} if sample_every else {1, early, late}
+    every = recall_every(name, params)
+    frames = np.zeros((T, env.spec.height, env.spec.width, 3), np.uint8)
+    s: dict[str, Any] = {"gen_ms": [], "wall_ms": [], "excluded": {},
+                         "memory": {"frame": [], "peak_alloc_mib": [], "reserved_mib": []},
+                         "stats": {"frame": [], "density": [], "recall": [], "cache_tokens": [], "parts": []}}
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    info: dict[str, Any] = {}
+    for k, a in enumerate(trace.actions, start=1):
+        measured = len(kernels.chosen_kernels())
+        t0 = time.perf_counter()
+        if cuda:
+            ev0.record()
+            frames[k - 1] = env.step(a)
+            ev1.record()
+            ev1.synchronize()
+            ms = ev0.elapsed_time(ev1)
+        else:
+            frames[k - 1] = env.step(a)
+        wall = (time.perf_counter() - t0) * 1e3
+        s["gen_ms"].append(ms if cuda else wall)
+        s["wall_ms"].append(wall)
+        if len(kernels.chosen_kernels()) != measured:
+            s["excluded"][k] = "kernel_measure"
+        elif every and k % every == 0:
+            s["excluded"][k] = "recall"
+        if k in samples:
+            mem = s["memory"]
+            mem["frame"].append(k)
+            mem["peak_alloc_mib"].append(torch.cuda.max_memory_allocated(device) / 2 ** 20 if cuda else None)
+            mem["reserved_mib"].append(torch.cuda.memory_reserved(device) / 2 ** 20 if cuda else None)
+            info = env.info()
+            if name == "dense":
+                dense_tokens[k] = info["cache_tokens"]
+            d, r, parts = density_recall(name, info, dense_tokens.get(k))
+            for key, v in (("frame", k), ("density", d), ("recall", r), ("cache_tokens", info["cache_tokens"]),
+                           ("parts", parts)):
+                s["stats"][key].append(v)
+        bar.update(1)
+        if k % 25 == 0:
+            bar.set_postfix_str(f"{name} {1e3 / max(s['gen_ms'][-1], 1e-6):.1f} fps")
+    info = env.info()
+    stats = info.get("mode_stats") or {}
+    s["kernel"] = kernel_label(stats, info)
+    del env
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return frames, s, info
+
+
+
+def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:
+    """The dense kernel the mode last ran, plus its sparse paths and kernel when it has them."""
+    label = str(stats.get("kernel", info.get("kernel")))
+    paths = stats.get("paths") or {}
+    extra = [f"{k}={v}" for k, v in paths.items() if v != label]
+    if stats.get("sparse_kernel") not in (None, "none"):
+        extra.append(f"sparse={stats['sparse_kernel']}")
+    return label + (f" ({', '.join(extra)})" if extra else "")
+
+
+
+def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | None,
+            pairs: list[tuple[int, int]], threads: int) -> dict[str, list[float | None]]:
+    """Per-frame PSNR/SSIM vs dense and PSNR vs truth (frame k+1 at index k); revisit PSNR per pair. Identical
+    frames count as 100 dB (engine.metrics.mean_psnr's rule) so the JSON stays finite."""
+    from engine.metrics import psnr, ssim
+
+    def one(k: int) -> tuple[float | None, float | None, float | None]:
+        f = frames[k]
+        return (None if dense is None else min(psnr(f, dense[k]), 100.0),
+                None if dense is None else ssim(f, dense[k]),
+                None if truth is None else min(psnr(f, truth[k + 1]), 100.0))
+    with ThreadPoolExecutor(max(1, threads)) as pool:
+        rows = list(pool.map(one, range(len(frames))))
+    return {"psnr_vs_dense": [r[0] for r in rows], "ssim_vs_dense": [r[1] for r in rows],
+            "psnr_vs_truth": [r[2] for r in rows],
+            "revisit_psnr": [min(psnr(frames[j - 1], frames[i - 1]), 100.0) for i, j in pairs]}

@@ -1,0 +1,131 @@
+"""The long-rollout benchmark (engine/bench.py) on the CPU: end to end on a tiny random model for a few frames,
+the JSON holds every summary field for exactly the modes asked for, the plots open, an unknown mode is a clear
+error; plus the pieces with numbers of their own (revisit pairs, the designed revisit, FPS windows, bars)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from engine.bench import BenchConfig, BarsConfig, mode_configs
+from engine.bench_report import SUMMARY_FIELDS, bars, ms_at, summarise
+from engine.bench_trace import explorer_trace, revisit_pairs
+
+REPO = Path(__file__).resolve().parent.parent
+FRAMES = 8
+
+
+def _bench(*overrides: str) -> subprocess.CompletedProcess:
+    # One torch thread: on a shared 2-core machine, oversubscribed threads make the tiny model ~10x slower.
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, "-m", "engine.bench", *overrides], cwd=REPO, capture_output=True,
+                          text=True, timeout=300, env=env)
+
+
+def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
+    out, res = tmp_path / "run", tmp_path / "results" / "bench_cpu.json"
+    r = _bench(f"frames={FRAMES}", "modes=[dense,window]", "checkpoint=tiny-random", "device=cpu", "warmup=1",
+               "sample_every=4", "+mode_params.window.window=4", "progress=false", f"out={out}",
+               f"results_json={res}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert set(doc["summary"]) == {"dense", "window"} and set(doc["modes"]) == {"dense", "window"}
+    for name, s in doc["summary"].items():
+        missing = [f for f in SUMMARY_FIELDS if f not in s]
+        assert not missing, (name, missing)
+        assert s["fps_at_300"] > 0 and s["fps_at_3000"] > 0 and s["mean_fps"] > 0
+        assert s["psnr_vs_truth_db"] is not None and s["kernel"] == "sdpa_math_cpu"
+        assert s["peak_mem_mib_at_300"] is None     # no CUDA memory statistics on the CPU: null, never 0
+        series = doc["modes"][name]["series"]
+        for key in ("gen_ms", "psnr_vs_dense", "ssim_vs_dense", "psnr_vs_truth"):
+            assert len(series[key]) == FRAMES, key
+        assert series["memory"]["frame"] == [1, 4, 8]
+    assert doc["summary"]["dense"]["density"] == 1.0 and doc["summary"]["dense"]["psnr_vs_dense_db"] is None
+    assert doc["summary"]["window"]["psnr_vs_dense_db"] is not None
+    assert doc["modes"]["window"]["params"] == {"sinks": 1, "window": 4}
+    for key in ("device", "commit", "dirty", "frames", "torch", "timer", "host"):
+        assert key in doc, key
+    assert doc["frames"] == FRAMES and doc["early_frame"] == 1 and doc["late_frame"] == FRAMES
+    assert doc["device"].startswith("cpu") and "perf_counter" in doc["timer"]
+    assert {b["status"] for b in doc["bars"]} <= {"PASS", "FAIL", "SKIP"} and len(doc["bars"]) == 7
+    for png in ("fps_vs_frame.png", "memory_vs_frame.png", "psnr_vs_frame.png", "frames.png"):
+        with Image.open(out / png) as im:
+            im.load()
+            assert im.width > 100 and im.height > 100, png
+    table = (out / "table.txt").read_text()
+    assert "dense" in table and "window" in table and "fastar" not in table.split("bars:")[0]
+    assert "fps@1" in table and f"fps@{FRAMES}" in table
+    short = json.loads(res.read_text())
+    assert set(short["modes"]) == {"dense", "window"}          # modes left out are absent, not zeros
+    assert all(set(v) == set(SUMMARY_FIELDS) for v in short["modes"].values())
+    assert {"device", "commit", "frames"} <= set(short)
+    assert "dense" in r.stdout and "bars:" in r.stdout
+
+
+def test_unknown_mode_is_a_clear_error() -> None:
+    with pytest.raises(ValueError, match=r"unknown attention mode\(s\) \['nope'\]; available: .*'window'"):
+        mode_configs(BenchConfig(modes=["dense", "nope"]))
+    r = _bench("modes=[dense,nope]", "frames=4", "checkpoint=tiny-random", "device=cpu", "progress=false",
+               "out=/nonexistent/never-written")
+    assert r.returncode != 0
+    assert "unknown attention mode(s) ['nope']; available:" in r.stderr + r.stdout
+
+
+def test_mode_params_from_conf_and_overrides() -> None:
+    m = mode_configs(BenchConfig(modes=["window", "dense"], mode_params={"window": {"window": 8}}))
+    assert list(m) == ["window", "dense"] and m["window"] == {"sinks": 1, "window": 8} and m["dense"] == {}
+
+
+def test_revisit_pairs_from_poses() -> None:
+    poses = np.zeros((60, 3))
+    poses[:, 0] = np.arange(60) * 0.5          # walking away...
+    poses[50] = poses[5] + [0.01, 0.0, 0.5]    # ...and back to frame 5's pose (within tolerance)
+    poses[51] = poses[50]                      # standing still there: the same revisit, not a second pair
+    poses[52] = poses[40] + [0.0, 0.0, 3.0]    # yaw 3 degrees off: no pair
+    assert revisit_pairs(poses, 20, 0.05, 1.0, 64) == [(5, 50)]
+    assert revisit_pairs(poses, 46, 0.05, 1.0, 64) == []       # gaps 45 and 46 are not more than 46
+
+
+def test_designed_revisit_returns_to_the_same_pose() -> None:
+    from worlds.maze.env import MazeEnv
+
+    t = explorer_trace(MazeEnv(), 0, "brick checker red day clear", 260, 0, True, 0.2, 33)
+    seg = t.segment
+    assert seg is not None and seg["return"] - seg["leave"] > 33
+    assert seg["pos_err"] < 1e-6 and seg["yaw_err_deg"] < 1e-6
+    assert t.truth.shape[0] == 261 and t.actions.shape == (260, 8)
+    assert (seg["leave"], seg["return"]) in revisit_pairs(t.poses, 33, 0.05, 1.0, 64)
+
+
+def _series(ms: list[float], mem: tuple[float, float], early: int, late: int) -> dict:
+    return {"gen_ms": ms, "excluded": {}, "kernel": "k",
+            "memory": {"frame": [early, late], "peak_alloc_mib": list(mem), "reserved_mib": list(mem)},
+            "stats": {"density": [0.2], "recall": [0.9]}, "psnr_vs_dense": [30.0], "ssim_vs_dense": [0.8],
+            "psnr_vs_truth": [20.0], "revisit_psnr": [25.0]}
+
+
+def test_fps_window_ignores_one_slow_frame_and_flagged_frames() -> None:
+    ms = [10.0] * 20
+    ms[9] = 500.0                                  # one slow frame
+    assert ms_at(ms, set(), 10, 5) == 10.0
+    ms[10], ms[11] = 300.0, 300.0
+    assert ms_at(ms, {11, 12}, 10, 5) == 10.0      # flagged frames left out of the window
+    assert ms_at(ms, set(), 20, 5) == 10.0         # at the last frame the window trails
+
+
+def test_bars_report_numbers() -> None:
+    s = {"dense": summarise(_series([100.0] * 10, (1000.0, 1500.0), 1, 10), 1, 10, 3),
+         "fastar": summarise(_series([8.0] * 10, (500.0, 510.0), 1, 10) | {"psnr_vs_dense": [24.0]}, 1, 10, 3),
+         "window": summarise(_series([6.0] * 10, (400.0, 400.0), 1, 10) | {"revisit_psnr": [20.0]}, 1, 10, 3)}
+    got = {b["bar"].split(" ")[0] + str(i): b for i, b in enumerate(bars(s, 1, 10, BarsConfig()))}
+    status = [b["status"] for b in got.values()]
+    assert status == ["PASS", "PASS", "PASS", "PASS", "FAIL", "PASS", "PASS"], got
+    assert "12.50x" in got["fastar0"]["detail"] and "+2.0%" in got["fastar3"]["detail"] and "+50.0%" in got["fastar3"]["detail"]
+    only = bars({"dense": s["dense"]}, 1, 10, BarsConfig())
+    assert all(b["status"] == "SKIP" for b in only)
