@@ -1,7 +1,7 @@
 """Long-rollout benchmark: every attention mode plays the same trace, side by side (FPS, memory, quality).
 
     python -m engine.bench                                    # 3000 frames, every mode in conf/bench.yaml
-    python -m engine.bench frames=12 modes=[dense,window] checkpoint=tiny-random device=cpu   # smoke run
+    OMP_NUM_THREADS=1 python -m engine.bench frames=12 'modes=[dense,window]' checkpoint=tiny-random device=cpu
 
 Config: conf/bench.yaml (every key is a hydra override). Writes <out>/bench.json (every per-frame series and
 the per-mode summary), table.txt, fps_vs_frame.png, memory_vs_frame.png, psnr_vs_frame.png; with
@@ -80,6 +80,7 @@ class BarsConfig:
 class BenchConfig:
     world: Any = None
     checkpoint: str | None = None  # null: the bundled weights; a checkpoint dir; tiny-random: untrained tiny model
+    commit: str | None = None      # null: git rev-parse HEAD; set it when the tree was copied without .git
     prompt: str | None = None      # null: the world's default prompt
     seed: int = 0
     device: str = "auto"
@@ -118,7 +119,8 @@ def mode_configs(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, dict[str,
     out: dict[str, dict[str, Any]] = {}
     for name in dict.fromkeys(names):
         path = conf_dir / "attention" / f"{name}.yaml"
-        node: dict[str, Any] = OmegaConf.to_container(OmegaConf.load(path), resolve=True) if path.exists() else {}  # type: ignore[assignment]
+        node: dict[str, Any] = (OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # type: ignore[assignment]
+                                if path.exists() else {})
         params = dict(node["params"] or {}) if "params" in node else {k: v for k, v in node.items() if k != "name"}
         params = _merge(params, dict(cfg.mode_params.get(name) or {}))
         if cfg.recall_every is not None and name in FASTAR_MODES:
@@ -214,7 +216,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     truth_revisit = [min(psnr(truth[j], truth[i]), 100.0) for i, j in pairs] if truth is not None else []
     doc: dict[str, Any] = {
         "benchmark": "engine.bench", "created": dt.datetime.now().isoformat(timespec="seconds"),
-        **place, **git_state(), "frames": T, "early_frame": early, "late_frame": late,
+        **place, **git_state(cfg.commit), "frames": T, "early_frame": early, "late_frame": late,
         "fields_note": f"*_at_300 = at frame {early}, *_at_3000 = at frame {late}",
         "config": dataclasses.asdict(cfg) | {"world": dict(cfg.world or {})},
         "trace": {"source": trace.source, "seed": trace.seed, "prompt": trace.prompt, "segment": seg,

@@ -235,7 +235,8 @@ def plots(out: Path, modes: dict[str, dict[str, Any]], early: int, late: int, de
 def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], keep: list[int], make_plots: bool) -> None:
     """Plots and the frame sheet first (so bench.json can list them), then bench.json and table.txt."""
     early, late = doc["early_frame"], doc["late_frame"]
-    names = plots(out, {n: m["series"] for n, m in doc["modes"].items()}, early, late, doc["device"]) if make_plots else []
+    series = {n: m["series"] for n, m in doc["modes"].items()}
+    names = plots(out, series, early, late, doc["device"]) if make_plots else []
     if strips:
         _frames_png(out / "frames.png", strips, keep)
         names.append("frames.png")

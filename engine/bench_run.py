@@ -38,7 +38,6 @@ def recall_every(name: str, params: dict[str, Any]) -> int:
     return int((params.get("metrics") or {}).get("recall_every", MetricsConfig().recall_every))
 
 
-
 def tiny_random_model(seed: int = 0) -> Any:
     """An untrained tiny WorldModel with every DiT weight perturbed (as tests/test_model_core.py does: the
     adaLN-Zero init would make most paths zero), so smoke runs exercise the whole pipeline in seconds."""
@@ -54,8 +53,12 @@ def tiny_random_model(seed: int = 0) -> Any:
     return m.eval()
 
 
+def git_state(commit: str | None = None) -> dict[str, Any]:
+    """HEAD and whether tracked files differ from it. `commit` is for a copy of the tree without .git (a GPU
+    machine that receives the working tree only): it is reported as given, with dirty unknown (null)."""
+    if commit:
+        return {"commit": str(commit), "dirty": None}
 
-def git_state() -> dict[str, Any]:
     def run(*args: str) -> str | None:
         try:
             return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=20,
@@ -70,11 +73,11 @@ def git_state() -> dict[str, Any]:
 def where(device: Any) -> dict[str, Any]:
     import torch
 
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({platform.processor() or platform.machine()})"
+    cpu = f"cpu ({platform.processor() or platform.machine()})"
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     return {"device": name, "device_type": device.type, "host": platform.node(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
             "timer": "cuda_events" if device.type == "cuda" else "perf_counter (cpu: no CUDA events)"}
-
 
 
 def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) -> tuple[Any, Any, dict[str, Any]]:
@@ -87,7 +90,8 @@ def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) ->
     if name == "dense":
         return 1.0, 1.0, {}
     st = info.get("mode_stats") or {}
-    parts = {k: st[k] for k in ("cache_density", "sa_density", "ca_density", "sa_recall", "ca_recall") if st.get(k) is not None}
+    keys = ("cache_density", "sa_density", "ca_density", "sa_recall", "ca_recall")
+    parts = {k: st[k] for k in keys if st.get(k) is not None}
     if st.get("cache_density") is None and dense_tokens:
         parts["cache_density"] = info["cache_tokens"] / dense_tokens
     density = st.get("density")
@@ -98,7 +102,6 @@ def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) ->
             density = parts.get("cache_density", 1.0) * parts.get("sa_density", 1.0)
     recall = st.get("recall", parts.get("sa_recall", parts.get("ca_recall")))
     return density, recall, parts
-
 
 
 def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, Any], device: Any,
@@ -173,7 +176,6 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
     return frames, s, info
 
 
-
 def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:
     """The dense kernel the mode last ran, plus its sparse paths and kernel when it has them."""
     label = str(stats.get("kernel", info.get("kernel")))
@@ -182,7 +184,6 @@ def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:
     if stats.get("sparse_kernel") not in (None, "none"):
         extra.append(f"sparse={stats['sparse_kernel']}")
     return label + (f" ({', '.join(extra)})" if extra else "")
-
 
 
 def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | None,
