@@ -6,8 +6,9 @@ simulator replays it from the same seed and prompt, so every mode, and the truth
 
 Why a designed revisit segment: the quality a window cannot have is memory of a place it left. The explorer
 revisits cells, but seldom at the exact same pose, so the trace also contains one revisit by construction:
-at frame A turn around (30 x 6 degrees), walk straight ahead while the way is free, spin a full turn there,
-wait if needed, turn around again and walk the same steps back. Turns are exactly 6 degrees and the walk is
+at frame A turn (around, or sideways, or not: whichever way is free longest), walk straight ahead while the
+way is free, spin a full turn there, wait if needed, turn around, walk the same steps back and turn back to
+the first heading. Turns are exactly 6 degrees and the walk is
 the same straight line, so the return frame B has the pose of frame A (to float rounding), and B - A exceeds
 the number of frames a window mode holds. Revisit pairs are then found generically from the true poses
 (`revisit_pairs`), so a session trace gets them too.
@@ -51,23 +52,38 @@ def _pose(sim: Env) -> tuple[float, float, float]:
 
 def _revisit_segment(sim: Any, pose: tuple[float, float, float], gap: int) -> list[np.ndarray]:
     """Actions that leave `pose` and come back to it exactly after more than `gap` frames (see module doc).
-    The walk is planned with the world's own physics, so it stops before the first step a wall would bend."""
+
+    Turn by a (180, 90, -90 or 0 degrees: whichever way has the longest free straight walk, 180 first on
+    ties), walk k steps, spin 360, wait if needed, turn 180, walk the k steps back, turn by 180 - a: the turns
+    add up to whole circles of exact 6-degree steps, so the yaw comes back exactly. The walk is planned with the
+    world's own physics and stops before the first step a wall would block or bend (which would not reverse)."""
     from worlds.maze.physics import WALK, step_pose
 
-    turn, fwd = make_action(["turn_left"]), make_action(["forward"])
-    p = pose
-    for _ in range(TURN_FRAMES):
-        p = step_pose(sim.map.walls, p, turn)
-    k = 0
-    while k < MAX_WALK:
-        q = step_pose(sim.map.walls, p, fwd)
-        if abs(math.hypot(q[0] - p[0], q[1] - p[1]) - WALK) > 1e-9:   # blocked or sliding: not reversible
-            break
-        p, k = q, k + 1
-    acts = [turn] * TURN_FRAMES + [fwd] * k + [turn] * SPIN_FRAMES
-    back = TURN_FRAMES + k
-    wait = max(0, gap + 1 - (len(acts) + back))
-    return acts + [make_action()] * wait + [turn] * TURN_FRAMES + [fwd] * k
+    left, right, fwd = make_action(["turn_left"]), make_action(["turn_right"]), make_action(["forward"])
+
+    def turn(deg: int) -> list[np.ndarray]:          # turn_left / turn_right: 6.0 degrees a frame, exactly
+        return [left if deg > 0 else right] * (abs(deg) // 6)
+
+    def walk(p: tuple[float, float, float]) -> int:
+        k = 0
+        while k < MAX_WALK:
+            q = step_pose(sim.map.walls, p, fwd)
+            if abs(math.hypot(q[0] - p[0], q[1] - p[1]) - WALK) > 1e-9:   # blocked or sliding: not reversible
+                break
+            p, k = q, k + 1
+        return k
+
+    def after(p: tuple[float, float, float], acts: list[np.ndarray]) -> tuple[float, float, float]:
+        for a in acts:
+            p = step_pose(sim.map.walls, p, a)
+        return p
+
+    a, k = max(((d, walk(after(pose, turn(d)))) for d in (180, 90, -90, 0)), key=lambda t: t[1])
+    out = turn(a) + [fwd] * k + [left] * SPIN_FRAMES
+    back = (180 - a + 180) % 360 - 180                 # a + 360 + 180 + back is a whole number of turns
+    tail = turn(180) + [fwd] * k + turn(back)
+    wait = max(0, gap + 1 - (len(out) + len(tail)))   # return frame - leave frame > gap
+    return out + [make_action()] * wait + tail
 
 
 def explorer_trace(sim: Any, seed: int, prompt: str, frames: int, explorer_seed: int, revisit: bool,
