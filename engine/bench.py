@@ -194,6 +194,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     dense_tokens: dict[int, int] = {}
     order = sorted(modes, key=lambda m: m != "dense")         # dense first: everyone is compared with it
     keep = sorted({early, T // 2, late} | ({must[0], must[1]} if must else set()))
+    tags = {early: "10%", late: "last"} | ({must[0]: "leave", must[1]: "return"} if must else {})
+    labels = [f"frame {k}" + (f" ({tags[k]})" if k in tags else "") for k in keep]
     strips: dict[str, np.ndarray] = {"truth": truth[keep]} if truth is not None else {}
     bar = tqdm(total=T * len(order), desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
     for name in order:
@@ -228,7 +230,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         "modes": results,
     }
     doc["bars"] = report.bars(summary, early, late, cfg.bars)
-    report.write(out, doc, strips, keep, cfg.plots)
+    report.write(out, doc, strips, labels, cfg.plots)
     if cfg.results_json:
         report.results_json(Path(cfg.results_json), doc)
     return doc

@@ -232,13 +232,14 @@ def plots(out: Path, modes: dict[str, dict[str, Any]], early: int, late: int, de
     return names
 
 
-def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], keep: list[int], make_plots: bool) -> None:
+def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], labels: list[str],
+          make_plots: bool) -> None:
     """Plots and the frame sheet first (so bench.json can list them), then bench.json and table.txt."""
     early, late = doc["early_frame"], doc["late_frame"]
     series = {n: m["series"] for n, m in doc["modes"].items()}
     names = plots(out, series, early, late, doc["device"]) if make_plots else []
     if strips:
-        _frames_png(out / "frames.png", strips, keep)
+        _frames_png(out / "frames.png", strips, labels)
         names.append("frames.png")
     doc["outputs"] = ["bench.json", "table.txt", *names]
     chosen = doc["kernels"]["chosen"]
@@ -257,7 +258,7 @@ def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], keep: l
     print(f"wrote {out}/{{{','.join(doc['outputs'])}}}", flush=True)
 
 
-def _frames_png(path: Path, strips: dict[str, np.ndarray], keep: list[int]) -> None:
+def _frames_png(path: Path, strips: dict[str, np.ndarray], labels: list[str]) -> None:
     """Contact sheet: one row per mode (truth first), one column per reported frame (and the revisit pair)."""
     from PIL import Image, ImageDraw
 
@@ -269,8 +270,8 @@ def _frames_png(path: Path, strips: dict[str, np.ndarray], keep: list[int]) -> N
     d = ImageDraw.Draw(pad)
     for r, name in enumerate(strips):
         d.text((4, 14 + r * h + h // 2 - 6), name, fill="black")
-    for c, f in enumerate(keep):
-        d.text((110 + c * rows[0].shape[1] // len(keep) + 4, 1), f"frame {f}", fill="black")
+    for c, label in enumerate(labels):
+        d.text((110 + c * rows[0].shape[1] // len(labels) + 4, 1), label, fill="black")
     pad.save(path)
 
 
