@@ -67,8 +67,12 @@ class NeuralEnv:
         cfg = model.cfg
         self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size, fps=20.0)
         if bootstrap is not None:
-            self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size,
-                                fps=bootstrap.spec.fps)
+            b = bootstrap.spec
+            if (b.world, b.height, b.width) != (cfg.world, cfg.ae.image_size, cfg.ae.image_size):
+                raise ValueError(f"bootstrap env is world {b.world!r} at {b.height}x{b.width}, but the checkpoint "
+                                 f"is a {cfg.world!r} model at {cfg.ae.image_size}x{cfg.ae.image_size}: play the "
+                                 f"model with its own world and frame size (or engine=sim for other sizes)")
+            self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size, fps=b.fps)
         self.bootstrap = bootstrap
         name, params = _mode_spec(attention)
         self._mode_params: dict[str, dict[str, Any]] = {name: params}

@@ -82,7 +82,7 @@ import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
-FAKE = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "world=fake"]
+FAKE = [f"hydra.searchpath=[file://{REPO}/tests/conf]", "world=fake", "engine=sim"]   # the fake world has no model
 SMALL = ["controls.window.scale=1", "controls.window.video_scale=1"]
 
 

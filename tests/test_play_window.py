@@ -37,7 +37,7 @@ def xvfb() -> Iterator[str]:
 def test_window_with_hud_and_screenshot(xvfb: str, tmp_path: Path) -> None:
     shot, out = tmp_path / "window.png", tmp_path / "s"
     env = headless_env({"DISPLAY": xvfb})
-    r = run_play("world=maze", "world.sim.height=64", "world.sim.width=64", "controls.window.scale=4",
+    r = run_play("world=maze", "engine=sim", "world.sim.height=64", "world.sim.width=64", "controls.window.scale=4",
                  "autopilot=true", "frames=30", "record=true", f"out={out}", f"screenshot={shot}", env=env)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "no display" not in r.stdout           # a real window, not the headless fallback
