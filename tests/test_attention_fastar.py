@@ -57,7 +57,8 @@ def test_switch_dense_to_tempcache_compresses_exactly():
         _step(dense, cd, 0, f, q, k, v)
         _step(dense, cs, 0, f, q, k, v)
     tc.adopt(cs, N)                                               # 6 frames -> N groups of 6
-    assert cs.length[0] == N and cs.capacity <= tc.capacity_tokens(N)
+    # fixed layout: the length is capacity_frames x N for good; N of those slots hold the groups
+    assert int(cs.valid(0).sum(-1).max()) == N and cs.length[0] == 3 * N and cs.capacity <= tc.capacity_tokens(N)
     for f, (q, k, v) in enumerate(frames[6:], start=6):
         assert torch.allclose(_step(dense, cd, 0, f, q, k, v), _step(tc, cs, 0, f, q, k, v), atol=1e-6)
 
@@ -83,7 +84,7 @@ def test_annsa_one_bucket_equals_dense(name, params):
 def test_annsa_sparse_packing_equals_masked_reference(tables):
     """The GPU path's packing (sort by bucket, varlen segments; here run segment by segment on the CPU) computes
     the same function as the masked reference, with several buckets, probes and tables, and TempCache biases."""
-    common = dict(ann={"bits": 3, "probes": 2, "tables": tables}, schedule={"dense_until": 0.0},
+    common = dict(ann={"bits": 3, "probes": 2, "tables": tables}, schedule={"dense_until": 0.0, "layers": None},
                   tempcache={"threshold": 0.8})
     ref = build_mode("fastar", annsa={"path": "masked"}, **common)
     spa = build_mode("fastar", annsa={"path": "sparse", "kernel": "loop"}, **common)
@@ -258,3 +259,58 @@ def test_bench_smoke(tmp_path):
         assert "error" not in e, (name, e.get("trace"))
         assert 0 < e["density"] <= 1 and 0 < e["recall"] <= 1 + 1e-6 and e["time_ms"] > 0
     assert row["dense"]["recall"] == 1.0 and out.exists()
+
+
+class _Sync(RuntimeError):
+    pass
+
+
+def _no_sync(monkeypatch):
+    """Make every Python-level way of reading a tensor value back to the host raise (a host sync on CUDA), and
+    every data-dependent-shape op that syncs on CUDA (nonzero, unique, masked_select)."""
+    def boom(name):
+        def f(*a, **k):
+            raise _Sync(f"host sync in the hot path: {name}")
+        return f
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__", "nonzero", "unique", "masked_select",
+                 "numpy"):
+        monkeypatch.setattr(torch.Tensor, name, boom(name))
+    for name in ("nonzero", "unique", "masked_select", "argwhere"):
+        monkeypatch.setattr(torch, name, boom(name))
+
+
+@pytest.mark.parametrize("name,params", [
+    ("tempcache", {}),
+    ("tempcache", {"tempcache": {"group": "layer"}}),
+    ("tempcache", {"tempcache": {"search": "exact"}}),
+    ("tempcache_quant", {}),
+    ("fastar", {}),
+    ("fastar_quant", {}),
+])
+def test_hot_path_has_no_host_sync_and_fixed_shapes(monkeypatch, name, params):
+    """The timed path (recall off) of TempCache and the fastar default reads nothing back to the host, from the
+    first frame on (layout set-up included) and when the cache is full (forced merges), and the attention
+    length and cache capacity never change: flat time and memory by construction."""
+    mode = build_mode(name, metrics={"recall_every": 0}, **params, **({} if "tempcache" in params else
+                                                                      {"tempcache": {"capacity_frames": 3}}))
+    cache = _cache(mode, layers=2)
+    cap0 = cache.capacity
+    g = torch.Generator().manual_seed(11)
+    prompt = torch.randn(B, H, 5, D, generator=g, dtype=F64)
+    lengths = set()
+    with monkeypatch.context() as m:
+        _no_sync(m)
+        for f in range(8):
+            for layer in range(2):
+                q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+                for step, commit in ((0, False), (1, False), (2, True)):
+                    info = StepInfo(frame=f, step=step, num_steps=2, commit=commit)
+                    fa = FrameAttention(mode, cache, info)
+                    fa.self_attn(layer, q, k, v)
+                    fa.cross_attn(layer, q, prompt, prompt)
+                lengths.add(cache.length[layer])
+    assert len(lengths) == 1 and cache.capacity == cap0
+    with pytest.raises(_Sync):   # the patch does catch a sync
+        with monkeypatch.context() as m:
+            _no_sync(m)
+            cache.valid(0).sum().item()

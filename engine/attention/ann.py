@@ -33,6 +33,12 @@ def top1(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None = None, 
 def _top1_torch(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None,
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     G, n, _ = x.shape
+    if y.shape[1] <= chunk:   # the bounded-cache case: one batched matmul + max, no Python loop
+        sc = torch.bmm(x.float(), y.float().transpose(1, 2))                      # (G, n, L)
+        if allowed is not None:
+            sc = sc.masked_fill(~(allowed[:, None, :] if allowed.dim() == 2 else allowed), NEG)
+        v, i = sc.max(dim=-1)
+        return v, i
     best = torch.full((G, n), NEG, device=x.device, dtype=torch.float32)
     arg = torch.zeros(G, n, device=x.device, dtype=torch.int64)
     for s in range(0, y.shape[1], chunk):

@@ -165,7 +165,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 if name == "window":
                     params = {"sinks": 1, "window": args.window}
                 elif name != "dense":
-                    params = {"metrics": {"recall_every": 0}, "schedule": {"dense_until": 0.3, "layers": [0]}}
+                    # annsa/annca modes: sparse on in the one layer; fastar modes: their default schedule
+                    # (fastar.FASTAR_DEFAULTS: AnnSA/AnnCA in no layer until measured positive)
+                    sched = {"dense_until": 0.3} if name.startswith("fastar") else {"dense_until": 0.3, "layers": [0]}
+                    params = {"metrics": {"recall_every": 0}, "schedule": sched}
                     if "tempcache" in name or "fastar" in name:
                         params["tempcache"] = {"capacity_frames": args.capacity_frames, "threshold": args.threshold}
                 mode = build_mode(name, **params)

@@ -140,7 +140,8 @@ class FastARAttention(AttentionMode):
         self._biased = cfg.tempcache is not None
         self._paths: dict[str, str] = {}
         self._n = 1                             # tokens per frame (from the calls)
-        self.last_pairs: torch.Tensor | int = 0  # query-key pairs the last self-attention call computed
+        self._pairs: torch.Tensor | None = None  # sparse path's pair count of the last call
+        self._pairs_src: tuple | None = None       # what last_pairs needs to count a dense call's pairs
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -178,7 +179,7 @@ class FastARAttention(AttentionMode):
         for layer in range(cache.n_layers):
             L = cache.length[layer]
             fr = cache.frame[layer, :L]
-            self._frames[layer] = int(fr.unique().numel()) if L else 0
+            self._frames[layer] = int(fr[fr >= 0].unique().numel()) if L else 0
             if L:
                 self.hasher.fit(layer, cache.k[layer, :, :, max(0, L - n):L])  # type: ignore[union-attr]
         if self.tc is not None:
@@ -194,24 +195,33 @@ class FastARAttention(AttentionMode):
     # ---- the calls ---------------------------------------------------------------------------------------
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
+        """Hot path. With recall/density off (metrics.recall_every = 0) and AnnSA/AnnCA off (the fastar
+        default, see FASTAR_DEFAULTS): no host sync and fixed shapes: TempCache's fixed layout makes the
+        attention length S + n from the first call on; the commit pass adds one fixed-shape merge."""
         self._setup(cache)
         hasher = self.hasher
         assert hasher is not None
         hasher.fit(layer, k, q)
-        n, L0 = k.shape[2], cache.length[layer]
+        n = k.shape[2]
         self._n = n
+        if self.tc is not None:
+            self.tc.prepare(cache, layer, n, self._write_codes if self._needs_codes() else None)
+        L0 = cache.length[layer]
         end = cache.write_scratch(layer, k, v)
         K, V, bias_all = cache.view(layer, end)
         bias = bias_all if self._biased else None
+        measure = self.cfg.metrics.recall_every > 0
         recall_now = self._recall_now(info)
+        self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
         if self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers):
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             probes = hasher.probe_codes(layer, q)                                   # (B, H, n, T, P)
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probes, K, V, codes, bias, hasher.n_buckets)
             self._paths["self"] = path
-            valid = cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]
-            self.meter.add(layer, "sa_density", pairs / ((valid + n * q.shape[0] * q.shape[1]) * n))
-            self.last_pairs = pairs
+            self._pairs = pairs
+            if measure:
+                valid = cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]
+                self.meter.add(layer, "sa_density", pairs / ((valid + n * q.shape[0] * q.shape[1]) * n))
             if recall_now:
                 idx = sample_queries(q, self.cfg.metrics.recall_queries)
                 c = codes if bias is None else torch.where(bias[:, :, :L0, None] > NEG_BIAS / 2, codes,
@@ -222,8 +232,7 @@ class FastARAttention(AttentionMode):
         else:
             out = kernels.attention(q, K, V, bias=bias)
             self._paths["dense"] = kernels.kernel_name()
-            self.last_pairs = (cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]) * n \
-                + n * n * q.shape[0] * q.shape[1]
+            self._pairs = None
         if info.commit:
             if self._needs_codes():
                 self._write_codes(cache, layer, k)
@@ -233,6 +242,18 @@ class FastARAttention(AttentionMode):
                 cache.commit_scratch(layer, n, info.frame)
             self._frames[layer] = self._frames.get(layer, 0) + 1
         return out
+
+    @property
+    def last_pairs(self) -> torch.Tensor | int:
+        """Query-key pairs the last self-attention call computed (device scalar): computed when asked, so
+        that the call itself spends no op on it."""
+        if self._pairs is not None:
+            return self._pairs
+        if self._pairs_src is None:
+            return 0
+        cache, layer, L0, n, BH, biased = self._pairs_src
+        past = cache.valid(layer, L0).sum() if biased else L0 * BH
+        return past * n + n * n * BH
 
     def cross_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         info: StepInfo) -> torch.Tensor:
@@ -284,9 +305,22 @@ class FastARAttention(AttentionMode):
         return out
 
 
-def _factory(modules: tuple[str, ...], backend: str, name: str):  # type: ignore[no-untyped-def]
+# Where AnnSA/AnnCA run by default in the combined modes. Measured on the H100 (docs/results/attention_h100.json,
+# 256 queries/frame, 6 heads, D 64, bf16): AnnSA's varlen path 6.6 / 37.8 / 103 ms per call vs dense FA2
+# 0.26 / 0.52 / 1.41 ms at 100 / 1000 / 3000 frames; it never measured positive. With TempCache bounding the
+# cache to S = capacity_frames x 256 slots, dense attention over S + n keys is a fixed ~0.2 ms, and a bucket
+# mask can only add work to it (a 256-query frame spans every bucket, so no key block is skippable). So the
+# combined modes run AnnSA/AnnCA in no layer until a GPU measurement shows a layer where they pay; list the
+# layers in schedule.layers to turn them on (the annsa/annca modes keep "all but the first and last").
+FASTAR_DEFAULTS: dict[str, Any] = {"schedule": {"layers": []}}
+
+
+def _factory(modules: tuple[str, ...], backend: str, name: str, defaults: dict[str, Any] | None = None):  # type: ignore[no-untyped-def]
     def make(**params: Any) -> FastARAttention:
-        return FastARAttention(FastARConfig.build(modules, backend, name, **params), name)
+        merged: dict[str, Any] = {k: dict(v) for k, v in (defaults or {}).items()}
+        for key, val in params.items():   # user params override the defaults field by field
+            merged[key] = {**merged[key], **val} if key in merged and isinstance(val, dict) else val
+        return FastARAttention(FastARConfig.build(modules, backend, name, **merged), name)
     return make
 
 
@@ -294,6 +328,6 @@ ALL = ("tempcache", "annsa", "annca")
 FASTAR_MODES = {
     **{m: _factory((m,), "lsh", m) for m in ALL},
     **{f"{m}_quant": _factory((m,), "quant", f"{m}_quant") for m in ALL},
-    "fastar": _factory(ALL, "lsh", "fastar"),
-    "fastar_quant": _factory(ALL, "quant", "fastar_quant"),
+    "fastar": _factory(ALL, "lsh", "fastar", FASTAR_DEFAULTS),
+    "fastar_quant": _factory(ALL, "quant", "fastar_quant", FASTAR_DEFAULTS),
 }

@@ -20,8 +20,20 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   whose best match is closest are merged into it anyway, below the threshold (merge, never evict): memory stays
   bounded even when nothing repeats, and no place is forgotten outright, only blurred. The alternative,
   evicting the oldest lightest group, turns TempCache into a window for exactly the long-range memory it is for.
-- compaction (one host sync) runs only when holes may not leave room for the next frame, or every
-  `compact_every` frames so that attention does not run over many empty slots.
+- fixed layout, fixed shapes (why: a per-call cost and memory that never change, no host sync, CUDA-graph
+  friendly). From a layer's first call the cache holds S = capacity_frames x n group slots, [0, S), empty ones
+  carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
+  good, so every attention call runs over S + n keys and every commit over (n x S) scores, from frame 0 on.
+  A new token that merges nowhere goes into a free slot of its head (rank among the head's free slots, by a
+  cumsum: no sort, no nonzero); merged ones fold into their group by scatter_add. Nothing ever compacts (the
+  old compaction synced once per layer every `compact_every` frames and changed the attention length, hence
+  the kernel shape bucket and the allocator's pool). Cost: the first frames attend over mostly empty slots,
+  which costs exactly what a full cache does (flat, as the frame-time budget wants).
+- the top-1 search is one batched matmul (B*H, n, D) x (B*H, D, S) + max with the validity mask as a fill;
+  the LSH restriction ("ann") rides in the same matmul as extra channels: x' = [x, W * probe-bucket one-hot],
+  y' = [y, bucket one-hot], so a key sharing a probed bucket scores W more than one that does not; W exceeds
+  the similarity range, so the best same-bucket key wins and a token whose buckets hold no key falls back to
+  the best key anywhere (what forced merges need). No (n x S x buckets) mask is ever built.
 """
 from __future__ import annotations
 
@@ -49,7 +61,7 @@ class TempCacheConfig:
     search: str = "ann"           # ann (the mode's LSH/quant back-end) | exact
     engine: str = "torch"         # torch | faiss (top-1 search engine; same neighbours)
     capacity_frames: int = 64     # hard cap: slots per head = capacity_frames * tokens per frame
-    compact_every: int = 4        # frames between compactions (each is one host sync per layer)
+    compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
 
     def __post_init__(self) -> None:
         checks = {
@@ -71,51 +83,75 @@ class TempCacheConfig:
 
 
 class TempCache:
-    """The merge/compact/adopt logic on one KVCache; the owning mode calls `commit` on every commit pass."""
+    """The merge/adopt logic on one KVCache in the fixed layout (module docstring); the owning mode calls
+    `prepare` before each call's write_scratch and `commit` on every commit pass."""
 
     def __init__(self, cfg: TempCacheConfig, hasher: Hasher | None, backend: str) -> None:
         self.cfg, self.hasher, self.backend = cfg, hasher, backend
-        self._since_compact: dict[int, int] = {}
         self._merged_t: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self._since_compact.clear()
         self._merged_t = None
+
+    def slots(self, n: int) -> int:
+        """Group slots per head (the fixed attention length without the scratch frame)."""
+        return self.cfg.capacity_frames * n
 
     def capacity(self, n: int) -> int:
         return (self.cfg.capacity_frames + 1) * n   # +1: the scratch frame
 
+    def prepare(self, cache: KVCache, layer: int, n: int,
+                write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None" = None) -> None:
+        """Bring the layer to the fixed layout: host integers only, a no-op after the layer's first call.
+        A fresh (or reset) layer gets S empty slots; a layer another mode filled is compressed into them."""
+        S = self.slots(n)
+        if cache.length[layer] == S:
+            return
+        if cache.length[layer] == 0:
+            self._empty_layout(cache, layer, n)
+        else:
+            self._adopt_layer(cache, layer, n, write_codes)
+
+    def _empty_layout(self, cache: KVCache, layer: int, n: int) -> None:
+        S = self.slots(n)
+        cache.ensure_capacity(S + n)
+        cache.bias[layer, :, :, :S] = NEG_BIAS
+        cache.frame[layer, :S] = -1
+        for name, t in cache.slot_data.items():
+            t[layer, :, :, :S] = cache._slot_fill[name]
+        cache.set_length(layer, S)
+
     # ---- the commit step --------------------------------------------------------------------------------
     def commit(self, cache: KVCache, layer: int, n: int, frame: int, q: torch.Tensor | None = None,
                inc_mass: torch.Tensor | None = None) -> None:
-        """Merge the n scratch slots [length, length + n) into the cache. q (B, H, n, D): the frame's queries
+        """Merge the n scratch slots [S, S + n) into the S group slots. q (B, H, n, D): the frame's queries
         (for match_by="query"); inc_mass (B, H, n): mass each scratch token carries (1 for new keys, m for an
-        adopted group, 0 for an empty slot)."""
-        L0 = cache.length[layer]
-        end = L0 + n
-        C = self.capacity(n)
+        adopted group, 0 for an empty slot). Fixed shapes, no host sync; the length stays S."""
+        S = self.slots(n)
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]            # (B, H, cap, D), (B, H, cap)
         B, H, D = K.shape[0], K.shape[1], K.shape[-1]
-        inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()
-        k_new, v_new = K[:, :, L0:end], V[:, :, L0:end]
-        valid = cache.valid(layer, L0)                                             # (B, H, L0)
-        if L0 == 0:
-            merge = torch.zeros(B, H, n, dtype=torch.bool, device=K.device)
-            idx = torch.zeros(B, H, n, dtype=torch.long, device=K.device)
-        else:
-            sim, idx = self._match(cache, layer, L0, n, k_new, q, valid)
-            merge = (sim >= self.cfg.threshold) & (inc > 0)
-            merge = self._force_to_capacity(merge, sim, inc, valid, C - n)
-            sim = torch.where(merge, sim, torch.full_like(sim, -math.inf))
-        if L0 == 0:
-            sim = torch.full_like(inc, -math.inf)
-        self._apply(cache, layer, L0, n, frame, merge, idx, sim, inc, k_new, v_new)
-        cache.commit_scratch(layer, n, frame)
-        done = self._since_compact.get(layer, 0) + 1
-        self._since_compact[layer] = done
-        if cache.length[layer] > C - n or done >= self.cfg.compact_every:
-            self.compact(cache, layer)
-        cache.resize(max(self.capacity(n), max(cache.length) + n))   # give back what a dense cache grew to
+        inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()   # (B, H, n)
+        k_new, v_new = K[:, :, S:S + n], V[:, :, S:S + n]                         # (B, H, n, D)
+        valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
+        sim, idx = self._match(cache, layer, S, n, k_new, q, valid)                # (B, H, n) each
+        live = inc > 0
+        merge = (sim >= self.cfg.threshold) & live
+        merge = self._force_to_capacity(merge, sim, live, valid, S)
+        new = live & ~merge                                                        # tokens that open a group
+        # free slots in slot order, per head: free_list[b, h, r] = r-th free slot (S past the last one)
+        free = ~valid
+        free_rank = torch.where(free, free.long().cumsum(-1) - 1, S)               # (B, H, S)
+        slot_ids = torch.arange(S, device=K.device).expand(B, H, S)
+        free_list = torch.full((B, H, S + 1), S, device=K.device, dtype=torch.long)
+        free_list.scatter_(2, free_rank, slot_ids)
+        free_list[:, :, S] = S                                                     # the dump slot stays a dump
+        new_rank = (new.long().cumsum(-1) - 1).clamp(0, S)                         # (B, H, n)
+        tgt = torch.where(merge, idx, torch.where(new, torch.gather(free_list, 2, new_rank), S))   # S: dump
+        # representative key: a token alone in a free slot; among merges into one group the closest match
+        score = torch.where(merge, sim, torch.where(new, torch.full_like(sim, 3.0e38), torch.full_like(sim, -math.inf)))
+        self._apply(cache, layer, S, n, frame, tgt, score, inc, valid, k_new, v_new)
+        merged = merge.float().sum()
+        self._merged_t = merged if self._merged_t is None else self._merged_t + merged
 
     def _search_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, N, D) -> (G, N, D') in the space where inner product is the configured similarity."""
@@ -126,42 +162,56 @@ class TempCache:
                 else x.permute(0, 2, 1, 3).reshape(B, N, H * D) / H
         return x.reshape(B * H, N, D)
 
-    def _match(self, cache: KVCache, layer: int, L0: int, n: int, k_new: torch.Tensor, q: torch.Tensor | None,
+    def _match(self, cache: KVCache, layer: int, S: int, n: int, k_new: torch.Tensor, q: torch.Tensor | None,
                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Top-1 past slot per new token and the exact key-key similarity to it: (B, H, n) each."""
+        """Top-1 valid group slot per new token and the exact key-key similarity to it: (B, H, n) each
+        (sim = -inf where the head holds no valid slot)."""
         B, H = k_new.shape[:2]
-        keys = cache.k[layer, :, :, :L0]
+        keys = cache.k[layer, :, :, :S]                                            # (B, H, S, D)
         probe = k_new if self.cfg.match_by == "key" or q is None else q
-        x, y = self._search_vectors(probe), self._search_vectors(keys)
-        allowed = valid.reshape(B * H, L0) if self.cfg.group == "head" else valid.all(dim=1)
+        xs, ys = self._search_vectors(k_new), self._search_vectors(keys)           # (G, n, D'), (G, S, D')
+        x = xs if probe is k_new else self._search_vectors(probe)
+        y = ys
+        allowed = valid.reshape(B * H, S) if self.cfg.group == "head" else valid.all(dim=1)   # (G, S)
         use_ann = self.cfg.search == "ann"
         if use_ann and self.backend == "quant":
             x, y = quantize_8bit(x), quantize_8bit(y)
         elif use_ann and self.backend == "lsh" and self.hasher is not None and CODES in cache.slot_data:
-            pc = self.hasher.probe_codes(layer, probe)                             # (B, H, n, T, P)
-            kc = cache.slot_data[CODES][layer, :, :, :L0]                          # (B, H, L0, T)
-            hit = (kc[:, :, None, :, :, None] == pc[:, :, :, None]).flatten(-2).any(-1)   # (B, H, n, L0)
-            hit = hit.reshape(B * H, n, L0) if self.cfg.group == "head" else hit.any(dim=1)
-            hit = hit & allowed[:, None, :]
-            # a key whose buckets hold no past key searches everywhere: every token has a target to be
-            # force-merged into when the cache is full
-            allowed = torch.where(hit.any(-1, keepdim=True), hit, allowed[:, None, :].expand_as(hit))
+            x, y = self._bucket_channels(cache, layer, S, probe, x, y)
         _, idx = ann.top1(x, y, allowed, engine=self.cfg.engine)                   # (G, n)
         # the merge test uses the exact similarity of the pair found, whatever found it
-        xs, ys = self._search_vectors(k_new), self._search_vectors(keys)
         found = torch.gather(ys, 1, idx[..., None].expand(-1, -1, ys.shape[-1]))
         sim = (xs * found).sum(-1)
-        ok = torch.gather(allowed if allowed.dim() == 2 else allowed.any(1), 1, idx)
+        ok = torch.gather(allowed, 1, idx)
         sim = torch.where(ok, sim, torch.full_like(sim, -math.inf))
         if self.cfg.group == "layer":
             return sim[:, None].expand(B, H, n), idx[:, None].expand(B, H, n)
         return sim.reshape(B, H, n), idx.reshape(B, H, n)
 
-    def _force_to_capacity(self, merge: torch.Tensor, sim: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor,
+    def _bucket_channels(self, cache: KVCache, layer: int, S: int, probe: torch.Tensor, x: torch.Tensor,
+                         y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """LSH-restricted search as extra matmul channels (module docstring): x (G, n, D'), y (G, S, D') ->
+        x' (G, n, D' + T*(nb+1)), y' (G, S, D' + T*(nb+1)). W bounds the similarity range on the device."""
+        assert self.hasher is not None
+        pc = self.hasher.probe_codes(layer, probe)                                 # (B, H, n, T, P)
+        kc = cache.slot_data[CODES][layer, :, :, :S]                               # (B, H, S, T)
+        B, H, n, T, P = pc.shape
+        nb = self.hasher.n_buckets + 1                                             # + the "no bucket" code
+        off = torch.arange(T, device=x.device) * nb
+        qh = torch.zeros(B, H, n, T * nb, device=x.device).scatter_(3, (pc + off[:, None]).reshape(B, H, n, T * P), 1.0)
+        kh = torch.zeros(B, H, S, T * nb, device=x.device).scatter_(3, kc + off, 1.0)
+        if self.cfg.group == "layer":
+            qh, kh = qh.amax(1), kh.amax(1)                                        # any head shares the bucket
+        else:
+            qh, kh = qh.reshape(B * H, n, T * nb), kh.reshape(B * H, S, T * nb)
+        W = 2.0 * x.norm(dim=-1).amax() * y.norm(dim=-1).amax() + 1.0              # device scalar, no sync
+        return torch.cat([x, qh * W], -1), torch.cat([y, kh], -1)
+
+    def _force_to_capacity(self, merge: torch.Tensor, sim: torch.Tensor, live: torch.Tensor, valid: torch.Tensor,
                            budget_slots: int) -> torch.Tensor:
         """Merge the best-matching unmerged tokens below the threshold too, so that each head adds at most
         budget_slots - valid new slots. Sync-free: ranks and counts stay on the device."""
-        unmerged = ~merge & (inc > 0)
+        unmerged = ~merge & live
         room = (budget_slots - valid.sum(-1, keepdim=True)).clamp_min(0)            # (B, H, 1)
         excess = unmerged.sum(-1, keepdim=True) - room                             # (B, H, 1)
         score = torch.where(unmerged & torch.isfinite(sim), sim, torch.full_like(sim, -math.inf))
@@ -169,83 +219,67 @@ class TempCache:
         forced = unmerged & torch.isfinite(sim) & (rank < excess)
         return merge | forced
 
-    def _apply(self, cache: KVCache, layer: int, L0: int, n: int, frame: int, merge: torch.Tensor,
-               idx: torch.Tensor, sim: torch.Tensor, inc: torch.Tensor, k_new: torch.Tensor, v_new: torch.Tensor) -> None:
-        """Fold merged scratch tokens into their targets and empty their scratch slots."""
+    def _apply(self, cache: KVCache, layer: int, S: int, n: int, frame: int, tgt: torch.Tensor,
+               score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor, k_new: torch.Tensor,
+               v_new: torch.Tensor) -> None:
+        """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored):
+        mass and values by scatter_add over S + 1 slots, the representative key by the best score."""
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]
         B, H, _, D = K.shape
-        tgt = torch.where(merge, idx, torch.full_like(idx, L0))                     # L0: a dump slot, ignored
-        w = inc * merge                                                             # (B, H, n)
-        m_old = torch.exp(bias[:, :, :L0 + 1].clone()) * (bias[:, :, :L0 + 1] > NEG_BIAS / 2)
-        add_m = torch.zeros(B, H, L0 + 1, device=K.device).scatter_add_(2, tgt, w)
-        add_v = torch.zeros(B, H, L0 + 1, D, device=K.device).scatter_add_(
-            2, tgt[..., None].expand(-1, -1, -1, D), w[..., None] * v_new.float())
-        # representative: the newest key; among several new keys merging into one group, the closest match
-        best = torch.full((B, H, L0 + 1), -math.inf, device=K.device).scatter_reduce_(2, tgt, sim, "amax")
-        winner = merge & (sim >= torch.gather(best, 2, tgt))
-        nwin = torch.zeros(B, H, L0 + 1, device=K.device).scatter_add_(2, tgt, winner.float())
-        ksum = torch.zeros(B, H, L0 + 1, D, device=K.device).scatter_add_(
-            2, tgt[..., None].expand(-1, -1, -1, D), winner[..., None] * k_new.float())
-        hit = (add_m[:, :, :L0] > 0)
-        m_tot = m_old[:, :, :L0] + add_m[:, :, :L0]
-        v_mean = (m_old[:, :, :L0, None] * V[:, :, :L0].float() + add_v[:, :, :L0]) / m_tot.clamp_min(1e-30)[..., None]
-        k_rep = ksum[:, :, :L0] / nwin[:, :, :L0].clamp_min(1)[..., None]
-        V[:, :, :L0] = torch.where(hit[..., None], v_mean.to(V.dtype), V[:, :, :L0])
-        K[:, :, :L0] = torch.where(hit[..., None] & (nwin[:, :, :L0, None] > 0), k_rep.to(K.dtype), K[:, :, :L0])
-        bias[:, :, :L0] = torch.where(hit, torch.log(m_tot.clamp_min(1e-30)), bias[:, :, :L0])
+        dev = K.device
+        tD = tgt[..., None].expand(-1, -1, -1, D)                                  # (B, H, n, D)
+        w = inc * (tgt < S)                                                        # (B, H, n)
+        add_m = torch.zeros(B, H, S + 1, device=dev).scatter_add_(2, tgt, w)[..., :S]           # (B, H, S)
+        add_v = torch.zeros(B, H, S + 1, D, device=dev).scatter_add_(2, tD, w[..., None] * v_new.float())[..., :S, :]
+        best = torch.full((B, H, S + 1), -math.inf, device=dev).scatter_reduce_(2, tgt, score, "amax")
+        winner = (tgt < S) & (score >= torch.gather(best, 2, tgt))                  # (B, H, n)
+        nwin = torch.zeros(B, H, S + 1, device=dev).scatter_add_(2, tgt, winner.float())[..., :S]
+        ksum = torch.zeros(B, H, S + 1, D, device=dev).scatter_add_(2, tD, winner[..., None] * k_new.float())[..., :S, :]
+        hit = add_m > 0                                                            # (B, H, S)
+        m_old = torch.where(valid, torch.exp(bias[:, :, :S]), torch.zeros_like(add_m))
+        m_tot = m_old + add_m
+        v_mean = (m_old[..., None] * V[:, :, :S].float() + add_v) / m_tot.clamp_min(1e-30)[..., None]
+        V[:, :, :S] = torch.where(hit[..., None], v_mean.to(V.dtype), V[:, :, :S])
+        k_rep = ksum / nwin.clamp_min(1)[..., None]
+        K[:, :, :S] = torch.where((hit & (nwin > 0))[..., None], k_rep.to(K.dtype), K[:, :, :S])
+        bias[:, :, :S] = torch.where(hit, torch.log(m_tot.clamp_min(1e-30)), bias[:, :, :S])
         for t in cache.slot_data.values():   # side data (bucket codes) follows the representative key
-            src = t[layer, :, :, L0:L0 + n]
+            src = t[layer, :, :, S:S + n]                                          # (B, H, n, *trailing)
             ix = tgt.reshape(*tgt.shape, *([1] * (src.dim() - 3))).expand(*tgt.shape, *src.shape[3:])
             keep = winner.reshape(*winner.shape, *([1] * (src.dim() - 3)))
-            dst = t[layer, :, :, :L0 + 1].clone()
+            dst = t[layer, :, :, :S + 1].clone()
             dst.scatter_(2, ix, torch.where(keep, src, torch.gather(dst, 2, ix)))
-            t[layer, :, :, :L0] = dst[:, :, :L0]
-        any_hit = hit.flatten(0, 1).any(0)                                          # (L0,)
-        cache.frame[layer, :L0] = torch.where(any_hit, torch.full_like(cache.frame[layer, :L0], frame),
-                                              cache.frame[layer, :L0])
-        # scratch slots: merged tokens leave a hole, the others are groups of their incoming mass
-        bias[:, :, L0:L0 + n] = torch.where(merge | (inc <= 0), torch.full_like(inc, NEG_BIAS),
-                                            torch.log(inc.clamp_min(1e-30)))
-        self._merged_t = (merge.float().sum() if self._merged_t is None else self._merged_t + merge.float().sum())
+            t[layer, :, :, :S] = dst[:, :, :S]
+        any_hit = hit.flatten(0, 1).any(0)                                          # (S,)
+        cache.frame[layer, :S] = torch.where(any_hit, torch.full_like(cache.frame[layer, :S], frame),
+                                             cache.frame[layer, :S])
 
-    # ---- compaction and adoption -------------------------------------------------------------------------
-    def compact(self, cache: KVCache, layer: int) -> None:
-        """Move each head's valid slots to the front (one host sync for the new length)."""
-        L = cache.length[layer]
-        if L == 0:
-            return
-        valid = cache.valid(layer, L)                                               # (B, H, L)
-        order = (~valid).to(torch.int8).argsort(dim=-1, stable=True)               # valid first, in order
-        M = int(valid.sum(-1).max())
-        idx = order[..., :M]
-        fr = cache.frame[layer, :L][idx]                                            # (B, H, M)
-        fr = torch.where(torch.gather(valid, 2, idx), fr, torch.full_like(fr, -1)).flatten(0, 1).amax(0)
-        cache.gather_heads(layer, idx, fr)
-        cache.set_length(layer, M)
-        self._since_compact[layer] = 0
-
+    # ---- adoption (switching in at run time: not the hot path, may sync) --------------------------------
     def adopt(self, cache: KVCache, n: int, write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None" = None) -> None:
-        """Compress whatever the cache holds (a dense cache, a window, an earlier TempCache): replay its slots
-        in frame order, n at a time, through the same merge step, carrying each slot's mass exp(bias)."""
+        """Compress whatever the cache holds (a dense cache, a window, an earlier TempCache) into the fixed
+        layout: replay its slots in frame order, n at a time, through the same merge step, carrying each
+        slot's mass exp(bias); then give back what a dense cache grew to."""
         for layer in range(cache.n_layers):
-            L = cache.length[layer]
-            k, v, b = (t.clone() for t in cache.view(layer, L))
-            fr = cache.frame[layer, :L].clone()
-            order = fr.argsort(stable=True)
-            cache.set_length(layer, 0)
-            self._since_compact[layer] = 0
-            for s in range(0, L, n):
-                ix = order[s:s + n]
-                c = ix.numel()
-                kk, vv, bb = k[:, :, ix], v[:, :, ix], b[:, :, ix]
-                if c < n:   # last partial block: pad with empty slots
-                    pad = n - c
-                    kk, vv = F.pad(kk, (0, 0, 0, pad)), F.pad(vv, (0, 0, 0, pad))
-                    bb = F.pad(bb, (0, pad), value=NEG_BIAS)
-                cache.write_scratch(layer, kk, vv)
-                if write_codes is not None:
-                    write_codes(cache, layer, kk)
-                mass = torch.exp(bb.float()) * (bb > NEG_BIAS / 2)
-                self.commit(cache, layer, n, int(fr[ix].max()), inc_mass=mass)
-            self.compact(cache, layer)
-        cache.resize(max(self.capacity(n), max(cache.length) + n))   # give back what a dense cache grew to
+            self._adopt_layer(cache, layer, n, write_codes)
+        cache.resize(self.capacity(n))
+
+    def _adopt_layer(self, cache: KVCache, layer: int, n: int,
+                     write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None") -> None:
+        L = cache.length[layer]
+        k, v, b = (t.clone() for t in cache.view(layer, L))
+        fr = cache.frame[layer, :L].clone()
+        order = fr.argsort(stable=True)
+        self._empty_layout(cache, layer, n)
+        for s in range(0, L, n):
+            ix = order[s:s + n]
+            c = ix.numel()
+            kk, vv, bb = k[:, :, ix], v[:, :, ix], b[:, :, ix]
+            if c < n:   # last partial block: pad with empty slots
+                pad = n - c
+                kk, vv = F.pad(kk, (0, 0, 0, pad)), F.pad(vv, (0, 0, 0, pad))
+                bb = F.pad(bb, (0, pad), value=NEG_BIAS)
+            cache.write_scratch(layer, kk, vv)
+            if write_codes is not None:
+                write_codes(cache, layer, kk)
+            mass = torch.exp(bb.float()) * (bb > NEG_BIAS / 2)
+            self.commit(cache, layer, n, int(fr[ix].max()), inc_mass=mass)

@@ -70,6 +70,7 @@ class WindowAttention(AttentionMode):
             length = cache.length[layer]
             fr = cache.frame[layer, :length]
             order = fr.argsort(stable=True)
+            order = order[fr[order] >= 0]   # slots no head holds (a TempCache's free slots) are not frames
             n_sink, n_win = self.cfg.sinks * n, self.cfg.window * n
             if length <= n_sink + n_win:
                 keep = order
