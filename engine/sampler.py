@@ -15,57 +15,72 @@ generated frames; the noise added at commit comes from the same seeded generator
 
 No host syncs in the loop: the schedule lives on the device, noise comes from a device generator, the frame
 index is a host int handed to the attention mode (as StepInfo) and to rotary (as a new tensor, not a read).
+
+Per-pass work is only the network itself: the prompt's pooled vector and cross-attention K/V are computed at
+reset, the sigma embeddings of the fixed schedule (and of the commit level) at reset, the action part of the
+conditioning and the rotary tables once per frame. The latent x and the Euler update stay in float32 (float64
+for a float64 model) whatever the model's dtype; only the model's input is cast.
 """
 from __future__ import annotations
 
-import contextlib
+from typing import NamedTuple
 
 import torch
 
 from engine.attention import AttentionMode, FrameAttention, StepInfo
 from engine.cache import KVCache
 from engine.model import WorldModel
+from engine.model.dit import PromptContext, Rope
 
 INITIAL_FRAMES = 16   # dense cache starts with room for this many frames and doubles as it grows
+
+
+class FrameInputs(NamedTuple):
+    """What every pass of one frame shares: action + prompt conditioning (B, 1, D) and rotary tables."""
+    cond: torch.Tensor
+    rope: Rope
 
 
 class Sampler:
     def __init__(self, model: WorldModel, mode: AttentionMode, steps: int = 4, batch: int = 1,
                  shift: float | None = None, context_sigma: float | None = None,
-                 autocast: torch.dtype | None = None) -> None:
+                 max_frames: int | None = None) -> None:
+        """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates."""
         if not 1 <= steps <= 4:
             raise ValueError(f"steps must be 1..4, got {steps}")
         self.model, self.mode, self.steps, self.batch = model, mode, steps, batch
         self.device = model.latent_std.device
         dit = model.dit
         self.N, self.C, self.size = dit.tokens_per_frame, model.cfg.ae.latent_ch, model.cfg.ae.latent_size
+        self.max_frames = max_frames
         self.context_sigma = model.cfg.context_sigma if context_sigma is None else context_sigma
         k = model.cfg.shift if shift is None else shift
         s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
         self.sigmas = (k * s / (1 + (k - 1) * s)).float().to(self.device)       # (steps + 1,)
-        self.autocast = autocast
-        self.dtype = next(model.parameters()).dtype     # float32 (float64 in exactness tests)
-        dtype = autocast or self.dtype
+        self.dtype = dit.dtype                                 # the model's input dtype (bf16 on CUDA)
+        self.xdtype = torch.float64 if self.dtype == torch.float64 else torch.float32   # latent, Euler update
+        self.dts = (self.sigmas[1:] - self.sigmas[:-1]).to(self.xdtype)         # (steps,)
         self.cache = KVCache(dit.cfg.depth, batch, dit.cfg.heads, dit.cfg.head_dim, self._capacity(mode),
-                             self.device, dtype)
+                             self.device, self.dtype)
         self.gen = torch.Generator(device=self.device)
         self.frame = 0
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ctx: PromptContext | None = None
+        self.sig_emb: torch.Tensor | None = None    # (steps + 1, D): the schedule's levels, then context_sigma
 
     def _capacity(self, mode: AttentionMode) -> int:
-        return mode.capacity_tokens(self.N) or INITIAL_FRAMES * self.N
-
-    def _ctx(self) -> contextlib.AbstractContextManager:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast)
+        return mode.capacity_tokens(self.N) or (self.max_frames or INITIAL_FRAMES) * self.N
 
     @torch.no_grad()
     def reset(self, seed: int, prompt: str) -> None:
-        """New episode: seed the noise, encode the prompt once, empty the cache."""
+        """New episode: seed the noise, encode the prompt once (and everything that depends only on it or
+        on the schedule), empty the cache."""
         self.gen.manual_seed(int(seed))
-        with self._ctx():
-            self.prompt = self.model.encode_prompt([prompt] * self.batch)
+        self.prompt = self.model.encode_prompt([prompt] * self.batch)
+        dit = self.model.dit
+        self.ctx = dit.prompt_context(self.prompt)
+        levels = torch.cat([self.sigmas[:-1], torch.full((1,), self.context_sigma, device=self.device)])
+        self.sig_emb = dit.sigma_embedding(levels)
         self.cache.reset()
         self.cache.resize(self._capacity(self.mode))
         self.mode.reset()
@@ -77,44 +92,50 @@ class Sampler:
         mode.adopt(self.cache, self.N)
         self.mode = mode
 
-    def _pass(self, x: torch.Tensor, sigma: torch.Tensor, action: torch.Tensor, step: int,
-              commit: bool) -> torch.Tensor:
-        """One DiT pass over the current frame. x (B, C, h, w), sigma () or (B,), action (B, A) -> v."""
-        B = self.batch
-        info = StepInfo(frame=self.frame, step=step, num_steps=self.steps, commit=commit)
-        frames = torch.full((B, 1), self.frame, dtype=torch.long, device=self.device)
-        with self._ctx():
-            v = self.model.dit(x[:, None], sigma.expand(B)[:, None], action[:, None], frames, self.prompt,
+    def frame_inputs(self, action: torch.Tensor) -> FrameInputs:
+        """action (B, A) -> the conditioning and rotary shared by every pass of the current frame."""
+        if self.ctx is None:
+            raise RuntimeError("Sampler used before reset(seed, prompt)")
+        dit = self.model.dit
+        frames = torch.full((self.batch, 1), self.frame, dtype=torch.long, device=self.device)
+        return FrameInputs(dit.frame_condition(action.to(self.device)[:, None], self.ctx.pool), dit.rope(frames))
+
+    def _pass(self, x: torch.Tensor, level: int, f: FrameInputs, commit: bool) -> torch.Tensor:
+        """One DiT pass over the current frame at sigma_emb[level]. x (B, C, h, w) -> v (B, C, h, w), xdtype."""
+        assert self.ctx is not None and self.sig_emb is not None
+        info = StepInfo(frame=self.frame, step=level, num_steps=self.steps, commit=commit)
+        v = self.model.dit.run(x.to(self.dtype)[:, None], f.cond + self.sig_emb[level], f.rope, self.ctx.kv,
                                FrameAttention(self.mode, self.cache, info))
-        return v[:, 0].to(self.dtype)
+        return v[:, 0].to(self.xdtype)
 
     @torch.no_grad()
-    def commit(self, latent: torch.Tensor, action: torch.Tensor) -> None:
+    def commit(self, latent: torch.Tensor, action: torch.Tensor, f: FrameInputs | None = None) -> None:
         """Write a finished (or true, when priming) frame's K/V into the cache and advance the frame index.
-        latent (B, C, h, w) normalised; action (B, A) float: the action that produced this frame."""
-        sigma = torch.full((1,), self.context_sigma, device=self.device)
-        x = latent.to(self.dtype)
+        latent (B, C, h, w) normalised; action (B, A) float: the action that produced this frame; f: its
+        frame_inputs when the caller already has them (step())."""
+        f = self.frame_inputs(action) if f is None else f
+        x = latent.to(self.xdtype)
         if self.context_sigma > 0:
-            eps = torch.randn(x.shape, generator=self.gen, device=self.device).to(self.dtype)
+            eps = torch.randn(x.shape, generator=self.gen, device=self.device).to(self.xdtype)
             x = (1 - self.context_sigma) * x + self.context_sigma * eps
-        self._pass(x, sigma.to(self.dtype), action.to(self.device, self.dtype), self.steps, commit=True)
+        self._pass(x, self.steps, f, commit=True)
         self.frame += 1
 
     @torch.no_grad()
-    def sample(self, action: torch.Tensor) -> torch.Tensor:
+    def sample(self, action: torch.Tensor, f: FrameInputs | None = None) -> torch.Tensor:
         """Denoise the next frame's latent for `action` (B, A) without committing it (B, C, h, w)."""
-        action = action.to(self.device, self.dtype)
+        f = self.frame_inputs(action) if f is None else f
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
-                        device=self.device).to(self.dtype)
+                        device=self.device).to(self.xdtype)
         for i in range(self.steps):
-            v = self._pass(x, self.sigmas[i:i + 1].to(self.dtype), action, i, commit=False)
-            x = x + (self.sigmas[i + 1] - self.sigmas[i]) * v
+            x = torch.addcmul(x, self.dts[i], self._pass(x, i, f, commit=False))
         return x
 
     @torch.no_grad()
     def step(self, action: torch.Tensor) -> torch.Tensor:
         """Generate the next frame's latent for `action` (B, A), commit it, return it (B, C, h, w).
         (Teacher forcing calls sample() and then commit() with the true frame instead.)"""
-        x = self.sample(action)
-        self.commit(x, action)
+        f = self.frame_inputs(action)
+        x = self.sample(action, f)
+        self.commit(x, action, f)
         return x

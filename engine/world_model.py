@@ -7,6 +7,7 @@ next latent for the action and decodes it.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -55,14 +56,27 @@ class NeuralEnv:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
-                 bf16: bool | None = None, model: Any = None) -> None:
+                 bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
+                 cuda_graph: bool = False) -> None:
+        """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
+        float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
+        max_frames: pre-size a dense cache for this many frames. cuda_graph: not implemented yet (see
+        docs/MODEL.md, "Speed"); True is refused rather than silently ignored."""
+        if cuda_graph:
+            raise NotImplementedError("NeuralEnv(cuda_graph=True): CUDA graph capture is not implemented yet; "
+                                      "set cuda_graph: false (conf/engine/model.yaml)")
         self.device = _resolve_device(device)
+        dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
             model, manifest = load_model(checkpoint or BUNDLED, self.device)
             self.checkpoint_sha256 = manifest["sha256"]
         else:   # an in-memory model (trainer previews, tests)
+            if dtype is not None and dtype != model.dit.dtype:
+                model = copy.deepcopy(model)
             model = model.to(self.device).eval()
             self.checkpoint_sha256 = "in-memory"
+        if dtype is not None:
+            model.cast_for_inference(dtype)
         self.model = model
         cfg = model.cfg
         self.spec = EnvSpec(world=cfg.world, height=cfg.ae.image_size, width=cfg.ae.image_size, fps=20.0)
@@ -76,8 +90,7 @@ class NeuralEnv:
         self.bootstrap = bootstrap
         name, params = _mode_spec(attention)
         self._mode_params: dict[str, dict[str, Any]] = {name: params}
-        autocast = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
-        self.sampler = Sampler(model, build_mode(name, **params), steps=steps, autocast=autocast)
+        self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames)
         self.mode_name = name
         self.prompt = ""
         self._last_ms = 0.0
@@ -129,19 +142,19 @@ class NeuralEnv:
         Used by reset(bootstrap) and by the evaluation (16 true frames, then a rollout)."""
         for f, a in zip(frames, actions, strict=True):
             z = self.model.encode(torch.as_tensor(np.asarray(f, np.uint8)[None], device=self.device))
-            self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]))
+            self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]).to(self.device))
 
     @torch.no_grad()
     def predict(self, action: Any) -> Frame:
         """The frame step(action) would return, without committing it: follow with prime([true frame],
         [action]) for teacher-forced evaluation."""
-        z = self.sampler.sample(torch.as_tensor(validate_action(action)[None]))
+        z = self.sampler.sample(torch.as_tensor(validate_action(action)[None]).to(self.device))
         return self.model.decode(z)[0].cpu().numpy()
 
     def _generate(self, action: np.ndarray) -> Frame:
         import time
         t0 = time.perf_counter()
-        z = self.sampler.step(torch.as_tensor(action[None]))
+        z = self.sampler.step(torch.as_tensor(action[None]).to(self.device))
         frame = self.model.decode(z)[0].cpu().numpy()        # the one host sync: the frame leaves the device
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return frame

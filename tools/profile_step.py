@@ -5,6 +5,11 @@
 Prints ms/frame for the whole step, then separately for the denoising passes, the commit pass and the decode
 (each synchronised), then torch.profiler's top operators by device and by host time over a few frames.
 Exploration tool for speed work; the benchmark (engine.bench) is what reports numbers.
+
+    python tools/profile_step.py --count-ops          # CPU proxy: aten ops per frame, base preset, random weights
+
+On the CPU every aten op stands for one (or a few) GPU kernel launches, so ops per frame is the launch-count
+proxy that can be checked without a GPU.
 """
 from __future__ import annotations
 
@@ -33,6 +38,38 @@ def _ms(fn, dev: torch.device, n: int) -> float:
     return (time.perf_counter() - t) * 1e3 / n
 
 
+_VIEWS = {"view", "_unsafe_view", "transpose", "unbind", "select", "slice", "chunk", "split", "expand", "unsqueeze",
+          "squeeze", "permute", "as_strided", "detach", "alias", "t", "narrow", "lift_fresh", "empty", "view_as"}
+
+
+def count_ops(frames: int = 5, context: int = 8, steps: int = 4, attention: str = "dense",
+              reps: int = 3, bf16: bool = False) -> tuple[float, float, float, float]:
+    """(top-level aten ops, of which not views (launch proxy), dtype casts, per frame; best-of-`reps` CPU ms
+    per frame) for NeuralEnv.step on the base preset with
+    random weights, after `context` frames. Top-level aten ops only (ops called from inside other ops are
+    not separate launches)."""
+    from engine.env import make_action
+    from engine.model import WorldModel, preset
+    torch.manual_seed(0)
+    env = NeuralEnv(model=WorldModel(preset("base")), device="cpu", attention=attention, steps=steps,
+                    bf16=bf16)
+    env.reset(0, "")
+    act = make_action(("forward",), 0.1)
+    for _ in range(context):
+        env.step(act)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        for _ in range(frames):
+            env.step(act)
+    top = [e for e in prof.events() if e.name.startswith("aten::") and
+           (e.cpu_parent is None or not e.cpu_parent.name.startswith("aten::"))]
+    # an op that only makes a view (or a .to/.reshape that did not copy) launches nothing on a GPU
+    work = [e for e in top if e.name.removeprefix("aten::") not in _VIEWS and
+            not (e.name in ("aten::to", "aten::reshape", "aten::contiguous") and not e.cpu_children)]
+    best = min(_ms(lambda: env.step(act), env.device, frames) for _ in range(reps)) if reps else float("nan")
+    casts = sum(1 for e in top if e.name == "aten::to" and e.cpu_children)
+    return len(top) / frames, len(work) / frames, casts / frames, best
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--attention", default="dense")
@@ -40,7 +77,15 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=1_000_003)
+    p.add_argument("--count-ops", action="store_true", help="CPU launch proxy on the base preset, then exit")
     a = p.parse_args()
+    if a.count_ops:
+        torch.set_num_threads(2)
+        for bf16 in (False, True):
+            ops, work, casts, ms = count_ops(steps=a.steps, attention=a.attention, bf16=bf16, reps=0 if bf16 else 3)
+            print(f"base preset, {a.attention}, {a.steps} steps, {'bf16' if bf16 else 'fp32'}, CPU, per frame: "
+                  f"{ops:.0f} top-level aten ops, {work:.0f} not views, {casts:.0f} casts; {ms:.1f} ms (best of 3)")
+        return
     sim = MazeEnv()
     env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv())
     dev = env.device

@@ -35,17 +35,28 @@ class WorldModel(nn.Module):
         shape = (1, -1, 1, 1)
         return self.latent_mean.to(z.dtype).view(shape), self.latent_std.to(z.dtype).view(shape)
 
+    def cast_for_inference(self, dtype: torch.dtype) -> "WorldModel":
+        """Cast the inference networks (DiT, prompt encoder, autoencoder) to `dtype` once, in place; the latent
+        statistics stay float32, so latents in and out of encode/decode are float32 whatever `dtype` is."""
+        self.ae.to(dtype)
+        self.prompt.to(dtype)
+        self.dit.cast_for_inference(dtype)
+        return self
+
+    def _ae_dtype(self) -> torch.dtype:
+        return self.ae.decoder.parameters().__next__().dtype
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 (B, H, W, 3) -> normalised latent (B, C, h, w)."""
-        x = self.ae.to_input(frames).to(self.latent_std.dtype)
-        z = self.ae.encoder(x)
+        """uint8 (B, H, W, 3) -> normalised latent (B, C, h, w) in the statistics' dtype."""
+        z = self.ae.encoder(self.ae.to_input(frames).to(self._ae_dtype())).to(self.latent_std.dtype)
         m, s = self._stats(z)
         return (z - m) / s
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """normalised latent (B, C, h, w) -> uint8 (B, H, W, 3)."""
+        z = z.to(self.latent_std.dtype)
         m, s = self._stats(z)
-        return self.ae.to_uint8(self.ae.decoder(z * s + m))
+        return self.ae.to_uint8(self.ae.decoder((z * s + m).to(self._ae_dtype())))
 
     def encode_prompt(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Canonical prompts -> (tokens (B, P, Pw), pooled (B, Pw)); once per episode."""

@@ -15,7 +15,7 @@ scores depend only on index differences, a frame at index 3000 attends exactly a
 from __future__ import annotations
 
 import math
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 import torch.nn as nn
@@ -42,14 +42,17 @@ def frame_mask(clean: torch.Tensor, order: torch.Tensor, tokens_per_frame: int) 
 
 
 class RMSNorm(nn.Module):
+    """RMS norm over the last dim (torch's fused F.rms_norm), weight applied in the input's dtype."""
+
     def __init__(self, dim: int, eps: float = 1e-6) -> None:
         super().__init__()
         self.eps, self.weight = eps, nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        xf = x.float()
-        # weight applied in float32 before the cast: under autocast the result keeps x's dtype (bf16 q/k)
-        return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight.float()).to(x.dtype)
+        return F.rms_norm(x, (x.shape[-1],), self.weight.to(x.dtype), self.eps)
+
+
+Rope = tuple[torch.Tensor, torch.Tensor]   # cos, sin as (B, T*N, 1, 1, head_dim): see Rotary.forward
 
 
 class Rotary(nn.Module):
@@ -65,8 +68,10 @@ class Rotary(nn.Module):
         assert self.nt + 2 * self.ns == half, "head_dim - rope_time_dims must split evenly between height and width"
         self.grid, self.theta_t, self.theta_s = grid, cfg.rope_time_theta, cfg.rope_space_theta
 
-    def forward(self, frames: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """frames (B, T) int64 -> cos, sin (B, 1, T*N, head_dim/2) in float32 (float64 for a float64 model).
+    def forward(self, frames: torch.Tensor, dtype: torch.dtype) -> Rope:
+        """frames (B, T) int64 -> cos, sin (B, T*N, 1, 1, head_dim) in float32 (float64 for a float64 model),
+        laid out for q/k as (B, L, 2, H, Dh) and already in the rotate-half form of `apply_rotary`
+        (cos = [cos, cos], sin = [-sin, sin]). Computed once per frame; shared by every layer and pass.
 
         Angles are computed in float64 on every call (no buffers, so casting the model to bf16/fp16 cannot
         degrade them): at frame 3000 a float32 angle would already be off by ~2e-4 rad."""
@@ -81,19 +86,17 @@ class Rotary(nn.Module):
         t = frames.to(f64)[:, :, None] * f_t                                      # (B, T, nt)
         ang = torch.cat([t[:, :, None, :].expand(B, T, N, -1),
                          space[None, None].expand(B, T, N, -1)], dim=-1)         # (B, T, N, half)
-        ang = ang.reshape(B, 1, T * N, -1)
+        ang = ang.reshape(B, T * N, 1, 1, -1)
         out = torch.float64 if dtype == torch.float64 else torch.float32
-        return ang.cos().to(out), ang.sin().to(out)
+        cos, sin = ang.cos().to(out), ang.sin().to(out)
+        return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, L, D); rotate the pairs (x[:D/2], x[D/2:])."""
-    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
-    return torch.cat([x1 * cos - x2 * sin, x2 * cos + x1 * sin], dim=-1).to(x.dtype)
-
-
-def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    return x * (1 + scale) + shift
+def apply_rotary(x: torch.Tensor, rope: Rope) -> torch.Tensor:
+    """x (..., Dh) in rope's dtype; rotate the pairs (x[:Dh/2], x[Dh/2:]): [x1 cos - x2 sin, x2 cos + x1 sin]
+    = x * [cos, cos] + [x2, x1] * [-sin, sin] (3 ops for q and k together)."""
+    cos, sin = rope
+    return torch.addcmul(x * cos, x.roll(x.shape[-1] // 2, -1), sin)
 
 
 class Block(nn.Module):
@@ -118,23 +121,37 @@ class Block(nn.Module):
         B, L, _ = x.shape
         return x.view(B, L, self.H, self.Dh).transpose(1, 2)                      # (B, H, L, Dh)
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor],
-                prompt: torch.Tensor, attn: Attn) -> torch.Tensor:
-        """x (B, T, N, D); mod (B, T, 6, D) shared modulation; prompt (B, P, D)."""
+    def cross_kv(self, ptok: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Prompt tokens (B, P, D) -> this block's cross-attention k, v (B, H, P, Dh), or None without
+        cross-attention. Depends on the prompt only: inference computes it once per episode."""
+        if not self.cross:
+            return None
+        ck, cv = self.ckv(ptok).chunk(2, dim=-1)
+        return self.ck_norm(self.heads(ck)), self.heads(cv)
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope,
+                ckv: tuple[torch.Tensor, torch.Tensor] | None, attn: Attn) -> torch.Tensor:
+        """x (B, T, N, D); mod (B, T, 6, D): this block's modulation, scales already offset by 1 (see
+        CausalDiT.run); ckv from cross_kv."""
         B, T, N, D = x.shape
-        sh1, sc1, g1, sh2, sc2, g2 = (mod + self.table).unsqueeze(2).unbind(3)  # each (B, T, 1, D)
-        h = modulate(self.norm1(x), sh1, sc1).reshape(B, T * N, D)
-        q, k, v = self.qkv(h).chunk(3, dim=-1)
-        q, k, v = self.q_norm(self.heads(q)), self.k_norm(self.heads(k)), self.heads(v)
-        q, k = apply_rotary(q, *rope), apply_rotary(k, *rope)
-        o = attn.self_attn(self.layer, q, k, v)                                    # (B, H, T*N, Dh)
-        x = x + g1 * self.proj(o.transpose(1, 2).reshape(B, T, N, D))
-        if self.cross:
-            q = self.cq_norm(self.heads(self.cq(self.norm2(x).reshape(B, T * N, D))))
-            ck, cv = self.ckv(prompt).chunk(2, dim=-1)
-            o = attn.cross_attn(self.layer, q, self.ck_norm(self.heads(ck)), self.heads(cv))
+        L, H, Dh, wd = T * N, self.H, self.Dh, self.qkv.weight.dtype
+        # Under a bf16 model the modulation (fp32 tables) and so the residual stream x are float32, as they were
+        # under autocast; only the linear layers' inputs are cast to the weights' dtype.
+        sh1, sc1, g1, sh2, sc2, g2 = mod.unsqueeze(2).unbind(3)                  # each (B, T, 1, D)
+        h = torch.addcmul(sh1, F.layer_norm(x, (D,), eps=1e-6), sc1).view(B, L, D)
+        qkv = self.qkv(h.to(wd)).view(B, L, 3, H, Dh)
+        # q and k normalised, weighted and rotated together in rope's dtype (float32 under a bf16 model)
+        qk = F.rms_norm(qkv[:, :, :2].to(rope[0].dtype), (Dh,), eps=self.q_norm.eps)
+        qk = apply_rotary(qk * torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None], rope).to(wd)
+        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+        o = attn.self_attn(self.layer, q, k, v)                                    # (B, H, L, Dh)
+        x = torch.addcmul(x, g1, self.proj(o.transpose(1, 2).reshape(B, T, N, D)))
+        if ckv is not None:
+            q = self.cq_norm(self.heads(self.cq(self.norm2(x).view(B, L, D).to(wd))))
+            o = attn.cross_attn(self.layer, q, *ckv)
             x = x + self.cproj(o.transpose(1, 2).reshape(B, T, N, D))
-        return x + g2 * self.mlp(modulate(self.norm3(x), sh2, sc2))
+        h = torch.addcmul(sh2, F.layer_norm(x, (D,), eps=1e-6), sc2)
+        return torch.addcmul(x, g2, self.mlp(h.to(wd)))
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
@@ -146,6 +163,10 @@ def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
 
 
 class CausalDiT(nn.Module):
+    """forward() is the whole network from raw inputs (training, full recomputation). Inference splits it by
+    how often each part changes, with the same arithmetic: prompt_context once per episode, frame_condition and
+    rope once per frame, sigma_embedding once per schedule (a table), and run() once per pass."""
+
     def __init__(self, cfg: DiTConfig, latent_ch: int, latent_size: int, prompt_width: int,
                  action_dim: int, num_keys: int) -> None:
         super().__init__()
@@ -166,12 +187,44 @@ class CausalDiT(nn.Module):
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.table_out = nn.Parameter(torch.zeros(2, D))
         self.out = nn.Linear(D, latent_ch * cfg.patch ** 2)
+        # adaLN rows that are scales enter as (1 + scale): the 1 rides on the tables (one add for all blocks)
+        self.register_buffer("_one", torch.tensor([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])[:, None], persistent=False)
 
-    def condition(self, sigma: torch.Tensor, actions: torch.Tensor, prompt_vec: torch.Tensor) -> torch.Tensor:
-        """One conditioning vector per frame. sigma (B, T), actions (B, T, A), prompt_vec (B, Pw) -> (B, T, D)."""
-        c = self.t_embed(timestep_embedding(sigma).to(self.table_out.dtype))
-        c = c + self.key_embed(actions[..., :self.num_keys]) + self.mouse_embed(actions[..., self.num_keys:])
-        return c + self.prompt_pool(prompt_vec)[:, None]
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of the linear layers (and so of x, c and the attention inputs)."""
+        return self.out.weight.dtype
+
+    def cast_for_inference(self, dtype: torch.dtype) -> "CausalDiT":
+        """Cast once for inference (instead of autocast re-casting every weight on every call), keeping in
+        float32 what autocast kept there: the adaLN tables (so modulation and the residual stream stay
+        float32), the q/k/cross norm weights, norm2's affine and the scale offset."""
+        self.to(dtype)
+        keep = [self.table_out, self._one] + [b.table for b in self.blocks]
+        for b in self.blocks:
+            keep += [b.q_norm.weight, b.k_norm.weight]
+            if b.cross:
+                keep += [b.norm2.weight, b.norm2.bias, b.cq_norm.weight, b.ck_norm.weight]
+        for t in keep:
+            t.data = t.data.float()
+        return self
+
+    def prompt_context(self, prompt: tuple[torch.Tensor, torch.Tensor]) -> PromptContext:
+        """PromptEncoder output -> what every pass needs from the prompt; once per episode."""
+        ptok = self.prompt_proj(prompt[0])                                         # (B, P, D)
+        return PromptContext(self.prompt_pool(prompt[1]), [b.cross_kv(ptok) for b in self.blocks])
+
+    def frame_condition(self, actions: torch.Tensor, pool: torch.Tensor) -> torch.Tensor:
+        """Action and prompt parts of the conditioning vector. actions (B, T, A), pool (B, D) -> (B, T, D)."""
+        a = actions.to(self.dtype)
+        return self.key_embed(a[..., :self.num_keys]) + self.mouse_embed(a[..., self.num_keys:]) + pool[:, None]
+
+    def sigma_embedding(self, sigma: torch.Tensor) -> torch.Tensor:
+        """Noise-level part of the conditioning vector. sigma (...) -> (..., D)."""
+        return self.t_embed(timestep_embedding(sigma).to(self.dtype))
+
+    def rope(self, frames: torch.Tensor) -> Rope:
+        return self.rotary(frames, self.dtype)
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, frames: torch.Tensor,
                 prompt: tuple[torch.Tensor, torch.Tensor], attn: Attn) -> torch.Tensor:
@@ -180,19 +233,35 @@ class CausalDiT(nn.Module):
         x (B, T, C, h, w) latents at noise levels sigma (B, T); actions (B, T, A): the action that produced
         each frame; frames (B, T) int64 absolute frame indices (rotary); prompt = (tokens (B, P, Pw),
         pooled (B, Pw)) from PromptEncoder. Returns (B, T, C, h, w)."""
+        ctx = self.prompt_context(prompt)
+        c = self.sigma_embedding(sigma) + self.frame_condition(actions, ctx.pool)
+        return self.run(x, c, self.rope(frames), ctx.kv, attn)
+
+    def run(self, x: torch.Tensor, c: torch.Tensor, rope: Rope,
+            ckv: list[tuple[torch.Tensor, torch.Tensor] | None], attn: Attn) -> torch.Tensor:
+        """The per-pass network. x (B, T, C, h, w) in the model's dtype; c (B, T, D) conditioning vector;
+        rope from rope(); ckv from prompt_context. Returns v (B, T, C, h, w)."""
         B, T, C, h, w = x.shape
         p, g = self.p, self.grid
         tok = x.reshape(B, T, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, T, g * g, C * p * p)
         tok = self.x_embed(tok)                                                    # (B, T, N, D)
-        c = self.condition(sigma, actions.to(tok.dtype), prompt[1])               # (B, T, D)
-        mod = self.ada(c).view(B, T, 6, -1)                                        # (B, T, 6, D)
-        rope = self.rotary(frames, tok.dtype)
-        ptok = self.prompt_proj(prompt[0])                                         # (B, P, D)
-        for blk in self.blocks:
-            tok = blk(tok, mod, rope, ptok, attn)
+        tables = torch.stack([b.table for b in self.blocks]) + self._one               # (depth, 6, D)
+        mods = (self.ada(c).view(B, T, 1, 6, -1) + tables).unbind(2)              # depth x (B, T, 6, D)
+        for blk, mod, kv in zip(self.blocks, mods, ckv):
+            tok = blk(tok, mod, rope, kv, attn)
         shift, scale = (self.table_out + c[:, :, None]).unsqueeze(2).unbind(3)    # (B, T, 1, D)
-        out = self.out(modulate(self.norm_out(tok), shift, scale))                 # (B, T, N, C*p*p)
+        out = self.out(modulate(self.norm_out(tok), shift, scale).to(self.out.weight.dtype))  # (B, T, N, C*p*p)
         return out.view(B, T, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, T, C, h, w)
+
+
+class PromptContext(NamedTuple):
+    """Per-episode prompt work: pooled projection (B, D) and each block's cross-attention (k, v) or None."""
+    pool: torch.Tensor
+    kv: list[tuple[torch.Tensor, torch.Tensor] | None]
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
 
 
 class PromptEncoder(nn.Module):
