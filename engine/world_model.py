@@ -56,15 +56,10 @@ class NeuralEnv:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
-                 bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
-                 cuda_graph: bool = False) -> None:
+                 bf16: bool | None = None, model: Any = None, max_frames: int | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
-        max_frames: pre-size a dense cache for this many frames. cuda_graph: not implemented yet (see
-        docs/MODEL.md, "Speed"); True is refused rather than silently ignored."""
-        if cuda_graph:
-            raise NotImplementedError("NeuralEnv(cuda_graph=True): CUDA graph capture is not implemented yet; "
-                                      "set cuda_graph: false (conf/engine/model.yaml)")
+        max_frames: pre-size a dense cache for this many frames (no reallocation mid-run)."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:

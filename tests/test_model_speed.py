@@ -76,10 +76,6 @@ class CountCasts(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-def test_cuda_graph_option_refused_clearly() -> None:
-    with pytest.raises(NotImplementedError, match="cuda_graph"):
-        NeuralEnv(model=random_model(torch.float32), device="cpu", cuda_graph=True)
-
 
 def test_max_frames_presizes_dense_cache() -> None:
     env = NeuralEnv(model=random_model(torch.float32), device="cpu", steps=1, max_frames=40)
