@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 
-import pytest
 import torch
 
 from torch.utils._python_dispatch import TorchDispatchMode
