@@ -11,7 +11,6 @@ Failures become `FactoryError` with a one-line message naming the config field a
 from __future__ import annotations
 
 import importlib
-from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 

@@ -7,7 +7,7 @@ import torch
 
 from engine.attention import FrameAttention, SequenceAttention, StepInfo, build_mode
 from engine.attention import ann
-from engine.cache import NEG_BIAS, KVCache
+from engine.cache import KVCache
 
 B, H, N, D = 1, 2, 8, 16
 F64 = torch.float64

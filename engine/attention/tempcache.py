@@ -129,7 +129,7 @@ class TempCache:
         adopted group, 0 for an empty slot). Fixed shapes, no host sync; the length stays S."""
         S = self.slots(n)
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]            # (B, H, cap, D), (B, H, cap)
-        B, H, D = K.shape[0], K.shape[1], K.shape[-1]
+        B, H = K.shape[0], K.shape[1]
         inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()   # (B, H, n)
         k_new, v_new = K[:, :, S:S + n], V[:, :, S:S + n]                         # (B, H, n, D)
         valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
