@@ -36,6 +36,7 @@ from engine.model import WorldModel, preset
 from engine.model.config import ModelConfig
 from engine.train_attention import TrainAttention
 from engine.train_data import FrameStore, load_store, make_dataset
+from engine.train_own_context import pick, predict_clip, validate
 
 
 @dataclass
@@ -79,6 +80,9 @@ class DiTTrainConfig:
     context_sigma: float = 0.02  # the commit level written into the checkpoint for inference (sampler.py)
     shift: float = 3.0           # sampler timestep shift written into the checkpoint
     flex: bool = True            # FlexAttention block mask on CUDA (falls back to SDPA + mask)
+    own_context_prob: float = 0.0  # share of each batch trained on its own predictions as context (exposure
+    own_context_steps: int = 2     # bias, engine/train_own_context.py): Euler steps of that no-grad pass (1..4)
+    own_context_rounds: int = 1    # 2: predict again from the first predictions (errors compound once)
 
 
 @dataclass
@@ -106,6 +110,8 @@ class TrainConfig:
 class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
+        validate(cfg.dit.own_context_prob, cfg.dit.own_context_steps, cfg.dit.own_context_rounds)
+        self.own_stats = [0, 0, 0.0]   # since the last log: samples with own context, samples, seconds spent
         self.t0 = time.time()
         self.deadline = self.t0 + 60 * (cfg.time_budget_min - cfg.reserve_min)
         self.out = Path(cfg.out)
@@ -331,13 +337,36 @@ class Trainer:
         tc = torch.where(torch.rand(B, T, device=dev) < d.ctx_zero_prob, torch.zeros_like(tc), tc)
         e1, e2 = torch.randn_like(z), torch.randn_like(z)
         bc = lambda s: s[:, :, None, None, None]  # noqa: E731
-        x_clean = (1 - bc(tc)) * z + bc(tc) * e1
-        x_noisy = (1 - bc(t)) * z + bc(t) * e2
         prompt = m.prompt(self.prompt_ids[eps_i])
+        z_ctx = self.own_context(z, acts, frames, prompt, attn)                    # z unless own_context_prob
+        x_clean = (1 - bc(tc)) * z_ctx + bc(tc) * e1
+        x_noisy = (1 - bc(t)) * z + bc(t) * e2                                     # targets stay the true z
         with self.ctx():
             v = m.dit(torch.cat([x_clean, x_noisy], 1), torch.cat([tc, t], 1), torch.cat([acts, acts], 1),
                       torch.cat([frames, frames], 1), prompt, attn)[:, T:]
         return F.mse_loss(v.float(), e2 - z)
+
+    def own_context(self, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
+                    prompt: tuple[torch.Tensor, torch.Tensor], attn: Any) -> torch.Tensor:
+        """Clean-half latents: z, with a picked share of the samples replaced by the model's own no-grad
+        predictions (frame 0 kept true). Nothing is drawn from any RNG when own_context_prob == 0."""
+        d = self.cfg.dit
+        self.own_stats[1] += z.shape[0]
+        idx = pick(z.shape[0], d.own_context_prob, z.device)
+        if len(idx) == 0:
+            return z
+        if self.device.type == "cuda":   # time only this pass (costs a sync per step, only when enabled)
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        x_hat = predict_clip(self.model.dit, z[idx], acts[idx], frames[idx],
+                             (prompt[0][idx].detach(), prompt[1][idx].detach()), attn, d.own_context_steps,
+                             d.shift, d.context_sigma, d.own_context_rounds, self.ctx)
+        z = z.index_copy(0, idx, x_hat)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.own_stats[0] += len(idx)
+        self.own_stats[2] += time.perf_counter() - t0
+        return z
 
     def train_dit(self) -> None:
         from tqdm import tqdm
@@ -381,8 +410,11 @@ class Trainer:
             self.state["dit_step"] = step + 1
             bar.update(1)
             if step % self.cfg.log_every == 0:
+                own, seen, secs = self.own_stats
                 self.log({"phase": "dit", "step": step, "loss": float(loss), "grad_norm": float(gn),
-                          "lr": opt.param_groups[0]["lr"]})
+                          "lr": opt.param_groups[0]["lr"], "own_share": round(own / max(1, seen), 3),
+                          "own_ms_per_step": round(1000 * secs * d.batch / max(1, seen), 1)})
+                self.own_stats = [0, 0, 0.0]
                 bar.set_postfix(loss=f"{float(loss):.4f}")
             if time.time() - last_save > 60 * self.cfg.ckpt_every_min:
                 self.save(opt)

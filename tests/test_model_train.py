@@ -3,6 +3,7 @@ checkpoints load in NeuralEnv, a second run resumes, and fp16 bundle weights sta
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -53,3 +54,55 @@ def test_checkpoint_plays_and_resume(trained: Path) -> None:
     # fp16 export as init for a new run: fresh optimizer, AE and latent stats kept
     state = train(tiny_config(trained, out=trained / "run2", init=trained / "run" / "export", **{"dit.steps": 1}))
     assert state["dit_step"] == 1 and state["ae_step"] == 0
+
+
+def test_own_context_off_takes_no_path(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """own_context_prob=0 (the default): the prediction pass never runs and training is bit-identical."""
+    import engine.train as tr
+
+    def boom(*_: object, **__: object) -> None:
+        raise AssertionError("predict_clip called with own_context_prob=0")
+    monkeypatch.setattr(tr, "predict_clip", boom)
+    train(tiny_config(trained, out=trained / "run_off", **{"dit.own_context_prob": 0.0}))
+    off = [r for r in _log(trained / "run_off") if r.get("phase") == "dit" and "loss" in r]
+    ref = [r for r in _log(trained / "run") if r.get("phase") == "dit" and "loss" in r][:len(off)]
+    assert [r["loss"] for r in off] == [r["loss"] for r in ref]
+    assert all(r["own_share"] == 0.0 for r in off)
+
+
+def test_own_context_on_trains(trained: Path) -> None:
+    train(tiny_config(trained, out=trained / "run_own", **{"dit.own_context_prob": 1.0, "dit.steps": 4,
+                                                          "dit.own_context_rounds": 2, "dit.own_context_steps": 1}))
+    recs = [r for r in _log(trained / "run_own") if r.get("phase") == "dit" and "loss" in r]
+    assert recs and all(math.isfinite(r["loss"]) and r["own_share"] == 1.0 and r["own_ms_per_step"] > 0
+                        for r in recs)
+
+
+def test_own_context_prediction_has_no_grad() -> None:
+    import torch
+
+    from engine.model import WorldModel, preset
+    from engine.train_attention import TrainAttention
+    from engine.train_own_context import predict_clip
+    torch.manual_seed(0)
+    m = WorldModel(preset("tiny")).train()
+    for p in m.dit.parameters():   # zero-init output layers would make every prediction 0
+        torch.nn.init.normal_(p, std=0.05) if p.dim() > 1 else None
+    B, T, C, s = 2, 3, m.cfg.ae.latent_ch, m.cfg.ae.latent_size
+    z = torch.randn(B, T, C, s, s)
+    acts, frames = torch.zeros(B, T, 8), torch.arange(T).repeat(B, 1)
+    prompt = m.prompt(m.prompt.tokenize(["night", "day"]))
+    order = torch.arange(T).repeat(2)
+    attn = TrainAttention(torch.arange(2 * T) < T, order, m.tokens_per_frame, use_flex=False)
+    x_hat = predict_clip(m.dit, z, acts, frames, prompt, attn, steps=2, shift=3.0, context_sigma=0.02, rounds=2)
+    assert x_hat.shape == z.shape and not x_hat.requires_grad and x_hat.grad_fn is None
+    assert torch.equal(x_hat[:, 0], z[:, 0]) and not torch.allclose(x_hat[:, 1:], z[:, 1:])
+    assert m.dit.training and all(p.grad is None for p in m.parameters())
+
+
+@pytest.mark.parametrize("field,value", [("own_context_prob", 1.5), ("own_context_prob", -0.1),
+                                         ("own_context_steps", 0), ("own_context_steps", 5),
+                                         ("own_context_rounds", 3)])
+def test_own_context_config_validated(tmp_path: Path, field: str, value: float) -> None:
+    with pytest.raises(ValueError, match=f"dit.{field}"):
+        train(tiny_config(tmp_path, **{f"dit.{field}": value}))
