@@ -35,7 +35,7 @@ from engine.checkpoint import MANIFEST, CheckpointError, load_checkpoint, load_s
 from engine.model import WorldModel, preset
 from engine.model.config import ModelConfig
 from engine.train_attention import TrainAttention
-from engine.train_data import FrameStore, load_store, make_dataset
+from engine.train_data import load_store, make_dataset
 from engine.train_own_context import pick, predict_clip, validate
 
 
