@@ -21,6 +21,9 @@ from engine.env import ACTION_DIM, Env, EnvSpec, Frame, validate_action
 from engine.sampler import Sampler
 
 
+PLAY_ORDER = ("dense", "window", "fastar", "tempcache")   # reference, bounded baseline, the engine's mode, its cache
+
+
 def _resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -93,7 +96,9 @@ class NeuralEnv:
     # ---- Env protocol -------------------------------------------------------------------------------------
     @property
     def attention_modes(self) -> tuple[str, ...]:
-        return tuple(MODES)
+        """Every registered mode, the ones a player compares first: front ends map F1..F4 to the first four."""
+        first = [m for m in PLAY_ORDER if m in MODES]
+        return tuple(first + [m for m in MODES if m not in first])
 
     def set_attention(self, mode: str | dict[str, Any]) -> None:
         name, params = _mode_spec(mode)

@@ -107,6 +107,7 @@ def test_neural_env_protocol_and_live_switch() -> None:
     env = NeuralEnv(model=random_model(torch.float32), device="cpu", steps=2)
     assert isinstance(env, Env)
     assert {"dense", "window"} <= set(env.attention_modes)
+    assert env.attention_modes[:4] == ("dense", "window", "fastar", "tempcache")   # F1..F4 in play.py
     f0 = env.reset(3, "night")
     assert f0.shape == (128, 128, 3) and f0.dtype == np.uint8
     for _ in range(5):
