@@ -8,6 +8,7 @@ next latent for the action and decodes it.
 from __future__ import annotations
 
 import copy
+import time
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -152,7 +153,6 @@ class NeuralEnv:
         return self.model.decode(z)[0].cpu().numpy()
 
     def _generate(self, action: np.ndarray) -> Frame:
-        import time
         t0 = time.perf_counter()
         z = self.sampler.step(torch.as_tensor(action[None]).to(self.device))
         frame = self.model.decode(z)[0].cpu().numpy()        # the one host sync: the frame leaves the device

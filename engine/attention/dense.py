@@ -12,6 +12,9 @@ from engine.cache import KVCache
 class DenseAttention(AttentionMode):
     name = "dense"
 
+    def __init__(self) -> None:
+        self._biased = False   # True once adopted from a mode whose slots carry group or empty-slot biases
+
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
         end = cache.write_scratch(layer, k, v)
@@ -28,8 +31,6 @@ class DenseAttention(AttentionMode):
 
     def reset(self) -> None:
         self._biased = False
-
-    _biased: bool = False
 
     def _bias(self, cache: KVCache, layer: int, end: int) -> torch.Tensor | None:
         return cache.view(layer, end)[2] if self._biased else None
