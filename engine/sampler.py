@@ -29,10 +29,12 @@ import torch
 
 from engine.attention import AttentionMode, FrameAttention, StepInfo
 from engine.cache import KVCache
+from engine.graphs import GraphedPass
 from engine.model import WorldModel
 from engine.model.dit import PromptContext, Rope
 
 INITIAL_FRAMES = 16   # dense cache starts with room for this many frames and doubles as it grows
+GRAPHS = ("off", "pieces", "cuda")   # how a pass runs: dit.run eagerly | in pieces, eagerly | pieces as CUDA graphs
 
 
 class FrameInputs(NamedTuple):
@@ -44,10 +46,14 @@ class FrameInputs(NamedTuple):
 class Sampler:
     def __init__(self, model: WorldModel, mode: AttentionMode, steps: int = 4, batch: int = 1,
                  shift: float | None = None, context_sigma: float | None = None,
-                 max_frames: int | None = None) -> None:
-        """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates."""
+                 max_frames: int | None = None, graphs: str = "off") -> None:
+        """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates.
+        graphs: "cuda" runs each pass as CUDA graphs between eager attention calls (engine/graphs.py);
+        "pieces" runs the same pieces eagerly (any device: the tests' check of the pieced path)."""
         if not 1 <= steps <= 4:
             raise ValueError(f"steps must be 1..4, got {steps}")
+        if graphs not in GRAPHS:
+            raise ValueError(f"graphs must be one of {GRAPHS}, got {graphs!r}")
         self.model, self.mode, self.steps, self.batch = model, mode, steps, batch
         self.device = model.latent_std.device
         dit = model.dit
@@ -62,6 +68,10 @@ class Sampler:
         self.dts = (self.sigmas[1:] - self.sigmas[:-1]).to(self.xdtype)         # (steps,)
         self.cache = KVCache(dit.cfg.depth, batch, dit.cfg.heads, dit.cfg.head_dim, self._capacity(mode),
                              self.device, self.dtype)
+        if graphs == "cuda" and self.device.type != "cuda":
+            raise ValueError(f"graphs='cuda' needs a CUDA device; the model is on {self.device}")
+        self.graphs = graphs
+        self.run = dit.run if graphs == "off" else GraphedPass(dit, batch, self.C, self.size, capture=graphs == "cuda")
         self.gen = torch.Generator(device=self.device)
         self.frame = 0
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -104,8 +114,8 @@ class Sampler:
         """One DiT pass over the current frame at sigma_emb[level]. x (B, C, h, w) -> v (B, C, h, w), xdtype."""
         assert self.ctx is not None and self.sig_emb is not None
         info = StepInfo(frame=self.frame, step=level, num_steps=self.steps, commit=commit)
-        v = self.model.dit.run(x.to(self.dtype)[:, None], f.cond + self.sig_emb[level], f.rope, self.ctx.kv,
-                               FrameAttention(self.mode, self.cache, info))
+        v = self.run(x.to(self.dtype)[:, None], f.cond + self.sig_emb[level], f.rope, self.ctx.kv,
+                     FrameAttention(self.mode, self.cache, info))
         return v[:, 0].to(self.xdtype)
 
     @torch.no_grad()

@@ -19,6 +19,7 @@ from engine.attention import MODES, build_mode
 from engine.attention import kernels
 from engine.checkpoint import BUNDLED, load_model
 from engine.env import ACTION_DIM, Env, EnvSpec, Frame, validate_action
+from engine.graphs import GraphedDecode
 from engine.sampler import Sampler
 
 
@@ -60,10 +61,13 @@ class NeuralEnv:
 
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
-                 bf16: bool | None = None, model: Any = None, max_frames: int | None = None) -> None:
+                 bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
+                 cuda_graphs: bool | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
-        max_frames: pre-size a dense cache for this many frames (no reallocation mid-run)."""
+        max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
+        cuda_graphs: run each DiT pass and the decoder as CUDA graphs (engine/graphs.py; None: on CUDA only;
+        True on a CPU is an error). info()["cuda_graphs"] says whether they run."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -89,7 +93,13 @@ class NeuralEnv:
         self.bootstrap = bootstrap
         name, params = _mode_spec(attention)
         self._mode_params: dict[str, dict[str, Any]] = {name: params}
-        self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames)
+        graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
+        if graphs and self.device.type != "cuda":
+            raise ValueError(f"cuda_graphs=true needs a CUDA device, got device {self.device}")
+        self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames,
+                               graphs="cuda" if graphs else "off")
+        lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
+        self._decode = GraphedDecode(model.decode, lat, self.device, capture=True) if graphs else model.decode
         self.mode_name = name
         self.prompt = ""
         self._last_ms = 0.0
@@ -134,6 +144,7 @@ class NeuralEnv:
         return {"frame": self.sampler.frame - 1, "cache_tokens": cache.tokens(),
                 "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
                 "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
+                "cuda_graphs": self.sampler.graphs == "cuda",
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 
     # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------
@@ -150,11 +161,11 @@ class NeuralEnv:
         """The frame step(action) would return, without committing it: follow with prime([true frame],
         [action]) for teacher-forced evaluation."""
         z = self.sampler.sample(torch.as_tensor(validate_action(action)[None]).to(self.device))
-        return self.model.decode(z)[0].cpu().numpy()
+        return self._decode(z)[0].cpu().numpy()
 
     def _generate(self, action: np.ndarray) -> Frame:
         t0 = time.perf_counter()
         z = self.sampler.step(torch.as_tensor(action[None]).to(self.device))
-        frame = self.model.decode(z)[0].cpu().numpy()        # the one host sync: the frame leaves the device
+        frame = self._decode(z)[0].cpu().numpy()             # the one host sync: the frame leaves the device
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return frame

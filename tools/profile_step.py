@@ -19,6 +19,7 @@ import time
 import numpy as np
 import torch
 
+from engine.attention import kernels
 from engine.world_model import NeuralEnv
 from worlds.maze.env import MazeEnv
 from worlds.maze.explorer import Explorer
@@ -78,6 +79,9 @@ def main() -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=1_000_003)
     p.add_argument("--count-ops", action="store_true", help="CPU launch proxy on the base preset, then exit")
+    p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
+                   help="CUDA graphs for the DiT pieces and the decoder (auto: on CUDA)")
+    p.add_argument("--no-profile", action="store_true", help="timings only, skip the profiler tables")
     a = p.parse_args()
     if a.count_ops:
         torch.set_num_threads(2)
@@ -87,7 +91,8 @@ def main() -> None:
                   f"{ops:.0f} top-level aten ops, {work:.0f} not views, {casts:.0f} casts; {ms:.1f} ms (best of 3)")
         return
     sim = MazeEnv()
-    env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv())
+    graphs = None if a.graphs == "auto" else a.graphs == "on"
+    env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs)
     dev = env.device
     sim.reset(a.seed, "brick day")
     env.reset(a.seed, "brick day")
@@ -106,10 +111,13 @@ def main() -> None:
     sample_ms = _ms(lambda: s.sample(act), dev, 10)
     z = s.sample(act)
     commit_ms = _ms(lambda: s.commit(z, act), dev, 10)
-    decode_ms = _ms(lambda: env.model.decode(z), dev, 10)
-    print(f"device {dev} attention {a.attention} steps {a.steps} cache frames ~{s.frame}")
+    decode_ms = _ms(lambda: env._decode(z), dev, 10)
+    print(f"device {dev} attention {a.attention} steps {a.steps} cache frames ~{s.frame} "
+          f"cuda_graphs {env.info()['cuda_graphs']} kernel {kernels.kernel_name()}")
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
           f"commit pass {commit_ms:.2f} | decode {decode_ms:.2f}")
+    if a.no_profile:
+        return
     acts_prof = [np.asarray(x) for x in acts[-5:]]
     kinds = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if dev.type == "cuda" else [])
     with torch.profiler.profile(activities=kinds) as prof:

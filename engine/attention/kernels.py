@@ -100,7 +100,17 @@ def _plain() -> dict[str, Callable[..., torch.Tensor]]:
     return c
 
 
+_cands: dict[bool, dict[str, Fn]] = {}
+
+
 def _candidates(biased: bool) -> dict[str, Fn]:
+    """The candidate table, built once per bias flag (building it is Python work a per-call path cannot pay)."""
+    if biased not in _cands:
+        _cands[biased] = _make_candidates(biased)
+    return _cands[biased]
+
+
+def _make_candidates(biased: bool) -> dict[str, Fn]:
     """Every way to run the call on CUDA. With a bias: each plain kernel on the extra-channel inputs, and the
     kernels that take a bias mask natively, so the measurement, not the bias, picks the kernel."""
     from torch.nn.attention import SDPBackend

@@ -129,29 +129,49 @@ class Block(nn.Module):
         ck, cv = self.ckv(ptok).chunk(2, dim=-1)
         return self.ck_norm(self.heads(ck)), self.heads(cv)
 
-    def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope,
-                ckv: tuple[torch.Tensor, torch.Tensor] | None, attn: Attn) -> torch.Tensor:
+    # The block in the pieces between its attention calls: forward() chains them around the `attn` calls, and
+    # engine/graphs.py captures each piece as a CUDA graph and runs the attention calls eagerly between them.
+    def self_qkv(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """x (B, T, N, D); mod (B, T, 6, D): this block's modulation, scales already offset by 1 (see
-        CausalDiT.run); ckv from cross_kv."""
+        CausalDiT.run). -> q, k, v (B, H, T*N, Dh), rotary applied to q and k."""
         B, T, N, D = x.shape
         L, H, Dh, wd = T * N, self.H, self.Dh, self.qkv.weight.dtype
         # Under a bf16 model the modulation (fp32 tables) and so the residual stream x are float32, as they were
         # under autocast; only the linear layers' inputs are cast to the weights' dtype.
-        sh1, sc1, g1, sh2, sc2, g2 = mod.unsqueeze(2).unbind(3)                  # each (B, T, 1, D)
+        sh1, sc1 = mod[:, :, None, 0], mod[:, :, None, 1]                          # (B, T, 1, D)
         h = torch.addcmul(sh1, F.layer_norm(x, (D,), eps=1e-6), sc1).view(B, L, D)
         qkv = self.qkv(h.to(wd)).view(B, L, 3, H, Dh)
         # q and k normalised, weighted and rotated together in rope's dtype (float32 under a bf16 model)
         qk = F.rms_norm(qkv[:, :, :2].to(rope[0].dtype), (Dh,), eps=self.q_norm.eps)
         qk = apply_rotary(qk * torch.stack([self.q_norm.weight, self.k_norm.weight])[:, None], rope).to(wd)
-        q, k, v = qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
-        o = attn.self_attn(self.layer, q, k, v)                                    # (B, H, L, Dh)
-        x = torch.addcmul(x, g1, self.proj(o.transpose(1, 2).reshape(B, T, N, D)))
+        return qk[:, :, 0].transpose(1, 2), qk[:, :, 1].transpose(1, 2), qkv[:, :, 2].transpose(1, 2)
+
+    def after_self(self, x: torch.Tensor, o: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        """Gated residual of the self-attention output o (B, H, T*N, Dh) onto x (B, T, N, D)."""
+        B, T, N, D = x.shape
+        return torch.addcmul(x, mod[:, :, None, 2], self.proj(o.transpose(1, 2).reshape(B, T, N, D)))
+
+    def cross_q(self, x: torch.Tensor) -> torch.Tensor:
+        """Cross-attention queries (B, H, T*N, Dh) of x (B, T, N, D) (blocks with cross-attention only)."""
+        B, T, N, D = x.shape
+        return self.cq_norm(self.heads(self.cq(self.norm2(x).view(B, T * N, D).to(self.qkv.weight.dtype))))
+
+    def after_cross(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        B, T, N, D = x.shape
+        return x + self.cproj(o.transpose(1, 2).reshape(B, T, N, D))
+
+    def mlp_part(self, x: torch.Tensor, mod: torch.Tensor) -> torch.Tensor:
+        D = x.shape[-1]
+        h = torch.addcmul(mod[:, :, None, 3], F.layer_norm(x, (D,), eps=1e-6), mod[:, :, None, 4])
+        return torch.addcmul(x, mod[:, :, None, 5], self.mlp(h.to(self.qkv.weight.dtype)))
+
+    def forward(self, x: torch.Tensor, mod: torch.Tensor, rope: Rope,
+                ckv: tuple[torch.Tensor, torch.Tensor] | None, attn: Attn) -> torch.Tensor:
+        """x (B, T, N, D); mod (B, T, 6, D); ckv from cross_kv (None: no cross-attention)."""
+        x = self.after_self(x, attn.self_attn(self.layer, *self.self_qkv(x, mod, rope)), mod)
         if ckv is not None:
-            q = self.cq_norm(self.heads(self.cq(self.norm2(x).view(B, L, D).to(wd))))
-            o = attn.cross_attn(self.layer, q, *ckv)
-            x = x + self.cproj(o.transpose(1, 2).reshape(B, T, N, D))
-        h = torch.addcmul(sh2, F.layer_norm(x, (D,), eps=1e-6), sc2)
-        return torch.addcmul(x, g2, self.mlp(h.to(wd)))
+            x = self.after_cross(x, attn.cross_attn(self.layer, self.cross_q(x), *ckv))
+        return self.mlp_part(x, mod)
 
 
 def timestep_embedding(t: torch.Tensor, dim: int = 256) -> torch.Tensor:
@@ -241,14 +261,25 @@ class CausalDiT(nn.Module):
             ckv: list[tuple[torch.Tensor, torch.Tensor] | None], attn: Attn) -> torch.Tensor:
         """The per-pass network. x (B, T, C, h, w) in the model's dtype; c (B, T, D) conditioning vector;
         rope from rope(); ckv from prompt_context. Returns v (B, T, C, h, w)."""
+        tok, mods = self.embed(x, c)
+        for blk, mod, kv in zip(self.blocks, mods.unbind(0), ckv):
+            tok = blk(tok, mod, rope, kv, attn)
+        return self.head(tok, c, x.shape)
+
+    def embed(self, x: torch.Tensor, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (B, T, C, h, w), c (B, T, D) -> tokens (B, T, N, D) and every block's modulation
+        (depth, B, T, 6, D), scale rows offset by 1."""
         B, T, C, h, w = x.shape
         p, g = self.p, self.grid
         tok = x.reshape(B, T, C, g, p, g, p).permute(0, 1, 3, 5, 2, 4, 6).reshape(B, T, g * g, C * p * p)
-        tok = self.x_embed(tok)                                                    # (B, T, N, D)
         tables = torch.stack([b.table for b in self.blocks]) + self._one               # (depth, 6, D)
-        mods = (self.ada(c).view(B, T, 1, 6, -1) + tables).unbind(2)              # depth x (B, T, 6, D)
-        for blk, mod, kv in zip(self.blocks, mods, ckv):
-            tok = blk(tok, mod, rope, kv, attn)
+        mods = self.ada(c).view(B, T, 6, -1)[None] + tables[:, None, None]            # (depth, B, T, 6, D)
+        return self.x_embed(tok), mods
+
+    def head(self, tok: torch.Tensor, c: torch.Tensor, shape: torch.Size) -> torch.Tensor:
+        """Final norm, modulation and projection: tokens (B, T, N, D) -> v of the input's `shape` (B, T, C, h, w)."""
+        B, T, C, h, w = shape
+        p, g = self.p, self.grid
         shift, scale = (self.table_out + c[:, :, None]).unsqueeze(2).unbind(3)    # (B, T, 1, D)
         out = self.out(modulate(self.norm_out(tok), shift, scale).to(self.out.weight.dtype))  # (B, T, N, C*p*p)
         return out.view(B, T, g, g, C, p, p).permute(0, 1, 4, 2, 5, 3, 6).reshape(B, T, C, h, w)

@@ -1,0 +1,165 @@
+"""CUDA graphs for the per-frame path: the DiT pass in pieces between its attention calls, and the decoder.
+
+Why: one 18M-parameter DiT pass over 256 tokens is a few hundred small kernels; eagerly, a frame (4 steps +
+commit + decode) was bound by ~3,500 kernel launches with the GPU idle most of the time (docs/MODEL.md, Speed).
+A CUDA graph replays a captured kernel sequence with one launch.
+
+Why in pieces: the attention modes are the engine's point and stay free to do what a graph cannot hold: a
+dense cache grows every frame (new shapes), the window's ring moves (new addresses), kernels.attention times
+candidate kernels on a new shape, a mode can be switched at run time, recall is measured every Nth frame. So
+`GraphedPass` cuts the pass at every attention call (self and cross): each piece between two calls is one graph
+over static buffers, and the attention call runs eagerly in between, reading the q/k/v the previous graph
+wrote and leaving its output in a static buffer the next graph reads. Nothing about the mode is captured, so a
+mode switch, a reset or a new prompt never invalidates a graph. Per pass: depth + cross blocks + 1 graph
+launches plus the attention calls (the work that is left for a later whole-pass capture of the fixed-shape
+modes, see docs/MODEL.md).
+
+Lifecycle of each piece (`Graphed`): the first `warmup` calls run eagerly (lazy cuBLAS/cuDNN initialisation
+must not happen inside a capture), the next call captures and then replays (a capture records, it does not
+run), every later call replays. All pieces share one memory pool; that is safe because they are always replayed
+in the order they were captured, and the static outputs a later piece reads stay referenced.
+
+On the CPU (or with capture=False) the pieces run eagerly through the same buffers: the tests check there that
+the pieced pass equals `CausalDiT.run` exactly; tests/test_graphs.py checks the captured pass on CUDA.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+
+from engine.model.dit import Attn, CausalDiT, Rope
+
+
+class Graphed:
+    """fn() -> Any over tensors whose addresses never change, replayed as a CUDA graph after `warmup` eager
+    calls (capture=False: always eager)."""
+
+    def __init__(self, fn: Callable[[], Any], pool: Any, capture: bool, warmup: int = 2) -> None:
+        self.fn, self.pool, self.capture, self.warmup = fn, pool, capture, warmup
+        self.calls = 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.out: Any = None
+
+    def __call__(self) -> Any:
+        if self.graph is not None:
+            self.graph.replay()
+            return self.out
+        self.calls += 1
+        if not self.capture or self.calls <= self.warmup:
+            self.out = self.fn()
+            return self.out
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=self.pool):
+            self.out = self.fn()
+        self.graph = g
+        g.replay()
+        return self.out
+
+
+def _pool(capture: bool) -> Any:
+    return torch.cuda.graph_pool_handle() if capture else None
+
+
+class GraphedPass:
+    """`CausalDiT.run` for one frame (T = 1) as graphs between eager attention calls (module docstring).
+
+    Call with the same arguments as `dit.run`; x, c and rope are copied into static buffers (one copy each),
+    the output v is a static buffer overwritten by the next call (use it before calling again)."""
+
+    def __init__(self, dit: CausalDiT, batch: int, latent_ch: int, latent_size: int, capture: bool) -> None:
+        self.dit, self.capture = dit, capture
+        dev, dt = dit.out.weight.device, dit.dtype
+        D, H, Dh, N = dit.cfg.width, dit.cfg.heads, dit.cfg.head_dim, dit.tokens_per_frame
+        rdt = torch.float64 if dt == torch.float64 else torch.float32
+        self.x = torch.zeros(batch, 1, latent_ch, latent_size, latent_size, device=dev, dtype=dt)
+        self.c = torch.zeros(batch, 1, D, device=dev, dtype=dt)
+        self.rope = (torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt),
+                     torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt))
+        self.o = torch.zeros(batch, H, N, Dh, device=dev, dtype=dt)          # the last attention call's output
+        self.buf: dict[str, Any] = {}       # static tensors passed from one piece to the next (pool memory)
+        pool = _pool(capture)
+        self.calls: list[tuple[str, int]] = []   # the attention call after each piece but the last
+        pieces: list[Callable[[], Any]] = [self._first]
+        for i, blk in enumerate(dit.blocks):
+            self.calls.append(("self", i))
+            if blk.cross:
+                pieces.append(self._cross_piece(i))
+                self.calls.append(("cross", i))
+            pieces.append(self._after_piece(i))
+        self.pieces = [Graphed(p, pool, capture) for p in pieces]
+
+    # ---- the pieces (each reads and writes self.buf; inputs in self.x, self.c, self.rope, self.o) ----------
+    def _first(self) -> None:
+        tok, mods = self.dit.embed(self.x, self.c)
+        self.buf.update(tok=tok, mods=mods)
+        self._qkv(0)
+
+    def _qkv(self, layer: int) -> None:
+        q, k, v = self.dit.blocks[layer].self_qkv(self.buf["tok"], self.buf["mods"][layer], self.rope)
+        self.buf.update(q=q, k=k, v=v)
+
+    def _cross_piece(self, layer: int) -> Callable[[], None]:
+        blk = self.dit.blocks[layer]
+
+        def piece() -> None:
+            tok = blk.after_self(self.buf["tok"], self.o, self.buf["mods"][layer])
+            self.buf.update(tok=tok, cq=blk.cross_q(tok))
+        return piece
+
+    def _after_piece(self, layer: int) -> Callable[[], None]:
+        blk = self.dit.blocks[layer]
+        last = layer == len(self.dit.blocks) - 1
+
+        def piece() -> None:
+            mod = self.buf["mods"][layer]
+            tok = blk.after_cross(self.buf["tok"], self.o) if blk.cross else blk.after_self(self.buf["tok"], self.o, mod)
+            self.buf["tok"] = blk.mlp_part(tok, mod)
+            if last:
+                self.buf["out"] = self.dit.head(self.buf["tok"], self.c, self.x.shape)
+            else:
+                self._qkv(layer + 1)
+        return piece
+
+    # ---- one pass -----------------------------------------------------------------------------------------
+    def __call__(self, x: torch.Tensor, c: torch.Tensor, rope: Rope,
+                 ckv: list[tuple[torch.Tensor, torch.Tensor] | None], attn: Attn) -> torch.Tensor:
+        """x (B, 1, C, h, w) model dtype, c (B, 1, D), rope from dit.rope -> v (B, 1, C, h, w) (static)."""
+        self.x.copy_(x)
+        self.c.copy_(c)
+        self.rope[0].copy_(rope[0])
+        self.rope[1].copy_(rope[1])
+        for piece, call in zip(self.pieces, self.calls + [None]):
+            piece()
+            if call is None:
+                break
+            kind, layer = call
+            b = self.buf
+            if kind == "self":
+                o = attn.self_attn(layer, b["q"], b["k"], b["v"])
+            else:
+                ck, cv = ckv[layer]  # type: ignore[misc]
+                o = attn.cross_attn(layer, b["cq"], ck, cv)
+            self.o.copy_(o)
+        return self.buf["out"]
+
+    @property
+    def captured(self) -> bool:
+        return all(p.graph is not None for p in self.pieces)
+
+
+class GraphedDecode:
+    """model.decode for a fixed latent shape as one graph: static latent in, static uint8 frames out."""
+
+    def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], z_shape: tuple[int, ...],
+                 device: torch.device, capture: bool) -> None:
+        self.z = torch.zeros(z_shape, device=device)
+        self.g = Graphed(lambda: decode(self.z), _pool(capture), capture)
+
+    def __call__(self, z: torch.Tensor) -> torch.Tensor:
+        self.z.copy_(z)
+        return self.g()
+
+    @property
+    def captured(self) -> bool:
+        return self.g.graph is not None

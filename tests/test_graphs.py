@@ -1,0 +1,72 @@
+"""The pieced pass (engine/graphs.py): equal to CausalDiT.run in every attention mode, eagerly on the CPU; the
+captured CUDA graphs equal the eager pass on a GPU (skipped without one)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from engine.attention import build_mode
+from engine.env import make_action
+from engine.sampler import Sampler
+from engine.world_model import NeuralEnv
+from tests.test_model_core import random_model
+
+ACTIONS = [((), 0.0), (("forward",), 0.3), (("turn_left", "run"), -0.5), (("back",), 0.0), (("strafe_right",), 0.9)]
+
+
+def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None) -> list[torch.Tensor]:
+    dev = m.latent_std.device
+    s = Sampler(m, build_mode(mode), steps=3, graphs=graphs)
+    s.reset(seed=3, prompt="night stone")
+    out = []
+    for i in range(frames):
+        if switch_to is not None and i == frames // 2:
+            s.set_mode(build_mode(switch_to))
+        k, dx = ACTIONS[i % len(ACTIONS)]
+        out.append(s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device=dev)))
+    return out
+
+
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
+def test_pieced_pass_equals_run(mode: str) -> None:
+    m = random_model(torch.float32)
+    ref, got = _roll(m, mode, "off"), _roll(m, mode, "pieces")
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
+def test_pieced_pass_survives_a_mode_switch() -> None:
+    m = random_model(torch.float32)
+    ref, got = _roll(m, "dense", "off", switch_to="tempcache"), _roll(m, "dense", "pieces", switch_to="tempcache")
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
+def test_graph_options_are_checked() -> None:
+    m = random_model(torch.float32)
+    with pytest.raises(ValueError, match="graphs must be one of"):
+        Sampler(m, build_mode("dense"), graphs="yes")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="needs a CUDA device"):
+            Sampler(m, build_mode("dense"), graphs="cuda")
+        with pytest.raises(ValueError, match="cuda_graphs=true needs a CUDA device"):
+            NeuralEnv(model=m, device="cpu", cuda_graphs=True)
+        assert NeuralEnv(model=m, device="cpu").info()["cuda_graphs"] is False
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["dense", "window", "fastar"])
+def test_cuda_graphs_equal_eager(mode: str) -> None:
+    """Captured pieces replay the eager kernels: same frames to float32 rounding (the capture may pick other
+    cuBLAS algorithms than the eager warm-up, so not bit-exact by promise), in float32 and bf16."""
+    m = random_model(torch.float32).cuda()
+    ref, got = _roll(m, mode, "off", frames=10), _roll(m, mode, "cuda", frames=10)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    env = NeuralEnv(model=random_model(torch.float32), device="cuda", attention=mode)
+    assert env.info()["cuda_graphs"] is True
+    assert env.sampler.run.captured is False
+    env.reset(seed=1)
+    for i in range(5):
+        env.step(make_action(("forward",), 0.1))
+    assert env.sampler.run.captured and env._decode.captured
