@@ -14,6 +14,14 @@ mode switch, a reset or a new prompt never invalidates a graph. Per pass: depth 
 launches plus the attention calls (the work that is left for a later whole-pass capture of the fixed-shape
 modes, see docs/MODEL.md).
 
+Whole-pass graphs: where the mode says its calls can be captured (AttentionMode.graph_key: fixed shapes and
+addresses, no sync; TempCache-only fastar and tempcache after their first frame, the window once its ring is
+full), the pass with its attention calls is captured as one graph per key (for fastar: denoising pass and commit
+pass). The mode's host bookkeeping runs once at capture and through `graph_replayed` after each replay; host
+values the calls read (the frame index) go through `graph_inputs`. Each whole-pass graph has its own memory pool
+(they are not replayed in capture order) and is keyed also by the mode object and the cache's tensor addresses,
+so a mode switch or a cache reallocation can never replay a stale graph.
+
 Lifecycle of each piece (`Graphed`): the first `warmup` calls run eagerly (lazy cuBLAS/cuDNN initialisation
 must not happen inside a capture), the next call captures and then replays (a capture records, it does not
 run), every later call replays. All pieces share one memory pool; that is safe because they are always replayed
@@ -24,11 +32,14 @@ the pieced pass equals `CausalDiT.run` exactly; tests/test_graphs.py checks the 
 """
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Hashable
 
 import torch
 
+from engine.attention.base import FrameAttention
 from engine.model.dit import Attn, CausalDiT, Rope
+
+Buf = dict[str, torch.Tensor]
 
 
 class Graphed:
@@ -50,7 +61,7 @@ class Graphed:
             self.out = self.fn()
             return self.out
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool):
+        with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
             self.out = self.fn()
         self.graph = g
         g.replay()
@@ -80,7 +91,7 @@ class GraphedPass:
         self.buf: dict[str, Any] = {}       # static tensors passed from one piece to the next (pool memory)
         pool = _pool(capture)
         self.calls: list[tuple[str, int]] = []   # the attention call after each piece but the last
-        pieces: list[Callable[[], Any]] = [self._first]
+        pieces: list[Callable[[], Buf]] = [self._first]
         for i, blk in enumerate(dit.blocks):
             self.calls.append(("self", i))
             if blk.cross:
@@ -88,37 +99,45 @@ class GraphedPass:
                 self.calls.append(("cross", i))
             pieces.append(self._after_piece(i))
         self.pieces = [Graphed(p, pool, capture) for p in pieces]
+        # whole-pass graphs: key -> (graph, its output), for the mode object held in _mode
+        self.whole: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.seen: dict[Hashable, int] = {}
+        self._mode: Any = None
+        self._ckv_src: Any = None
+        self.ckv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
+        self.whole_replays = 0
 
-    # ---- the pieces (each reads and writes self.buf; inputs in self.x, self.c, self.rope, self.o) ----------
-    def _first(self) -> None:
+    # ---- the pieces: each reads self.buf (the earlier pieces' outputs) and the static inputs (self.x, self.c,
+    # self.rope, self.o) and returns its own outputs as a dict, which the caller puts into self.buf. A replayed
+    # graph returns the tensors it wrote (those of its capture), so self.buf always names what was just computed.
+    def _first(self) -> Buf:
         tok, mods = self.dit.embed(self.x, self.c)
-        self.buf.update(tok=tok, mods=mods)
-        self._qkv(0)
+        return {"tok": tok, "mods": mods, **self._qkv(0, tok, mods)}
 
-    def _qkv(self, layer: int) -> None:
-        q, k, v = self.dit.blocks[layer].self_qkv(self.buf["tok"], self.buf["mods"][layer], self.rope)
-        self.buf.update(q=q, k=k, v=v)
+    def _qkv(self, layer: int, tok: torch.Tensor, mods: torch.Tensor) -> Buf:
+        q, k, v = self.dit.blocks[layer].self_qkv(tok, mods[layer], self.rope)
+        return {"q": q, "k": k, "v": v}
 
-    def _cross_piece(self, layer: int) -> Callable[[], None]:
+    def _cross_piece(self, layer: int) -> Callable[[], Buf]:
         blk = self.dit.blocks[layer]
 
-        def piece() -> None:
+        def piece() -> Buf:
             tok = blk.after_self(self.buf["tok"], self.o, self.buf["mods"][layer])
-            self.buf.update(tok=tok, cq=blk.cross_q(tok))
+            return {"tok": tok, "cq": blk.cross_q(tok)}
         return piece
 
-    def _after_piece(self, layer: int) -> Callable[[], None]:
+    def _after_piece(self, layer: int) -> Callable[[], Buf]:
         blk = self.dit.blocks[layer]
         last = layer == len(self.dit.blocks) - 1
 
-        def piece() -> None:
-            mod = self.buf["mods"][layer]
-            tok = blk.after_cross(self.buf["tok"], self.o) if blk.cross else blk.after_self(self.buf["tok"], self.o, mod)
-            self.buf["tok"] = blk.mlp_part(tok, mod)
+        def piece() -> Buf:
+            mods = self.buf["mods"]
+            tok = self.buf["tok"]
+            tok = blk.after_cross(tok, self.o) if blk.cross else blk.after_self(tok, self.o, mods[layer])
+            tok = blk.mlp_part(tok, mods[layer])
             if last:
-                self.buf["out"] = self.dit.head(self.buf["tok"], self.c, self.x.shape)
-            else:
-                self._qkv(layer + 1)
+                return {"tok": tok, "out": self.dit.head(tok, self.c, self.x.shape)}
+            return {"tok": tok, **self._qkv(layer + 1, tok, mods)}
         return piece
 
     # ---- one pass -----------------------------------------------------------------------------------------
@@ -129,8 +148,61 @@ class GraphedPass:
         self.c.copy_(c)
         self.rope[0].copy_(rope[0])
         self.rope[1].copy_(rope[1])
-        for piece, call in zip(self.pieces, self.calls + [None]):
-            piece()
+        self._bind_prompt(ckv)
+        key = self._whole_key(attn)
+        if key is None:
+            return self._run_pieces(attn, [p.__call__ for p in self.pieces])
+        fa: FrameAttention = attn  # type: ignore[assignment]
+        fa.mode.graph_inputs(fa.info)
+        if key in self.whole:
+            g, out = self.whole[key]
+            g.replay()
+            fa.mode.graph_replayed(fa.info)
+            self.whole_replays += 1
+            return out
+        self.seen[key] = self.seen.get(key, 0) + 1
+        if self.seen[key] == 1:   # once eagerly with this key: kernel choices and lazy state happen outside capture
+            return self._run_pieces(attn, [p.__call__ for p in self.pieces])
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g, pool=torch.cuda.graph_pool_handle(), capture_error_mode="thread_local"):
+            out = self._run_pieces(attn, [p.fn for p in self.pieces])
+        self.whole[key] = (g, out)
+        g.replay()
+        return out
+
+    def _bind_prompt(self, ckv: list[tuple[torch.Tensor, torch.Tensor] | None]) -> None:
+        """The prompt's cross K/V into static buffers (a whole-pass graph reads them by address); once per
+        prompt context (the Sampler makes a new list at every reset)."""
+        if ckv is self._ckv_src:
+            return
+        if len(self.ckv) != len(ckv) or any((a is None) != (b is None) or (a is not None and a[0].shape != b[0].shape)
+                                            for a, b in zip(self.ckv, ckv)):
+            self.ckv = [None if kv is None else (kv[0].clone(), kv[1].clone()) for kv in ckv]
+            self.whole.clear()
+        else:
+            for dst, src in zip(self.ckv, ckv):
+                if dst is not None and src is not None:
+                    dst[0].copy_(src[0])
+                    dst[1].copy_(src[1])
+        self._ckv_src = ckv
+
+    def _whole_key(self, attn: Attn) -> Hashable | None:
+        if not self.capture or not isinstance(attn, FrameAttention):
+            return None
+        key = attn.mode.graph_key(attn.info, attn.cache)
+        if key is None:
+            return None
+        if attn.mode is not self._mode:   # a switched-in mode: its graphs would read another mode's tensors
+            self.whole.clear()
+            self.seen.clear()
+            self._mode = attn.mode
+        cache = attn.cache
+        ptrs = tuple(t.data_ptr() for t in (cache.k, cache.v, cache.bias, cache.frame, *cache.slot_data.values()))
+        return (key, ptrs)
+
+    def _run_pieces(self, attn: Attn, pieces: list[Callable[[], Any]]) -> torch.Tensor:
+        for piece, call in zip(pieces, self.calls + [None]):
+            self.buf.update(piece())
             if call is None:
                 break
             kind, layer = call
@@ -138,7 +210,7 @@ class GraphedPass:
             if kind == "self":
                 o = attn.self_attn(layer, b["q"], b["k"], b["v"])
             else:
-                ck, cv = ckv[layer]  # type: ignore[misc]
+                ck, cv = self.ckv[layer]  # type: ignore[misc]
                 o = attn.cross_attn(layer, b["cq"], ck, cv)
             self.o.copy_(o)
         return self.buf["out"]

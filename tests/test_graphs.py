@@ -14,14 +14,21 @@ from tests.test_model_core import random_model
 ACTIONS = [((), 0.0), (("forward",), 0.3), (("turn_left", "run"), -0.5), (("back",), 0.0), (("strafe_right",), 0.9)]
 
 
-def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None) -> list[torch.Tensor]:
+SMALL = {"dense": {}, "window": {"sinks": 1, "window": 3}, "tempcache": {"tempcache": {"capacity_frames": 4}},
+         "fastar": {"tempcache": {"capacity_frames": 4}}}   # bounded modes reach their fixed shapes early
+
+
+def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None,
+          out_sampler: list | None = None) -> list[torch.Tensor]:
     dev = m.latent_std.device
-    s = Sampler(m, build_mode(mode), steps=3, graphs=graphs)
+    s = Sampler(m, build_mode(mode, **SMALL[mode]), steps=3, graphs=graphs)
+    if out_sampler is not None:
+        out_sampler.append(s)
     s.reset(seed=3, prompt="night stone")
     out = []
     for i in range(frames):
         if switch_to is not None and i == frames // 2:
-            s.set_mode(build_mode(switch_to))
+            s.set_mode(build_mode(switch_to, **SMALL[switch_to]))
         k, dx = ACTIONS[i % len(ACTIONS)]
         out.append(s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device=dev)))
     return out
@@ -55,12 +62,21 @@ def test_graph_options_are_checked() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("mode", ["dense", "window", "fastar"])
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
 def test_cuda_graphs_equal_eager(mode: str) -> None:
-    """Captured pieces replay the eager kernels: same frames to float32 rounding (the capture may pick other
-    cuBLAS algorithms than the eager warm-up, so not bit-exact by promise), in float32 and bf16."""
+    """Captured pieces and whole passes replay the eager kernels: same frames to float32 rounding (a capture
+    may pick other cuBLAS algorithms than the eager warm-up, so not bit-exact by promise). The bounded modes
+    reach whole-pass replays; a mode switch mid-run drops them and continues correctly."""
     m = random_model(torch.float32).cuda()
-    ref, got = _roll(m, mode, "off", frames=10), _roll(m, mode, "cuda", frames=10)
+    samplers: list[Sampler] = []
+    ref, got = _roll(m, mode, "off", frames=16), _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    run = samplers[0].run
+    assert run.captured
+    assert (run.whole_replays > 0) == (mode != "dense")
+    other = "dense" if mode != "dense" else "fastar"
+    ref, got = _roll(m, mode, "off", frames=16, switch_to=other), _roll(m, mode, "cuda", frames=16, switch_to=other)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     env = NeuralEnv(model=random_model(torch.float32), device="cuda", attention=mode)

@@ -14,7 +14,7 @@ position, groups), which `adopt` rebuilds from the cache when the mode is switch
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Hashable
 
 import torch
 
@@ -67,6 +67,43 @@ class AttentionMode:
     def stats(self) -> dict[str, Any]:
         """Facts for the HUD and the benchmark (density, recall, groups...), JSON-serialisable."""
         return {"mode": self.name, "kernel": kernels.kernel_name()}
+
+    # ---- whole-pass CUDA graphs (engine/graphs.py) ----------------------------------------------------------
+    def graph_key(self, info: StepInfo, cache: KVCache) -> Hashable | None:
+        """A key under which this pass's attention calls (all layers) may be captured in one CUDA graph with the
+        rest of the pass, or None (default): they run eagerly between the graphed pieces. Return a key only when
+        the calls' device work is a function of the key: fixed shapes and cache addresses, no host sync, and no
+        host value frozen into the capture other than through `graph_inputs` (the frame index: frame_tensor)."""
+        return None
+
+    def graph_inputs(self, info: StepInfo) -> None:
+        """Write the host values the captured calls read into the mode's device tensors; called before every
+        capture and replay of a whole-pass graph."""
+        t = getattr(self, "_frame_t", None)
+        if t is not None:
+            t.fill_(info.frame)
+
+    def graph_replayed(self, info: StepInfo) -> None:
+        """The host bookkeeping the calls would have done (frame counters): called after every replay, not
+        after the capture, which ran the calls' Python once."""
+
+    def frame_tensor(self, info: StepInfo, device: torch.device) -> torch.Tensor:
+        """info.frame as a device scalar for device code that records the frame index: filled here on eager
+        calls, by graph_inputs before a replay (a host int would be frozen into a captured graph)."""
+        t: torch.Tensor | None = getattr(self, "_frame_t", None)
+        if t is None or t.device != device:
+            if capturing():
+                raise RuntimeError(f"{self.name}: frame_tensor created during a CUDA graph capture; the pass must "
+                                   f"run eagerly once before it is captured")
+            t = self._frame_t = torch.zeros((), dtype=torch.long, device=device)
+        if not capturing():
+            t.fill_(info.frame)
+        return t
+
+
+def capturing() -> bool:
+    """True inside a CUDA graph capture (where host syncs, new shapes and first-time kernel timing are illegal)."""
+    return torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
 
 
 class FrameAttention:

@@ -237,7 +237,7 @@ class FastARAttention(AttentionMode):
             if self._needs_codes():
                 self._write_codes(cache, layer, k)
             if self.tc is not None:
-                self.tc.commit(cache, layer, n, info.frame, q=q)
+                self.tc.commit(cache, layer, n, self.frame_tensor(info, k.device), q=q)
             else:
                 cache.commit_scratch(layer, n, info.frame)
             self._frames[layer] = self._frames.get(layer, 0) + 1
@@ -273,6 +273,25 @@ class FastARAttention(AttentionMode):
             idx = sample_queries(q, self.cfg.metrics.recall_queries)
             self.meter.add(layer, "ca_recall", mass_recall(q[:, :, idx], k, None, keep))
         return out
+
+    def graph_key(self, info: StepInfo, cache: KVCache) -> tuple[str] | None:
+        """Capturable when only TempCache runs in this pass (AnnSA/AnnCA scheduled off in every layer: their
+        sparse paths and metrics sync) and every layer is in the fixed layout (after its first call)."""
+        L = self._n_layers
+        if self.tc is None or L is None or self.tc.cfg.engine == "faiss":   # faiss searches on the host
+            return None
+        for module in (self.cfg.annsa, self.cfg.annca):
+            if module is not None and any(self.cfg.schedule.active(layer, info, L) for layer in range(L)):
+                return None
+        S = self.tc.slots(self._n)
+        if any(length != S for length in cache.length):
+            return None
+        return ("commit",) if info.commit else ("pass",)
+
+    def graph_replayed(self, info: StepInfo) -> None:
+        if info.commit and self._n_layers is not None:
+            for layer in range(self._n_layers):
+                self._frames[layer] = self._frames.get(layer, 0) + 1
 
     def _recall_now(self, info: StepInfo) -> bool:
         every = self.cfg.metrics.recall_every

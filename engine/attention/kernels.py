@@ -163,6 +163,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     key = _bucket(q, k, biased)
     cands = _candidates(biased)
     if key not in _choice:
+        if torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"attention shape {key} first seen inside a CUDA graph capture: its kernel is chosen "
+                               f"by timing, which cannot be captured; run the pass eagerly once first")
         times: dict[str, float] = {}
         times_failed: list[str] = []
         for name, fn in cands.items():

@@ -88,10 +88,9 @@ class TempCache:
 
     def __init__(self, cfg: TempCacheConfig, hasher: Hasher | None, backend: str) -> None:
         self.cfg, self.hasher, self.backend = cfg, hasher, backend
-        self._merged_t: torch.Tensor | None = None
 
     def reset(self) -> None:
-        self._merged_t = None
+        pass
 
     def slots(self, n: int) -> int:
         """Group slots per head (the fixed attention length without the scratch frame)."""
@@ -122,11 +121,12 @@ class TempCache:
         cache.set_length(layer, S)
 
     # ---- the commit step --------------------------------------------------------------------------------
-    def commit(self, cache: KVCache, layer: int, n: int, frame: int, q: torch.Tensor | None = None,
+    def commit(self, cache: KVCache, layer: int, n: int, frame: int | torch.Tensor, q: torch.Tensor | None = None,
                inc_mass: torch.Tensor | None = None) -> None:
         """Merge the n scratch slots [S, S + n) into the S group slots. q (B, H, n, D): the frame's queries
         (for match_by="query"); inc_mass (B, H, n): mass each scratch token carries (1 for new keys, m for an
-        adopted group, 0 for an empty slot). Fixed shapes, no host sync; the length stays S."""
+        adopted group, 0 for an empty slot); frame: the frame index, an int or a device scalar (inside a CUDA
+        graph, where a host int would be frozen at capture). Fixed shapes, no host sync; the length stays S."""
         S = self.slots(n)
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]            # (B, H, cap, D), (B, H, cap)
         B, H = K.shape[0], K.shape[1]
@@ -150,8 +150,6 @@ class TempCache:
         # representative key: a token alone in a free slot; among merges into one group the closest match
         score = torch.where(merge, sim, torch.where(new, torch.full_like(sim, 3.0e38), torch.full_like(sim, -math.inf)))
         self._apply(cache, layer, S, n, frame, tgt, score, inc, valid, k_new, v_new)
-        merged = merge.float().sum()
-        self._merged_t = merged if self._merged_t is None else self._merged_t + merged
 
     def _search_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, N, D) -> (G, N, D') in the space where inner product is the configured similarity."""
@@ -219,7 +217,7 @@ class TempCache:
         forced = unmerged & torch.isfinite(sim) & (rank < excess)
         return merge | forced
 
-    def _apply(self, cache: KVCache, layer: int, S: int, n: int, frame: int, tgt: torch.Tensor,
+    def _apply(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
                score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor, k_new: torch.Tensor,
                v_new: torch.Tensor) -> None:
         """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored):
@@ -251,8 +249,8 @@ class TempCache:
             dst.scatter_(2, ix, torch.where(keep, src, torch.gather(dst, 2, ix)))
             t[layer, :, :, :S] = dst[:, :, :S]
         any_hit = hit.flatten(0, 1).any(0)                                          # (S,)
-        cache.frame[layer, :S] = torch.where(any_hit, torch.full_like(cache.frame[layer, :S], frame),
-                                             cache.frame[layer, :S])
+        fr = frame if isinstance(frame, torch.Tensor) else torch.full_like(cache.frame[layer, :S], frame)
+        cache.frame[layer, :S] = torch.where(any_hit, fr, cache.frame[layer, :S])
 
     # ---- adoption (switching in at run time: not the hot path, may sync) --------------------------------
     def adopt(self, cache: KVCache, n: int, write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None" = None) -> None:

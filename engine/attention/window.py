@@ -53,11 +53,29 @@ class WindowAttention(AttentionMode):
                 ring_slot = (done - self.cfg.sinks) % self.cfg.window
                 dst = (self.cfg.sinks + ring_slot) * n
                 cache.move(layer, slice(end - n, end), dst)
-                cache.frame[layer, dst:dst + n] = info.frame
+                cache.frame[layer, dst:dst + n] = self.frame_tensor(info, cache.frame.device)
                 if self._biased.get(layer) and ring_slot == self.cfg.window - 1:   # a full turn: recheck once
                     self._biased[layer] = bool((cache.view(layer)[2] != 0).any())
             self._frames[layer] = done + 1
         return out
+
+    def graph_key(self, info: StepInfo, cache: KVCache) -> tuple[str, int] | None:
+        """Capturable once the ring is full (fixed length) and no slot carries an adopted bias; a commit's ring
+        slot is a host int (the copy's address), so each of the `window` ring slots gets its own graph."""
+        if any(self._biased.values()) or len(self._frames) != cache.n_layers:
+            return None
+        done = set(self._frames.values())
+        if len(done) != 1:
+            return None
+        d = done.pop()
+        if d < self.cfg.sinks + self.cfg.window:
+            return None
+        return ("commit", (d - self.cfg.sinks) % self.cfg.window) if info.commit else ("pass", -1)
+
+    def graph_replayed(self, info: StepInfo) -> None:
+        if info.commit:
+            for layer in self._frames:
+                self._frames[layer] += 1
 
     def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
         """Keep the slots of the first `sinks` and the last `window` frames of whatever the cache holds (by the
