@@ -104,6 +104,7 @@ class GraphedPass:
         self.seen: dict[Hashable, int] = {}
         self._mode: Any = None
         self._ckv_src: Any = None
+        self._rope_src: Any = None
         self.ckv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self.whole_replays = 0
 
@@ -146,8 +147,10 @@ class GraphedPass:
         """x (B, 1, C, h, w) model dtype, c (B, 1, D), rope from dit.rope -> v (B, 1, C, h, w) (static)."""
         self.x.copy_(x)
         self.c.copy_(c)
-        self.rope[0].copy_(rope[0])
-        self.rope[1].copy_(rope[1])
+        if rope is not self._rope_src:   # rotary changes per frame, not per pass
+            self.rope[0].copy_(rope[0])
+            self.rope[1].copy_(rope[1])
+            self._rope_src = rope
         self._bind_prompt(ckv)
         key = self._whole_key(attn)
         if key is None:
