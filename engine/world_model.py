@@ -145,6 +145,7 @@ class NeuralEnv:
                 "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
                 "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
                 "cuda_graphs": self.sampler.graphs == "cuda",
+                "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 
     # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------
