@@ -18,6 +18,12 @@ The current frame's own K/V are written into a scratch region right after the va
 concatenation; `commit` then advances the length (or a mode moves the scratch into its ring slot).
 
 Lengths are host integers: no device sync is needed to know how much of the cache is valid.
+
+Bias channel (set_bias_channel, used by the biased modes on CUDA): k and v are views of storage padded to
+Dp = D + 1 rounded up to a multiple of 8 channels, and before a call `padded()` writes each slot's bias into key
+channel D. A query padded as [q, 1/scale, 0...] then gets q.k * scale + bias from a plain dense kernel, with no
+mask argument and no per-call copy of the cache (engine/attention/kernels.py). The bias tensor stays the one
+source of truth; the channel is refreshed from it at every call.
 """
 from __future__ import annotations
 
@@ -28,13 +34,16 @@ NEG_BIAS = -1.0e4  # bias of an emptied slot: exp(-1e4) is 0 in every float form
 
 class KVCache:
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, bias_channel: bool = False) -> None:
         if min(n_layers, batch, n_heads, head_dim) <= 0 or capacity < 0:
             raise ValueError(f"KVCache: sizes must be positive, got layers={n_layers} batch={batch} "
                              f"heads={n_heads} head_dim={head_dim} capacity={capacity}")
         self.n_layers, self.batch, self.n_heads, self.head_dim = n_layers, batch, n_heads, head_dim
         self.device, self.dtype = torch.device(device), dtype
         self.capacity = 0
+        self.pad = (-(head_dim + 1)) % 8 + 1 if bias_channel else 0   # storage channels beyond head_dim
+        self.kp: torch.Tensor   # (L, B, H, capacity, D + pad) storage; k, v are its [..., :D] views
+        self.vp: torch.Tensor
         self.k: torch.Tensor
         self.v: torch.Tensor
         self.bias: torch.Tensor
@@ -48,8 +57,9 @@ class KVCache:
 
     def _allocate(self, capacity: int) -> None:
         L, B, H, D = self.n_layers, self.batch, self.n_heads, self.head_dim
-        k = torch.zeros(L, B, H, capacity, D, device=self.device, dtype=self.dtype)
-        v = torch.zeros_like(k)
+        kp = torch.zeros(L, B, H, capacity, D + self.pad, device=self.device, dtype=self.dtype)
+        vp = torch.zeros_like(kp)
+        k, v = kp[..., :D], vp[..., :D]
         bias = torch.zeros(L, B, H, capacity, device=self.device, dtype=torch.float32)
         frame = torch.full((L, capacity), -1, device=self.device, dtype=torch.int64)
         if self.capacity:
@@ -65,7 +75,21 @@ class KVCache:
                 n = min(self.capacity, capacity)
                 new[:, :, :, :n] = old[:, :, :, :n]
             self.slot_data[name] = new
-        self.k, self.v, self.bias, self.frame, self.capacity = k, v, bias, frame, capacity
+        self.kp, self.vp, self.k, self.v, self.bias, self.frame, self.capacity = kp, vp, k, v, bias, frame, capacity
+
+    def set_bias_channel(self, on: bool) -> None:
+        """Switch the padded bias-channel storage on or off (module docstring); reallocates, keeps every slot."""
+        pad = (-(self.head_dim + 1)) % 8 + 1 if on else 0
+        if pad != self.pad:
+            self.pad = pad
+            self._allocate(self.capacity)
+
+    def padded(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """k, v (B, H, end, Dp) of slots [0, end) with each slot's bias in key channel D (written here)."""
+        if not self.pad:
+            raise RuntimeError("KVCache.padded: the bias channel is off (set_bias_channel(True) first)")
+        self.kp[layer, :, :, :end, self.head_dim] = self.bias[layer, :, :, :end]
+        return self.kp[layer, :, :, :end], self.vp[layer, :, :, :end]
 
     # ---- sizes -------------------------------------------------------------------------------------------
     def ensure_capacity(self, tokens: int) -> None:
@@ -90,7 +114,7 @@ class KVCache:
 
     def nbytes(self) -> int:
         """Bytes allocated for the cache (all layers, capacity, not only the valid part)."""
-        tensors = (self.k, self.v, self.bias, self.frame, *self.slot_data.values())
+        tensors = (self.kp, self.vp, self.bias, self.frame, *self.slot_data.values())
         return sum(t.numel() * t.element_size() for t in tensors)
 
     def reset(self) -> None:

@@ -33,6 +33,8 @@ def top1(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None = None, 
 def _top1_torch(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None,
                 chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
     G, n, _ = x.shape
+    if x.is_cuda and y.shape[1] <= chunk and (allowed is None or allowed.dim() == 2):
+        return _top1_cuda(x, y, allowed)
     if y.shape[1] <= chunk:   # the bounded-cache case: one batched matmul + max, no Python loop
         sc = torch.bmm(x.float(), y.float().transpose(1, 2))                      # (G, n, L)
         if allowed is not None:
@@ -52,6 +54,26 @@ def _top1_torch(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None,
         best = torch.where(take, v, best)
         arg = torch.where(take, i + s, arg)
     return best, arg
+
+
+def _top1_cuda(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The bounded-cache search on the GPU: one bf16 tensor-core matmul with the point mask as one more channel
+    (x' = [x, 1], y' = [y, 0 or -W], W = 4 max|x| max|y| + 1: a gap bf16 rounding cannot close), so no (n x L)
+    masked_fill pass and half the bytes of a float32 score matrix (H100, 256 x 16384 points x 6 heads: float32
+    bmm 0.14 ms + masked_fill 0.16 ms per layer). The winner is exact up to bf16 ties between near-equal
+    candidates; its sim is recomputed in float32, so callers' thresholds see exact similarities."""
+    if allowed is not None:
+        W = 4.0 * x.float().norm(dim=-1).amax() * y.float().norm(dim=-1).amax() + 1.0     # device scalar, no sync
+        pen = torch.where(allowed, 0.0, -1.0) * W                                         # (G, L)
+        xs = torch.cat([x.float(), torch.ones_like(x[..., :1], dtype=torch.float32)], -1)
+        ys = torch.cat([y.float(), pen[..., None]], -1)
+    else:
+        xs, ys = x.float(), y.float()
+    _, i = torch.bmm(xs.bfloat16(), ys.bfloat16().transpose(1, 2)).max(dim=-1)          # (G, n)
+    v = (x.float() * torch.gather(y.float(), 1, i[..., None].expand(-1, -1, y.shape[-1]))).sum(-1)
+    if allowed is not None:
+        v = torch.where(torch.gather(allowed, 1, i), v, torch.full_like(v, NEG))
+    return v, i
 
 
 def _top1_faiss(x: torch.Tensor, y: torch.Tensor, allowed: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:

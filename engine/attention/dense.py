@@ -18,10 +18,9 @@ class DenseAttention(AttentionMode):
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
         end = cache.write_scratch(layer, k, v)
-        K, V, _ = cache.view(layer, end)
         # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
         # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
-        out = kernels.attention(q, K, V, bias=self._bias(cache, layer, end))
+        out = kernels.cache_attention(q, cache, layer, end, self._biased)
         if info.commit:
             cache.commit_scratch(layer, k.shape[2], info.frame)
         return out
@@ -31,6 +30,3 @@ class DenseAttention(AttentionMode):
 
     def reset(self) -> None:
         self._biased = False
-
-    def _bias(self, cache: KVCache, layer: int, end: int) -> torch.Tensor | None:
-        return cache.view(layer, end)[2] if self._biased else None

@@ -152,6 +152,8 @@ class FastARAttention(AttentionMode):
             self.tc = TempCache(self.cfg.tempcache, self.hasher, self.cfg.ann.backend)
         if self._needs_codes():
             cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
+        if self.tc is not None and cache.device.type == "cuda" and not cache.pad:
+            cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
 
     def _needs_codes(self) -> bool:
         tc = self.cfg.tempcache
@@ -230,7 +232,7 @@ class FastARAttention(AttentionMode):
                                   torch.ones(*q.shape[:2], idx.numel(), n, dtype=torch.bool, device=q.device)], -1)
                 self.meter.add(layer, "sa_recall", mass_recall(q[:, :, idx], K, bias, kept))
         else:
-            out = kernels.attention(q, K, V, bias=bias)
+            out = kernels.cache_attention(q, cache, layer, end, bias is not None)
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:

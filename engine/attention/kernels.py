@@ -16,7 +16,7 @@ the bias with no mask argument.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,9 @@ try:  # optional GPU kernels: used when importable, never required
     from flash_attn import flash_attn_func as _flash_attn_func  # type: ignore
 except Exception:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
+
+if TYPE_CHECKING:
+    from engine.cache import KVCache
 
 _last_kernel: str = "none"
 _choice: dict[tuple, str] = {}
@@ -145,6 +148,22 @@ def _time(fn: Callable[[], torch.Tensor], reps: int = 5) -> float:
 def _bucket(q: torch.Tensor, k: torch.Tensor, biased: bool) -> tuple:
     lk = 1 << max(0, math.ceil(math.log2(max(k.shape[2], 1))))  # power-of-two bucket of the key count
     return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + ("_bias" if biased else ""))
+
+
+def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool) -> torch.Tensor:
+    """q (B, H, n, D) against cache slots [0, end) of `layer`, with their biases when `biased`. A cache with the
+    bias channel on (KVCache.set_bias_channel) runs one plain kernel on the padded storage, q padded as
+    [q, 1/scale, 0...]: no mask, no copy of the cache (a mask kernel measured 0.23 ms against 0.06 ms for
+    FA2 at 16.6k keys on the H100; the old per-call pad copied the whole cache)."""
+    if biased and cache.pad:
+        kp, vp = cache.padded(layer, end)
+        D, Dp = q.shape[-1], kp.shape[-1]
+        scale = 1.0 / math.sqrt(D)
+        qp = F.pad(q, (0, Dp - D))
+        qp[..., D] = 1.0 / scale
+        return attention(qp, kp, vp, scale=scale)[..., :D]
+    K, V, b = cache.view(layer, end)
+    return attention(q, K, V, bias=b if biased else None)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,

@@ -41,9 +41,8 @@ class WindowAttention(AttentionMode):
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         end = cache.write_scratch(layer, k, v)
-        K, V, bias = cache.view(layer, end)
         # a cache adopted from TempCache keeps its group weights and emptied slots until the ring overwrites them
-        out = kernels.attention(q, K, V, bias=bias if self._biased.get(layer) else None)
+        out = kernels.cache_attention(q, cache, layer, end, bool(self._biased.get(layer)))
         if info.commit:
             done = self._frames.get(layer, 0)
             kept = self.cfg.sinks + self.cfg.window
