@@ -117,3 +117,15 @@ def test_tempcache_on_bias_channel_cache_equals_plain() -> None:
                      for k, dx in ACTIONS * 2])
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
+@pytest.mark.parametrize("graphs", ["off", "cuda"])
+def test_cuda_rollouts_are_deterministic(mode: str, graphs: str) -> None:
+    """Same seed, actions, device and mode -> the same frames, bit for bit (replay checks rely on it; TempCache's
+    merge uses no float atomics for this reason)."""
+    m = random_model(torch.float32).cuda()
+    a, b = _roll(m, mode, graphs, frames=16), _roll(m, mode, graphs, frames=16)
+    for x, y in zip(a, b):
+        assert torch.equal(x, y)

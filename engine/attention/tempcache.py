@@ -220,37 +220,52 @@ class TempCache:
     def _apply(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
                score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor, k_new: torch.Tensor,
                v_new: torch.Tensor) -> None:
-        """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored):
-        mass and values by scatter_add over S + 1 slots, the representative key by the best score."""
+        """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored).
+
+        Sparse and deterministic: only the <= n target slots are read and written (never a pass over all S
+        slots), and no float atomics (scatter_add sums in whatever order threads arrive, so two runs of the
+        same frame could differ in the last bit). Tokens are sorted by (target, score), so each target's
+        tokens form a segment whose last token has the best score (the representative key: a new token alone
+        in its free slot, else the closest merge); segment sums of mass and mass x value come from cumulative
+        sums (deterministic scans); each segment's last token writes its slot, once. Writes of the tokens that
+        are not last in their segment go to slot S, the first scratch slot, whose content is spent (the pass
+        that wrote it has attended already; the next pass rewrites it)."""
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]
         B, H, _, D = K.shape
         dev = K.device
-        tD = tgt[..., None].expand(-1, -1, -1, D)                                  # (B, H, n, D)
-        w = inc * (tgt < S)                                                        # (B, H, n)
-        add_m = torch.zeros(B, H, S + 1, device=dev).scatter_add_(2, tgt, w)[..., :S]           # (B, H, S)
-        add_v = torch.zeros(B, H, S + 1, D, device=dev).scatter_add_(2, tD, w[..., None] * v_new.float())[..., :S, :]
-        best = torch.full((B, H, S + 1), -math.inf, device=dev).scatter_reduce_(2, tgt, score, "amax")
-        winner = (tgt < S) & (score >= torch.gather(best, 2, tgt))                  # (B, H, n)
-        nwin = torch.zeros(B, H, S + 1, device=dev).scatter_add_(2, tgt, winner.float())[..., :S]
-        ksum = torch.zeros(B, H, S + 1, D, device=dev).scatter_add_(2, tD, winner[..., None] * k_new.float())[..., :S, :]
-        hit = add_m > 0                                                            # (B, H, S)
-        m_old = torch.where(valid, torch.exp(bias[:, :, :S]), torch.zeros_like(add_m))
+        o1 = score.argsort(dim=-1, stable=True)                                    # by score, then stably
+        order = o1.gather(-1, tgt.gather(-1, o1).argsort(dim=-1, stable=True))     # by target: (B, H, n)
+        ts = tgt.gather(-1, order)
+        w = (inc * (tgt < S)).gather(-1, order)                                     # mass each token brings
+        od = order[..., None].expand(-1, -1, -1, D)
+        kn, vn = k_new.gather(2, od).float(), v_new.gather(2, od).float()          # (B, H, n, D)
+        pos = torch.arange(n, device=dev).expand(B, H, n)
+        first = ts != F.pad(ts[..., :-1], (1, 0), value=-1)
+        last = ts != F.pad(ts[..., 1:], (0, 1), value=-1)
+        start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), dim=-1).values
+        x = torch.cat([w[..., None], w[..., None] * vn], -1)                       # (B, H, n, 1 + D)
+        cs = x.cumsum(2)
+        seg = cs - (cs - x).gather(2, start[..., None].expand_as(x))              # segment sums at `last`
+        add_m, add_v = seg[..., 0], seg[..., 1:]
+        write = last & (ts < S) & (add_m > 0)                                       # (B, H, n): one per slot
+        slot = torch.where(write, ts, torch.full_like(ts, S))
+        sD = slot[..., None].expand(-1, -1, -1, D)
+        was = torch.gather(valid, 2, slot.clamp(max=S - 1)) & write
+        m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot)), torch.zeros_like(add_m))
         m_tot = m_old + add_m
-        v_mean = (m_old[..., None] * V[:, :, :S].float() + add_v) / m_tot.clamp_min(1e-30)[..., None]
-        V[:, :, :S] = torch.where(hit[..., None], v_mean.to(V.dtype), V[:, :, :S])
-        k_rep = ksum / nwin.clamp_min(1)[..., None]
-        K[:, :, :S] = torch.where((hit & (nwin > 0))[..., None], k_rep.to(K.dtype), K[:, :, :S])
-        bias[:, :, :S] = torch.where(hit, torch.log(m_tot.clamp_min(1e-30)), bias[:, :, :S])
+        v_old = torch.gather(V, 2, sD).float()
+        v_mean = (m_old[..., None] * v_old + add_v) / m_tot.clamp_min(1e-30)[..., None]
+        V.scatter_(2, sD, v_mean.to(V.dtype))
+        K.scatter_(2, sD, kn.to(K.dtype))
+        bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)))
         for t in cache.slot_data.values():   # side data (bucket codes) follows the representative key
             src = t[layer, :, :, S:S + n]                                          # (B, H, n, *trailing)
-            ix = tgt.reshape(*tgt.shape, *([1] * (src.dim() - 3))).expand(*tgt.shape, *src.shape[3:])
-            keep = winner.reshape(*winner.shape, *([1] * (src.dim() - 3)))
-            dst = t[layer, :, :, :S + 1].clone()
-            dst.scatter_(2, ix, torch.where(keep, src, torch.gather(dst, 2, ix)))
-            t[layer, :, :, :S] = dst[:, :, :S]
-        any_hit = hit.flatten(0, 1).any(0)                                          # (S,)
-        fr = frame if isinstance(frame, torch.Tensor) else torch.full_like(cache.frame[layer, :S], frame)
-        cache.frame[layer, :S] = torch.where(any_hit, fr, cache.frame[layer, :S])
+            ix = order.reshape(*order.shape, *([1] * (src.dim() - 3))).expand(*order.shape, *src.shape[3:])
+            dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
+            t[layer].scatter_(2, dst, torch.gather(src, 2, ix))
+        fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
+            torch.full((B * H * n,), frame, dtype=torch.long, device=dev)
+        cache.frame[layer].scatter_(0, slot.reshape(-1), fr)
 
     # ---- adoption (switching in at run time: not the hot path, may sync) --------------------------------
     def adopt(self, cache: KVCache, n: int, write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None" = None) -> None:
