@@ -50,6 +50,8 @@ from engine.attention.quant import quantize_8bit
 from engine.cache import NEG_BIAS, KVCache
 
 CODES = "codes"   # name of the per-slot bucket-code tensor in KVCache.slot_data, (L, B, H, C, T)
+ROWS = "search_rows"   # per-slot search rows of the stored-row search (TempCache._rows), (L, B, H, C, R)
+ROW_W, ROW_V = 3.0, 2.0   # row channel weights: bucket match (> the cosine range 2), valid slot (> |cos| 1)
 
 
 @dataclass
@@ -80,6 +82,21 @@ class TempCacheConfig:
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
                                  f"capacity_frames >= 1; compact_every >= 1)")
+
+
+_SCORES_OUT_DTYPE = True   # bmm with out_dtype (bf16 in, float32 out); off if this torch build lacks it
+
+
+def _scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x (G, n, R) @ y (G, S, R)^T in float32. On CUDA with bf16 rows: tensor cores in, float32 out (a bf16
+    score would round cosines near 1 to ~0.008, too coarse to rank near-duplicates)."""
+    global _SCORES_OUT_DTYPE
+    if x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda and _SCORES_OUT_DTYPE:
+        try:
+            return torch.bmm(x, y.transpose(1, 2), out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _SCORES_OUT_DTYPE = False
+    return torch.bmm(x.float(), y.float().transpose(1, 2))
 
 
 class TempCache:
@@ -133,7 +150,10 @@ class TempCache:
         inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()   # (B, H, n)
         k_new, v_new = K[:, :, S:S + n], V[:, :, S:S + n]                         # (B, H, n, D)
         valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
-        sim, idx = self._match(cache, layer, S, n, k_new, q, valid)                # (B, H, n) each
+        if self._rows_ok():
+            sim, idx = self._match_rows(cache, layer, S, n, k_new, q, valid)       # (B, H, n) each
+        else:
+            sim, idx = self._match(cache, layer, S, n, k_new, q, valid)
         live = inc > 0
         merge = (sim >= self.cfg.threshold) & live
         merge = self._force_to_capacity(merge, sim, live, valid, S)
@@ -150,6 +170,63 @@ class TempCache:
         # representative key: a token alone in a free slot; among merges into one group the closest match
         score = torch.where(merge, sim, torch.where(new, torch.full_like(sim, 3.0e38), torch.full_like(sim, -math.inf)))
         self._apply(cache, layer, S, n, frame, tgt, score, inc, valid, k_new, v_new)
+
+    # ---- stored-row search (the default config: per head, cosine, torch engine, LSH or exact) -------------
+    # Every slot keeps its search row y' = [unit key, one-hot bucket per table, 1] beside its K/V (slot data, so
+    # it follows merges and moves); an empty slot's row is all zeros. A new token's row x' = [unit key or
+    # query, W x one-hot of its probed buckets, V] scores y' with cos + W x (shared buckets) + V x (slot
+    # valid): W = 3 exceeds the cosine range, so the best key in a probed bucket wins and a token whose
+    # buckets are empty falls back to the best valid key anywhere; V = 2 puts every valid slot above every
+    # empty one. So one matmul of n rows against the S stored rows (bf16 in, float32 out on CUDA) is the whole
+    # search: no per-commit normalisation, bucket one-hots or masks over the S slots, which cost ~1 ms a layer.
+    def _rows_ok(self) -> bool:
+        c = self.cfg
+        return c.group == "head" and c.metric == "cosine" and c.engine == "torch" and \
+            (c.search == "exact" or (self.backend == "lsh" and self.hasher is not None))
+
+    def _row_width(self, D: int) -> int:
+        """[unit key (D) | bucket one-hots | valid flag], padded to a multiple of 8 (tensor-core alignment)."""
+        T = self.hasher.tables * (self.hasher.n_buckets + 1) if self._use_buckets() else 0  # type: ignore[union-attr]
+        return -(-(D + T + 1) // 8) * 8
+
+    def _use_buckets(self) -> bool:
+        return self.cfg.search == "ann" and self.backend == "lsh" and self.hasher is not None
+
+    def _onehot(self, codes: torch.Tensor, width: int) -> torch.Tensor:
+        """codes (B, H, n, T, P) -> (B, H, n, T * (n_buckets + 1)) float one-hot (any of the P probes)."""
+        B, H, n, T, P = codes.shape
+        nb = self.hasher.n_buckets + 1  # type: ignore[union-attr]
+        off = torch.arange(T, device=codes.device)[:, None] * nb
+        return torch.zeros(B, H, n, width, device=codes.device).scatter_(3, (codes + off).reshape(B, H, n, T * P), 1.0)
+
+    def _match_rows(self, cache: KVCache, layer: int, S: int, n: int, k_new: torch.Tensor, q: torch.Tensor | None,
+                    valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        B, H, _, D = k_new.shape
+        R = self._row_width(D)
+        rows = cache.add_slot_tensor(ROWS, (R,), cache.dtype, fill=0)           # (L, B, H, cap, R)
+        ku = F.normalize(k_new.float(), dim=-1)                                 # (B, H, n, D)
+        probe = ku if self.cfg.match_by == "key" or q is None else F.normalize(q.float(), dim=-1)
+        TB = self.hasher.tables * (self.hasher.n_buckets + 1) if self._use_buckets() else 0  # type: ignore[union-attr]
+        y_new = torch.zeros(B, H, n, R, device=k_new.device)
+        x = torch.zeros(B, H, n, R, device=k_new.device)
+        y_new[..., :D], x[..., :D] = ku, probe
+        if self._use_buckets():
+            assert self.hasher is not None
+            kc = cache.slot_data[CODES][layer, :, :, S:S + n]                   # (B, H, n, T), written by the mode
+            y_new[..., D:D + TB] = self._onehot(kc[..., None], TB)
+            raw = k_new if self.cfg.match_by == "key" or q is None else q      # the hasher centres raw vectors
+            x[..., D:D + TB] = ROW_W * self._onehot(self.hasher.probe_codes(layer, raw), TB)
+        y_new[..., R - 1], x[..., R - 1] = 1.0, ROW_V
+        rows[layer, :, :, S:S + n] = y_new.to(rows.dtype)                       # the scratch tokens' rows
+        Y = rows[layer, :, :, :S].reshape(B * H, S, R)
+        xq = x.reshape(B * H, n, R).to(rows.dtype)
+        sc = _scores(xq, Y)                                                      # (G, n, S) float32
+        idx = sc.argmax(dim=-1)                                                  # (G, n)
+        found = torch.gather(cache.k[layer, :, :, :S].reshape(B * H, S, D), 1, idx[..., None].expand(-1, -1, D))
+        sim = (ku.reshape(B * H, n, D) * F.normalize(found.float(), dim=-1)).sum(-1)
+        ok = torch.gather(valid.reshape(B * H, S), 1, idx)
+        sim = torch.where(ok, sim, torch.full_like(sim, -math.inf))
+        return sim.reshape(B, H, n), idx.reshape(B, H, n)
 
     def _search_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, N, D) -> (G, N, D') in the space where inner product is the configured similarity."""
