@@ -97,12 +97,6 @@ def _rank(key: torch.Tensor, minor: torch.Tensor | None = None) -> torch.Tensor:
     return before.sum(-1)
 
 
-def _lex_order(major: torch.Tensor, minor: torch.Tensor) -> torch.Tensor:
-    """Indices (B, H, n) that sort by (major, minor, position) ascending: order[rank] = position."""
-    rank = _rank(major, minor)
-    return torch.empty_like(rank).scatter_(-1, rank, torch.arange(rank.shape[-1], device=rank.device).expand_as(rank))
-
-
 _SCORES_OUT_DTYPE = True   # bmm with out_dtype (bf16 in, float32 out); off if this torch build lacks it
 
 
@@ -320,30 +314,26 @@ class TempCache:
 
         Sparse and deterministic: only the <= n target slots are read and written (never a pass over all S
         slots), and no float atomics (scatter_add sums in whatever order threads arrive, so two runs of the
-        same frame could differ in the last bit). Tokens are sorted by (target, score), so each target's
-        tokens form a segment whose last token has the best score (the representative key: a new token alone
-        in its free slot, else the closest merge); segment sums of mass and mass x value come from cumulative
-        sums (deterministic scans); each segment's last token writes its slot, once. Writes of the tokens that
-        are not last in their segment go to slot S, the first scratch slot, whose content is spent (the pass
-        that wrote it has attended already; the next pass rewrites it)."""
+        same frame could differ in the last bit). Tokens with the same target form a group of the frame; with
+        the (n x n) same-target matrix per head, one small matmul gives every token its group's mass and
+        mass x value sums, and a pairwise comparison finds each group's representative: the best score (a
+        new token alone in its free slot, else the closest merge), ties to the later position. Only the
+        representatives write, each its own slot; the others write to slot S, the first scratch slot, whose
+        content is spent (the pass that wrote it has attended already; the next pass rewrites it)."""
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]
         B, H, _, D = K.shape
         dev = K.device
-        order = _lex_order(tgt, score)                                               # (B, H, n)
-        ts = tgt.gather(-1, order)
-        w = (inc * (tgt < S)).gather(-1, order)                                     # mass each token brings
-        od = order[..., None].expand(-1, -1, -1, D)
-        kn, vn = k_new.gather(2, od).float(), v_new.gather(2, od).float()          # (B, H, n, D)
-        pos = torch.arange(n, device=dev).expand(B, H, n)
-        first = ts != F.pad(ts[..., :-1], (1, 0), value=-1)
-        last = ts != F.pad(ts[..., 1:], (0, 1), value=-1)
-        start = torch.cummax(torch.where(first, pos, torch.zeros_like(pos)), dim=-1).values
-        x = torch.cat([w[..., None], w[..., None] * vn], -1)                       # (B, H, n, 1 + D)
-        cs = x.cumsum(2)
-        seg = cs - (cs - x).gather(2, start[..., None].expand_as(x))              # segment sums at `last`
+        pos = torch.arange(n, device=dev)
+        same = tgt[..., :, None] == tgt[..., None, :]                               # (B, H, n, n)
+        sj, si = score[..., None, :], score[..., :, None]
+        beaten = (same & ((sj > si) | ((sj == si) & (pos[None, :] > pos[:, None])))).any(-1)
+        w = inc * (tgt < S)                                                          # mass each token brings
+        x = torch.cat([w[..., None], w[..., None] * v_new.float()], -1)             # (B, H, n, 1 + D)
+        seg = torch.matmul(same.to(x.dtype), x)                                      # group sums, every token
         add_m, add_v = seg[..., 0], seg[..., 1:]
-        write = last & (ts < S) & (add_m > 0)                                       # (B, H, n): one per slot
-        slot = torch.where(write, ts, torch.full_like(ts, S))
+        kn = k_new.clone()                                                           # slot S is also a target
+        write = ~beaten & (tgt < S) & (add_m > 0)                                    # (B, H, n): one per slot
+        slot = torch.where(write, tgt, torch.full_like(tgt, S))
         sD = slot[..., None].expand(-1, -1, -1, D)
         was = torch.gather(valid, 2, slot.clamp(max=S - 1)) & write
         m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot)), torch.zeros_like(add_m))
@@ -353,11 +343,10 @@ class TempCache:
         V.scatter_(2, sD, v_mean.to(V.dtype))
         K.scatter_(2, sD, kn.to(K.dtype))
         bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)))
-        for t in cache.slot_data.values():   # side data (bucket codes) follows the representative key
-            src = t[layer, :, :, S:S + n]                                          # (B, H, n, *trailing)
-            ix = order.reshape(*order.shape, *([1] * (src.dim() - 3))).expand(*order.shape, *src.shape[3:])
+        for t in cache.slot_data.values():   # side data (bucket codes, search rows) follows the representative
+            src = t[layer, :, :, S:S + n].clone()                                  # (B, H, n, *trailing)
             dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
-            t[layer].scatter_(2, dst, torch.gather(src, 2, ix))
+            t[layer].scatter_(2, dst, src)
         fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
             torch.full((B * H * n,), frame, dtype=torch.long, device=dev)
         cache.frame[layer].scatter_(0, slot.reshape(-1), fr)
