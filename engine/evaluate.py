@@ -56,6 +56,7 @@ class EvalConfig:
     fps_modes: tuple[str, ...] = ("dense", "window", "fastar")   # GPU speed per mode (dense is the headline)
     cpu_fps_frames: int = 5
     quick: bool = False               # CPU-sized: 2 episodes, short rollouts, 200-frame stability
+    commit: str | None = None         # reported as given (a GPU machine's copy of the tree may carry a stale .git)
 
 
 def _quick(c: EvalConfig) -> EvalConfig:
@@ -210,7 +211,8 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
     res["checkpoint_sha256"] = env.checkpoint_sha256
     res["device"] = torch.cuda.get_device_name() if dev.type == "cuda" else "cpu"
     try:
-        res["commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+        res["commit"] = cfg.commit or subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                     text=True).stdout.strip()
     except OSError:
         res["commit"] = None
     return res

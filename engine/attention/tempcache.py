@@ -25,15 +25,13 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
   good, so every attention call runs over S + n keys and every commit over (n x S) scores, from frame 0 on.
   A new token that merges nowhere goes into a free slot of its head (rank among the head's free slots, by a
-  cumsum: no sort, no nonzero); merged ones fold into their group by scatter_add. Nothing ever compacts (the
-  old compaction synced once per layer every `compact_every` frames and changed the attention length, hence
-  the kernel shape bucket and the allocator's pool). Cost: the first frames attend over mostly empty slots,
+  cumsum: no sort, no nonzero); merged ones fold into their group without float atomics (_apply). Nothing
+  ever compacts (the old compaction synced once per layer every `compact_every` frames and changed the
+  attention length, hence the kernel shape bucket and the allocator's pool). Cost: the first frames attend over mostly empty slots,
   which costs exactly what a full cache does (flat, as the frame-time budget wants).
-- the top-1 search is one batched matmul (B*H, n, D) x (B*H, D, S) + max with the validity mask as a fill;
-  the LSH restriction ("ann") rides in the same matmul as extra channels: x' = [x, W * probe-bucket one-hot],
-  y' = [y, bucket one-hot], so a key sharing a probed bucket scores W more than one that does not; W exceeds
-  the similarity range, so the best same-bucket key wins and a token whose buckets hold no key falls back to
-  the best key anywhere (what forced merges need). No (n x S x buckets) mask is ever built.
+- the top-1 search is one matmul of the n new tokens' rows against rows stored per slot (`_match_rows`: unit
+  key, LSH bucket one-hots, a valid flag), so a commit never normalises, hashes or masks the S slots; the
+  general path (`_match`: quantization, group "layer", metric "dot", faiss) builds the same channels per call.
 """
 from __future__ import annotations
 

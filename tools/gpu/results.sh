@@ -14,4 +14,4 @@ for m in dense window fastar; do
 done
 python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
   'modes=[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]'
-python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000
+python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 commit=$commit
