@@ -305,6 +305,8 @@ class FastARAttention(AttentionMode):
         out: dict[str, Any] = {"mode": self.name, "backend": self.cfg.ann.backend, "kernel": kernels.kernel_name(),
                                "paths": dict(self._paths), "sparse_kernel": sparse_kernels.last_kernel(),
                                "sparse_kernel_errors": sparse_kernels.errors()}
+        if self.tc is not None:
+            out["merge"] = self.tc.merge_path   # TempCache's merge step: compiled, eager, or why not compiled
         for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
             out[key] = self.meter.mean(key)
         c = self._cache

@@ -25,17 +25,19 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
   good, so every attention call runs over S + n keys and every commit over (n x S) scores, from frame 0 on.
   A new token that merges nowhere goes into a free slot of its head (rank among the head's free slots, by a
-  cumsum: no sort, no nonzero); merged ones fold into their group without float atomics (_apply). Nothing
-  ever compacts (the old compaction synced once per layer every `compact_every` frames and changed the
-  attention length, hence the kernel shape bucket and the allocator's pool). Cost: the first frames attend over mostly empty slots,
-  which costs exactly what a full cache does (flat, as the frame-time budget wants).
-- the top-1 search is one matmul of the n new tokens' rows against rows stored per slot (`_match_rows`: unit
+  cumsum: no sort, no nonzero); merged ones fold into their group without float atomics
+  (tempcache_merge.fold). Nothing ever compacts (the old compaction synced once per layer every
+  `compact_every` frames and changed the attention length, hence the kernel shape bucket and the allocator's
+  pool). Cost: the first frames attend over mostly empty slots, which costs exactly what a full cache does
+  (flat, as the frame-time budget wants).
+- the top-1 search is one matmul of the n new tokens' rows against rows stored per slot (`_commit_rows`: unit
   key, LSH bucket one-hots, a valid flag), so a commit never normalises, hashes or masks the S slots; the
   general path (`_match`: quantization, group "layer", metric "dot", faiss) builds the same channels per call.
 """
 from __future__ import annotations
 
 import math
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -43,13 +45,13 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import ann
+from engine.attention import tempcache_merge as tm
 from engine.attention.lsh import Hasher
 from engine.attention.quant import quantize_8bit
 from engine.cache import NEG_BIAS, KVCache
 
 CODES = "codes"   # name of the per-slot bucket-code tensor in KVCache.slot_data, (L, B, H, C, T)
-ROWS = "search_rows"   # per-slot search rows of the stored-row search (TempCache._rows), (L, B, H, C, R)
-ROW_W, ROW_V = 3.0, 2.0   # row channel weights: bucket match (> the cosine range 2), valid slot (> |cos| 1)
+ROWS = "search_rows"   # per-slot search rows of the stored-row search (TempCache._commit_rows), (L, B, H, C, R)
 
 
 @dataclass
@@ -62,6 +64,7 @@ class TempCacheConfig:
     engine: str = "torch"         # torch | faiss (top-1 search engine; same neighbours)
     capacity_frames: int = 64     # hard cap: slots per head = capacity_frames * tokens per frame
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
+    compile: str = "auto"         # the merge step compiled (torch.compile) on CUDA: auto (when triton is there) | on | off
 
     def __post_init__(self) -> None:
         checks = {
@@ -73,41 +76,45 @@ class TempCacheConfig:
             "engine": self.engine in ("torch", "faiss"),
             "capacity_frames": self.capacity_frames >= 1,
             "compact_every": self.compact_every >= 1,
+            "compile": self.compile in ("auto", "on", "off"),
         }
         for field, ok in checks.items():
             if not ok:
                 raise ValueError(f"tempcache.{field}: invalid value {getattr(self, field)!r} "
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
-                                 f"capacity_frames >= 1; compact_every >= 1)")
+                                 f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off)")
 
 
-def _rank(key: torch.Tensor, minor: torch.Tensor | None = None) -> torch.Tensor:
-    """(B, H, n) -> the rank of each entry in ascending (key, then minor, then position) order, by counting
-    pairwise (n x n per head): for n = 256 one fused pass instead of radix sorts (~25 us each on the H100,
-    latency-bound), and ties broken by position, so the result is deterministic."""
-    pos = torch.arange(key.shape[-1], device=key.device)
-    a, b = key[..., :, None], key[..., None, :]                                  # i: row, j: column
-    before = (b < a) | ((b == a) & (pos[None, :] < pos[:, None]))
-    if minor is not None:
-        ma, mb = minor[..., :, None], minor[..., None, :]
-        before = (b < a) | ((b == a) & ((mb < ma) | ((mb == ma) & (pos[None, :] < pos[:, None]))))
-    return before.sum(-1)
+_COMPILED: Callable[..., None] | None = None
 
 
-_SCORES_OUT_DTYPE = True   # bmm with out_dtype (bf16 in, float32 out); off if this torch build lacks it
+def _compiled_commit() -> Callable[..., None]:
+    """One compiled commit_rows per process: every TempCache (a mode switched in again, the next benchmark
+    mode) reuses it instead of compiling again (~tens of seconds)."""
+    global _COMPILED
+    if _COMPILED is None:
+        _COMPILED = torch.compile(tm.commit_rows, dynamic=False)
+    return _COMPILED
 
 
-def _scores(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """x (G, n, R) @ y (G, S, R)^T in float32. On CUDA with bf16 rows: tensor cores in, float32 out (a bf16
-    score would round cosines near 1 to ~0.008, too coarse to rank near-duplicates)."""
-    global _SCORES_OUT_DTYPE
-    if x.dtype in (torch.bfloat16, torch.float16) and x.is_cuda and _SCORES_OUT_DTYPE:
-        try:
-            return torch.bmm(x, y.transpose(1, 2), out_dtype=torch.float32)
-        except (TypeError, RuntimeError, NotImplementedError):
-            _SCORES_OUT_DTYPE = False
-    return torch.bmm(x.float(), y.float().transpose(1, 2))
+def _has_triton() -> bool:
+    try:
+        import triton  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+def _probe_f32out(dtype: torch.dtype, device: torch.device) -> bool:
+    """Whether this torch build multiplies bf16/fp16 into a float32 result (bmm out_dtype) on this device."""
+    if device.type != "cuda" or dtype not in (torch.bfloat16, torch.float16):
+        return False
+    try:
+        a = torch.ones(1, 2, 8, dtype=dtype, device=device)
+        return torch.bmm(a, a.transpose(1, 2), out_dtype=torch.float32).dtype == torch.float32
+    except (TypeError, RuntimeError, NotImplementedError):
+        return False
 
 
 class TempCache:
@@ -116,6 +123,9 @@ class TempCache:
 
     def __init__(self, cfg: TempCacheConfig, hasher: Hasher | None, backend: str) -> None:
         self.cfg, self.hasher, self.backend = cfg, hasher, backend
+        self._fn: Callable[..., None] | None = None   # tempcache_merge.commit_rows, compiled or not
+        self.merge_path = "none yet"                   # what ran: "compiled", "eager", "eager (compile failed: ...)"
+        self._f32out: bool | None = None
 
     def reset(self) -> None:
         pass
@@ -156,31 +166,22 @@ class TempCache:
         adopted group, 0 for an empty slot); frame: the frame index, an int or a device scalar (inside a CUDA
         graph, where a host int would be frozen at capture). Fixed shapes, no host sync; the length stays S."""
         S = self.slots(n)
+        if inc_mass is None and self._rows_ok():
+            self._commit_rows(cache, layer, S, n, frame, q)
+            return
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]            # (B, H, cap, D), (B, H, cap)
         B, H = K.shape[0], K.shape[1]
         inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()   # (B, H, n)
-        k_new, v_new = K[:, :, S:S + n], V[:, :, S:S + n]                         # (B, H, n, D)
         valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
-        if self._rows_ok():
-            sim, idx = self._match_rows(cache, layer, S, n, k_new, q, valid)       # (B, H, n) each
-        else:
-            sim, idx = self._match(cache, layer, S, n, k_new, q, valid)
+        sim, idx = self._match(cache, layer, S, n, K[:, :, S:S + n], q, valid)      # (B, H, n) each
         live = inc > 0
-        merge = (sim >= self.cfg.threshold) & live
-        merge = self._force_to_capacity(merge, sim, live, valid, S)
+        merge = tm.force_to_capacity((sim >= self.cfg.threshold) & live, sim, live, valid, S)
         new = live & ~merge                                                        # tokens that open a group
-        # free slots in slot order, per head: free_list[b, h, r] = r-th free slot (S past the last one)
-        free = ~valid
-        free_rank = torch.where(free, free.long().cumsum(-1) - 1, S)               # (B, H, S)
-        slot_ids = torch.arange(S, device=K.device).expand(B, H, S)
-        free_list = torch.full((B, H, S + 1), S, device=K.device, dtype=torch.long)
-        free_list.scatter_(2, free_rank, slot_ids)
-        free_list[:, :, S] = S                                                     # the dump slot stays a dump
-        new_rank = (new.long().cumsum(-1) - 1).clamp(0, S)                         # (B, H, n)
-        tgt = torch.where(merge, idx, torch.where(new, torch.gather(free_list, 2, new_rank), S))   # S: dump
+        tgt = tm.targets(merge, new, idx, valid, S)                                # S: the dump
         # representative key: a token alone in a free slot; among merges into one group the closest match
         score = torch.where(merge, sim, torch.where(new, torch.full_like(sim, 3.0e38), torch.full_like(sim, -math.inf)))
-        self._apply(cache, layer, S, n, frame, tgt, score, inc, valid, k_new, v_new)
+        tm.fold(K, V, bias, cache.frame[layer], [t[layer] for t in cache.slot_data.values()], S, n, frame, tgt,
+                score, inc, valid)
 
     # ---- stored-row search (the default config: per head, cosine, torch engine, LSH or exact) -------------
     # Every slot keeps its search row y' = [unit key, one-hot bucket per table, 1] beside its K/V (slot data, so
@@ -203,41 +204,45 @@ class TempCache:
     def _use_buckets(self) -> bool:
         return self.cfg.search == "ann" and self.backend == "lsh" and self.hasher is not None
 
-    def _onehot(self, codes: torch.Tensor, width: int) -> torch.Tensor:
-        """codes (B, H, n, T, P) -> (B, H, n, T * (n_buckets + 1)) float one-hot (any of the P probes)."""
-        B, H, n, T, P = codes.shape
-        nb = self.hasher.n_buckets + 1  # type: ignore[union-attr]
-        off = torch.arange(T, device=codes.device)[:, None] * nb
-        return torch.zeros(B, H, n, width, device=codes.device).scatter_(3, (codes + off).reshape(B, H, n, T * P), 1.0)
+    def _commit_rows(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor,
+                     q: torch.Tensor | None) -> None:
+        """The commit by tempcache_merge.commit_rows, one call per layer: compiled once on CUDA (the same
+        shapes in every layer), eager elsewhere. Probe codes come from the hasher here (its per-layer state)."""
+        K = cache.k[layer]
+        B, H, _, D = K.shape
+        rows = cache.add_slot_tensor(ROWS, (self._row_width(D),), cache.dtype, fill=0)  # (L, B, H, cap, R)
+        use_b = self._use_buckets()
+        by_query = self.cfg.match_by == "query" and q is not None
+        codes_new = cache.slot_data[CODES][layer, :, :, S:S + n] if use_b else None  # written by the mode
+        probes = self.hasher.probe_codes(layer, q if by_query else K[:, :, S:S + n]) if use_b else None  # type: ignore[union-attr]
+        if not isinstance(frame, torch.Tensor):
+            frame = torch.tensor(frame, dtype=torch.long, device=K.device)
+        if self._f32out is None:
+            self._f32out = _probe_f32out(rows.dtype, K.device)
+        args = (K, cache.v[layer], cache.bias[layer], cache.frame[layer], [t[layer] for t in cache.slot_data.values()],
+                rows[layer], codes_new, probes, frame, q if by_query else None, S, n, self.cfg.threshold,
+                self.hasher.n_buckets if self.hasher is not None else 0, self._f32out)
+        fn = self._merge_fn(K.device)
+        if fn is not tm.commit_rows:
+            try:
+                fn(*args)
+                return
+            except Exception as e:   # said, not silent: stats()["merge"] and one line on stderr
+                self.merge_path = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
+                print(f"tempcache: {self.merge_path}", file=sys.stderr)
+                self._fn = tm.commit_rows
+        tm.commit_rows(*args)
 
-    def _match_rows(self, cache: KVCache, layer: int, S: int, n: int, k_new: torch.Tensor, q: torch.Tensor | None,
-                    valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        B, H, _, D = k_new.shape
-        R = self._row_width(D)
-        rows = cache.add_slot_tensor(ROWS, (R,), cache.dtype, fill=0)           # (L, B, H, cap, R)
-        ku = F.normalize(k_new.float(), dim=-1)                                 # (B, H, n, D)
-        probe = ku if self.cfg.match_by == "key" or q is None else F.normalize(q.float(), dim=-1)
-        TB = self.hasher.tables * (self.hasher.n_buckets + 1) if self._use_buckets() else 0  # type: ignore[union-attr]
-        y_new = torch.zeros(B, H, n, R, device=k_new.device)
-        x = torch.zeros(B, H, n, R, device=k_new.device)
-        y_new[..., :D], x[..., :D] = ku, probe
-        if self._use_buckets():
-            assert self.hasher is not None
-            kc = cache.slot_data[CODES][layer, :, :, S:S + n]                   # (B, H, n, T), written by the mode
-            y_new[..., D:D + TB] = self._onehot(kc[..., None], TB)
-            raw = k_new if self.cfg.match_by == "key" or q is None else q      # the hasher centres raw vectors
-            x[..., D:D + TB] = ROW_W * self._onehot(self.hasher.probe_codes(layer, raw), TB)
-        y_new[..., R - 1], x[..., R - 1] = 1.0, ROW_V
-        rows[layer, :, :, S:S + n] = y_new.to(rows.dtype)                       # the scratch tokens' rows
-        Y = rows[layer, :, :, :S].reshape(B * H, S, R)
-        xq = x.reshape(B * H, n, R).to(rows.dtype)
-        sc = _scores(xq, Y)                                                      # (G, n, S) float32
-        idx = sc.argmax(dim=-1)                                                  # (G, n)
-        found = torch.gather(cache.k[layer, :, :, :S].reshape(B * H, S, D), 1, idx[..., None].expand(-1, -1, D))
-        sim = (ku.reshape(B * H, n, D) * F.normalize(found.float(), dim=-1)).sum(-1)
-        ok = torch.gather(valid.reshape(B * H, S), 1, idx)
-        sim = torch.where(ok, sim, torch.full_like(sim, -math.inf))
-        return sim.reshape(B, H, n), idx.reshape(B, H, n)
+    def _merge_fn(self, device: torch.device) -> Callable[..., None]:
+        if self._fn is None:
+            want = self.cfg.compile == "on" or (self.cfg.compile == "auto" and device.type == "cuda" and _has_triton())
+            if want:
+                self._fn = _compiled_commit()
+                self.merge_path = "compiled"
+            else:
+                self._fn = tm.commit_rows
+                self.merge_path = "eager"
+        return self._fn
 
     def _search_vectors(self, x: torch.Tensor) -> torch.Tensor:
         """(B, H, N, D) -> (G, N, D') in the space where inner product is the configured similarity."""
@@ -292,62 +297,6 @@ class TempCache:
             qh, kh = qh.reshape(B * H, n, T * nb), kh.reshape(B * H, S, T * nb)
         W = 2.0 * x.norm(dim=-1).amax() * y.norm(dim=-1).amax() + 1.0              # device scalar, no sync
         return torch.cat([x, qh * W], -1), torch.cat([y, kh], -1)
-
-    def _force_to_capacity(self, merge: torch.Tensor, sim: torch.Tensor, live: torch.Tensor, valid: torch.Tensor,
-                           budget_slots: int) -> torch.Tensor:
-        """Merge the best-matching unmerged tokens below the threshold too, so that each head adds at most
-        budget_slots - valid new slots. Sync-free: ranks and counts stay on the device."""
-        unmerged = ~merge & live
-        room = (budget_slots - valid.sum(-1, keepdim=True)).clamp_min(0)            # (B, H, 1)
-        excess = unmerged.sum(-1, keepdim=True) - room                             # (B, H, 1)
-        score = torch.where(unmerged & torch.isfinite(sim), sim, torch.full_like(sim, -math.inf))
-        rank = _rank(-score)                                                       # 0 = best match
-        forced = unmerged & torch.isfinite(sim) & (rank < excess)
-        return merge | forced
-
-    def _apply(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
-               score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor, k_new: torch.Tensor,
-               v_new: torch.Tensor) -> None:
-        """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored).
-
-        Sparse and deterministic: only the <= n target slots are read and written (never a pass over all S
-        slots), and no float atomics (scatter_add sums in whatever order threads arrive, so two runs of the
-        same frame could differ in the last bit). Tokens with the same target form a group of the frame; with
-        the (n x n) same-target matrix per head, one small matmul gives every token its group's mass and
-        mass x value sums, and a pairwise comparison finds each group's representative: the best score (a
-        new token alone in its free slot, else the closest merge), ties to the later position. Only the
-        representatives write, each its own slot; the others write to slot S, the first scratch slot, whose
-        content is spent (the pass that wrote it has attended already; the next pass rewrites it)."""
-        K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]
-        B, H, _, D = K.shape
-        dev = K.device
-        pos = torch.arange(n, device=dev)
-        same = tgt[..., :, None] == tgt[..., None, :]                               # (B, H, n, n)
-        sj, si = score[..., None, :], score[..., :, None]
-        beaten = (same & ((sj > si) | ((sj == si) & (pos[None, :] > pos[:, None])))).any(-1)
-        w = inc * (tgt < S)                                                          # mass each token brings
-        x = torch.cat([w[..., None], w[..., None] * v_new.float()], -1)             # (B, H, n, 1 + D)
-        seg = torch.matmul(same.to(x.dtype), x)                                      # group sums, every token
-        add_m, add_v = seg[..., 0], seg[..., 1:]
-        kn = k_new.clone()                                                           # slot S is also a target
-        write = ~beaten & (tgt < S) & (add_m > 0)                                    # (B, H, n): one per slot
-        slot = torch.where(write, tgt, torch.full_like(tgt, S))
-        sD = slot[..., None].expand(-1, -1, -1, D)
-        was = torch.gather(valid, 2, slot.clamp(max=S - 1)) & write
-        m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot)), torch.zeros_like(add_m))
-        m_tot = m_old + add_m
-        v_old = torch.gather(V, 2, sD).float()
-        v_mean = (m_old[..., None] * v_old + add_v) / m_tot.clamp_min(1e-30)[..., None]
-        V.scatter_(2, sD, v_mean.to(V.dtype))
-        K.scatter_(2, sD, kn.to(K.dtype))
-        bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)))
-        for t in cache.slot_data.values():   # side data (bucket codes, search rows) follows the representative
-            src = t[layer, :, :, S:S + n].clone()                                  # (B, H, n, *trailing)
-            dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
-            t[layer].scatter_(2, dst, src)
-        fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
-            torch.full((B * H * n,), frame, dtype=torch.long, device=dev)
-        cache.frame[layer].scatter_(0, slot.reshape(-1), fr)
 
     # ---- adoption (switching in at run time: not the hot path, may sync) --------------------------------
     def adopt(self, cache: KVCache, n: int, write_codes: "Callable[[KVCache, int, torch.Tensor], None] | None" = None) -> None:

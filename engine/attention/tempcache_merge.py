@@ -1,0 +1,154 @@
+"""TempCache's merge step as pure tensor functions (no cache object, no host values but shapes and config),
+so that one function covers a whole commit and can be compiled once for every layer (torch.compile on CUDA:
+the commit was ~170 small kernels a layer, ~0.6 ms on the H100 inside a CUDA graph).
+
+All tensors are one layer's views: K, V (B, H, cap, D); bias (B, H, cap); frame_col (cap,) int64 (the frame
+index per slot); side: every per-slot side tensor (B, H, cap, *) (bucket codes, search rows), which follow the
+representative key. Slots [0, S) are group slots, [S, S + n) the scratch frame being committed.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+ROW_W, ROW_V = 3.0, 2.0   # search-row channel weights: bucket match (> the cosine range 2), valid slot (> |cos|)
+
+
+def rank(key: torch.Tensor, minor: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, H, n) -> the rank of each entry in ascending (key, then minor, then position) order, by counting
+    pairwise (n x n per head): for n = 256 one fused pass instead of radix sorts (~25 us each on the H100,
+    latency-bound), and ties broken by position, so the result is deterministic."""
+    pos = torch.arange(key.shape[-1], device=key.device)
+    a, b = key[..., :, None], key[..., None, :]                                  # i: row, j: column
+    earlier = pos[None, :] < pos[:, None]
+    if minor is None:
+        before = (b < a) | ((b == a) & earlier)
+    else:
+        ma, mb = minor[..., :, None], minor[..., None, :]
+        before = (b < a) | ((b == a) & ((mb < ma) | ((mb == ma) & earlier)))
+    return before.sum(-1)
+
+
+def force_to_capacity(merge: torch.Tensor, sim: torch.Tensor, live: torch.Tensor, valid: torch.Tensor,
+                      budget_slots: int) -> torch.Tensor:
+    """Merge the best-matching unmerged tokens below the threshold too, so that each head adds at most
+    budget_slots - valid new slots (merge, never evict). Sync-free: ranks and counts stay on the device."""
+    unmerged = ~merge & live
+    room = (budget_slots - valid.sum(-1, keepdim=True)).clamp_min(0)            # (B, H, 1)
+    excess = unmerged.sum(-1, keepdim=True) - room                             # (B, H, 1)
+    score = torch.where(unmerged & torch.isfinite(sim), sim, torch.full_like(sim, -math.inf))
+    forced = unmerged & torch.isfinite(sim) & (rank(-score) < excess)           # rank 0 = best match
+    return merge | forced
+
+
+def targets(merge: torch.Tensor, new: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
+            S: int) -> torch.Tensor:
+    """Target slot per token (B, H, n): its group for a merge, the next free slot of its head for a new group
+    (rank among the free slots by a cumsum: no sort, no nonzero), S (the dump) for a token that carries
+    nothing."""
+    B, H = valid.shape[:2]
+    free = ~valid
+    free_rank = torch.where(free, free.long().cumsum(-1) - 1, S)               # (B, H, S)
+    slot_ids = torch.arange(S, device=valid.device).expand(B, H, S)
+    free_list = torch.full((B, H, S + 1), S, device=valid.device, dtype=torch.long)
+    free_list.scatter_(2, free_rank, slot_ids)
+    free_list[:, :, S] = S                                                     # the dump slot stays a dump
+    new_rank = (new.long().cumsum(-1) - 1).clamp(0, S)                         # (B, H, n)
+    return torch.where(merge, idx, torch.where(new, torch.gather(free_list, 2, new_rank), S))
+
+
+def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
+         side: list[torch.Tensor], S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
+         score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor) -> None:
+    """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored), in place.
+
+    Sparse and deterministic: only the <= n target slots are read and written (never a pass over all S
+    slots), and no float atomics (scatter_add sums in whatever order threads arrive, so two runs of the
+    same frame could differ in the last bit). Tokens with the same target form a group of the frame; with
+    the (n x n) same-target matrix per head, one small matmul gives every token its group's mass and
+    mass x value sums, and a pairwise comparison finds each group's representative: the best score (a
+    new token alone in its free slot, else the closest merge), ties to the later position. Only the
+    representatives write, each its own slot; the others write to slot S, the first scratch slot, whose
+    content is spent (the pass that wrote it has attended already; the next pass rewrites it)."""
+    B, H, _, D = K.shape
+    k_new, v_new = K[:, :, S:S + n].clone(), V[:, :, S:S + n].float()          # slot S is also written
+    pos = torch.arange(n, device=K.device)
+    same = tgt[..., :, None] == tgt[..., None, :]                               # (B, H, n, n)
+    sj, si = score[..., None, :], score[..., :, None]
+    beaten = (same & ((sj > si) | ((sj == si) & (pos[None, :] > pos[:, None])))).any(-1)
+    w = inc * (tgt < S)                                                          # mass each token brings
+    x = torch.cat([w[..., None], w[..., None] * v_new], -1)                     # (B, H, n, 1 + D)
+    seg = torch.matmul(same.to(x.dtype), x)                                      # group sums, every token
+    add_m, add_v = seg[..., 0], seg[..., 1:]
+    write = ~beaten & (tgt < S) & (add_m > 0)                                    # (B, H, n): one per slot
+    slot = torch.where(write, tgt, torch.full_like(tgt, S))
+    sD = slot[..., None].expand(-1, -1, -1, D)
+    was = torch.gather(valid, 2, slot.clamp(max=S - 1)) & write
+    m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot)), torch.zeros_like(add_m))
+    m_tot = m_old + add_m
+    v_old = torch.gather(V, 2, sD).float()
+    v_mean = (m_old[..., None] * v_old + add_v) / m_tot.clamp_min(1e-30)[..., None]
+    V.scatter_(2, sD, v_mean.to(V.dtype))
+    K.scatter_(2, sD, k_new)
+    bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)))
+    for t in side:   # side data (bucket codes, search rows) follows the representative key
+        src = t[:, :, S:S + n].clone()                                          # (B, H, n, *trailing)
+        dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
+        t.scatter_(2, dst, src)
+    fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
+        torch.full((B * H * n,), frame, dtype=torch.long, device=K.device)
+    frame_col.scatter_(0, slot.reshape(-1), fr)
+
+
+def onehot(codes: torch.Tensor, n_buckets: int, width: int) -> torch.Tensor:
+    """codes (B, H, n, T, P) -> (B, H, n, width) float: one-hot of every probed bucket, table t's buckets at
+    [t * (n_buckets + 1), ...) (+ 1: the "no bucket" code)."""
+    B, H, n, T, P = codes.shape
+    off = torch.arange(T, device=codes.device)[:, None] * (n_buckets + 1)
+    return torch.zeros(B, H, n, width, device=codes.device).scatter_(3, (codes + off).reshape(B, H, n, T * P), 1.0)
+
+
+def scores(x: torch.Tensor, y: torch.Tensor, f32out: bool) -> torch.Tensor:
+    """x (G, n, R) @ y (G, S, R)^T in float32. f32out: bf16/fp16 in, float32 out (tensor cores; a bf16 score
+    would round cosines near 1 to ~0.008, too coarse to rank near-duplicates)."""
+    if f32out:
+        return torch.bmm(x, y.transpose(1, 2), out_dtype=torch.float32)
+    return torch.bmm(x.float(), y.float().transpose(1, 2))
+
+
+def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
+                side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
+                probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
+                threshold: float, n_buckets: int, f32out: bool) -> None:
+    """One whole commit with the stored-row search (TempCache._commit_rows). rows (B, H, cap, R) is also in
+    `side`; codes_new (B, H, n, T) the scratch keys' bucket codes and probes (B, H, n, T, P) the probed
+    buckets (None: exact search); q (B, H, n, D) the queries for match_by="query" (None: by key)."""
+    B, H, _, D = K.shape
+    R = rows.shape[-1]
+    valid = bias[:, :, :S] > -5.0e3                                             # NEG_BIAS / 2
+    ku = F.normalize(K[:, :, S:S + n].float(), dim=-1)                          # (B, H, n, D)
+    probe = ku if q is None else F.normalize(q.float(), dim=-1)
+    parts_y, parts_x = [ku], [probe]
+    if codes_new is not None and probes is not None:
+        TB = codes_new.shape[-1] * (n_buckets + 1)
+        parts_y.append(onehot(codes_new[..., None], n_buckets, TB))
+        parts_x.append(ROW_W * onehot(probes, n_buckets, TB))
+    pad = R - D - 1 - sum(p.shape[-1] for p in parts_y[1:])
+    ones = torch.ones(B, H, n, 1, device=K.device)
+    zeros = torch.zeros(B, H, n, pad, device=K.device)
+    rows[:, :, S:S + n] = torch.cat(parts_y + [zeros, ones], -1).to(rows.dtype)  # the scratch tokens' rows
+    x = torch.cat(parts_x + [zeros, ROW_V * ones], -1).reshape(B * H, n, R).to(rows.dtype)
+    idx = scores(x, rows[:, :, :S].reshape(B * H, S, R), f32out).argmax(dim=-1)             # (G, n)
+    found = torch.gather(K[:, :, :S].reshape(B * H, S, D), 1, idx[..., None].expand(-1, -1, D))
+    sim = (ku.reshape(B * H, n, D) * F.normalize(found.float(), dim=-1)).sum(-1)
+    ok = torch.gather(valid.reshape(B * H, S), 1, idx)
+    sim = torch.where(ok, sim, torch.full_like(sim, -math.inf)).reshape(B, H, n)
+    idx = idx.reshape(B, H, n)
+    live = torch.ones(B, H, n, dtype=torch.bool, device=K.device)
+    merge = force_to_capacity(sim >= threshold, sim, live, valid, S)
+    new = ~merge
+    tgt = targets(merge, new, idx, valid, S)
+    score = torch.where(merge, sim, torch.full_like(sim, 3.0e38))               # a new token is alone: best
+    fold(K, V, bias, frame_col, side, S, n, frame, tgt, score, torch.ones(B, H, n, device=K.device), valid)
