@@ -73,12 +73,13 @@ def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.
     representatives write, each its own slot; the others write to slot S, the first scratch slot, whose
     content is spent (the pass that wrote it has attended already; the next pass rewrites it)."""
     B, H, _, D = K.shape
-    k_new, v_new = K[:, :, S:S + n].clone(), V[:, :, S:S + n].float()          # slot S is also written
+    acc = torch.promote_types(V.dtype, torch.float32)                          # float32, or float64 for tests
+    k_new, v_new = K[:, :, S:S + n].clone(), V[:, :, S:S + n].to(acc)          # slot S is also written
     pos = torch.arange(n, device=K.device)
     same = tgt[..., :, None] == tgt[..., None, :]                               # (B, H, n, n)
     sj, si = score[..., None, :], score[..., :, None]
     beaten = (same & ((sj > si) | ((sj == si) & (pos[None, :] > pos[:, None])))).any(-1)
-    w = inc * (tgt < S)                                                          # mass each token brings
+    w = inc.to(acc) * (tgt < S)                                                  # mass each token brings
     x = torch.cat([w[..., None], w[..., None] * v_new], -1)                     # (B, H, n, 1 + D)
     seg = torch.matmul(same.to(x.dtype), x)                                      # group sums, every token
     add_m, add_v = seg[..., 0], seg[..., 1:]
@@ -86,13 +87,13 @@ def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.
     slot = torch.where(write, tgt, torch.full_like(tgt, S))
     sD = slot[..., None].expand(-1, -1, -1, D)
     was = torch.gather(valid, 2, slot.clamp(max=S - 1)) & write
-    m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot)), torch.zeros_like(add_m))
+    m_old = torch.where(was, torch.exp(torch.gather(bias, 2, slot).to(acc)), torch.zeros_like(add_m))
     m_tot = m_old + add_m
-    v_old = torch.gather(V, 2, sD).float()
+    v_old = torch.gather(V, 2, sD).to(acc)
     v_mean = (m_old[..., None] * v_old + add_v) / m_tot.clamp_min(1e-30)[..., None]
     V.scatter_(2, sD, v_mean.to(V.dtype))
     K.scatter_(2, sD, k_new)
-    bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)))
+    bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)).to(bias.dtype))
     for t in side:   # side data (bucket codes, search rows) follows the representative key
         src = t[:, :, S:S + n].clone()                                          # (B, H, n, *trailing)
         dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])

@@ -1,0 +1,100 @@
+"""TempCache's merge step (engine/attention/tempcache_merge.py) against plain-Python references, and the
+stored-row search against the general search path, in float64 on the CPU."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from engine.attention import build_mode
+from engine.attention import tempcache_merge as tm
+from engine.attention.tempcache import TempCache
+from engine.cache import NEG_BIAS
+from tests.test_attention_fastar import B, D, F64, H, N, _cache, _step
+
+S = 6 * N
+
+
+def test_rank_orders_by_key_then_minor_then_position() -> None:
+    key = torch.tensor([[[3, 1, 3, 0, 1, 3]]])
+    minor = torch.tensor([[[0.5, 0.2, 0.1, 0.0, 0.2, 0.5]]])
+    order = sorted(range(6), key=lambda i: (int(key[0, 0, i]), float(minor[0, 0, i]), i))
+    expect = torch.empty(6, dtype=torch.long)
+    expect[order] = torch.arange(6)
+    assert torch.equal(tm.rank(key, minor)[0, 0], expect)
+    order = sorted(range(6), key=lambda i: (int(key[0, 0, i]), i))
+    expect[order] = torch.arange(6)
+    assert torch.equal(tm.rank(key)[0, 0], expect)
+
+
+def _fold_reference(K, V, bias, frame_col, S, n, frame, tgt, score, inc, valid):
+    """The merge written as loops: per head, group the scratch tokens by target, sum mass and mass x value,
+    keep the best-scoring (latest on ties) token's key."""
+    K, V, bias, frame_col = K.clone(), V.clone(), bias.clone(), frame_col.clone()
+    for b in range(K.shape[0]):
+        for h in range(K.shape[1]):
+            groups: dict[int, list[int]] = {}
+            for i in range(n):
+                t = int(tgt[b, h, i])
+                if t < S and float(inc[b, h, i]) > 0:
+                    groups.setdefault(t, []).append(i)
+            for t, members in groups.items():
+                m_old = math.exp(float(bias[b, h, t])) if bool(valid[b, h, t]) else 0.0
+                add_m = sum(float(inc[b, h, i]) for i in members)
+                add_v = sum(float(inc[b, h, i]) * V[b, h, S + i] for i in members)
+                rep = max(members, key=lambda i: (float(score[b, h, i]), i))
+                V[b, h, t] = (m_old * V[b, h, t] + add_v) / (m_old + add_m)
+                K[b, h, t] = K[b, h, S + rep]
+                bias[b, h, t] = math.log(m_old + add_m)
+                frame_col[t] = frame
+    return K, V, bias, frame_col
+
+
+def test_fold_equals_the_loop_reference() -> None:
+    g = torch.Generator().manual_seed(4)
+    n = N
+    K = torch.randn(B, H, S + n, D, generator=g, dtype=F64)
+    V = torch.randn(B, H, S + n, D, generator=g, dtype=F64)
+    valid = torch.rand(B, H, S, generator=g) < 0.5
+    bias = torch.where(valid, torch.log(1 + 3 * torch.rand(B, H, S, generator=g, dtype=F64)), NEG_BIAS)
+    bias = torch.cat([bias, torch.zeros(B, H, n, dtype=F64)], -1)
+    frame_col = torch.full((S + n,), -1, dtype=torch.long)
+    # targets: some tokens share a valid group, some share nothing, one is a dump
+    tgt = torch.randint(0, S, (B, H, n), generator=g)
+    tgt[..., 1] = tgt[..., 0]
+    tgt[..., -1] = S
+    score = torch.rand(B, H, n, generator=g, dtype=F64)
+    score[..., 2] = score[..., 3]
+    tgt[..., 3] = tgt[..., 2]                        # a tie in score inside one group: the later token wins
+    inc = torch.ones(B, H, n, dtype=F64)
+    ref = _fold_reference(K, V, bias, frame_col, S, n, 7, tgt, score, inc, valid)
+    tm.fold(K, V, bias, frame_col, [], S, n, 7, tgt, score, inc, valid)
+    # the group slots [0, S) must agree; the scratch [S, S + n) is spent (fold may write its dump there)
+    for got, want in ((K[:, :, :S], ref[0][:, :, :S]), (V[:, :, :S], ref[1][:, :, :S]),
+                      (bias[:, :, :S], ref[2][:, :, :S]), (frame_col[:S], ref[3][:S])):
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("search", ["exact", "ann"])
+def test_stored_row_search_equals_the_general_path(search: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same rollout through commit_rows (stored rows) and through the general path (per-call search
+    vectors): the same caches, since both find the best valid key (in a probed bucket for ann)."""
+    params = {"tempcache": {"threshold": 0.9, "search": search, "capacity_frames": 3}}
+    g = torch.Generator().manual_seed(2)
+    frames = [tuple(torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3)) for _ in range(9)]
+    caches = []
+    for general in (False, True):
+        if general:
+            monkeypatch.setattr(TempCache, "_rows_ok", lambda self: False)
+        mode = build_mode("tempcache", **params)
+        cache = _cache(mode)
+        for f, (q, k, v) in enumerate(frames):
+            k = k + (0.0 if f == 0 else 0.05) * frames[0][1]   # repeated content, so merges happen
+            _step(mode, cache, 0, f, q, k, v)
+        caches.append(cache)
+    a, b = caches
+    torch.testing.assert_close(a.k, b.k, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.v, b.v, rtol=0, atol=1e-12)
+    torch.testing.assert_close(a.bias, b.bias, rtol=0, atol=1e-12)
+    assert torch.equal(a.frame, b.frame)
