@@ -8,6 +8,7 @@ the env reports in info(); the keys it understands are:
     attention_mode            the attention mode in use      (neural model; also read as "attention")
     density, recall           sparse-attention measurements  (neural model, when measured; top level or
                               inside info["mode_stats"])
+    cuda_graphs, kernel       whether the CUDA-graph path runs, the dense kernel last used (neural model)
 
 Anything missing is simply not shown, so the same HUD serves the simulator and the model.
 """
@@ -82,6 +83,9 @@ class Hud:
         if s.attention_modes:
             keys = "  ".join(f"F{i + 1} {m}" for i, m in enumerate(s.attention_modes[:4]))
             out.append((f"attention {s.attention}   ({keys})", white))
+            if "cuda_graphs" in info:   # the model says whether its fast path runs
+                kernel = info.get("kernel", "-")
+                out.append((f"kernel {kernel}   CUDA graphs {'on' if info['cuda_graphs'] else 'off'}", white))
         else:
             out.append(("attention: none (simulator)", white))
         ms = info.get("mode_stats")

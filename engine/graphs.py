@@ -11,8 +11,7 @@ candidate kernels on a new shape, a mode can be switched at run time, recall is 
 over static buffers, and the attention call runs eagerly in between, reading the q/k/v the previous graph
 wrote and leaving its output in a static buffer the next graph reads. Nothing about the mode is captured, so a
 mode switch, a reset or a new prompt never invalidates a graph. Per pass: depth + cross blocks + 1 graph
-launches plus the attention calls (the work that is left for a later whole-pass capture of the fixed-shape
-modes, see docs/MODEL.md).
+launches plus the attention calls (dense at any length, and every mode while its shapes still change).
 
 Whole-pass graphs: where the mode says its calls can be captured (AttentionMode.graph_key: fixed shapes and
 addresses, no sync; TempCache-only fastar and tempcache after their first frame, the window once its ring is
@@ -88,7 +87,7 @@ class GraphedPass:
         self.rope = (torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt),
                      torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt))
         self.o = torch.zeros(batch, H, N, Dh, device=dev, dtype=dt)          # the last attention call's output
-        self.buf: dict[str, Any] = {}       # static tensors passed from one piece to the next (pool memory)
+        self.buf: dict[str, Any] = {}       # what the last piece run or replayed wrote (graph pool memory)
         pool = _pool(capture)
         self.calls: list[tuple[str, int]] = []   # the attention call after each piece but the last
         pieces: list[Callable[[], Buf]] = [self._first]
