@@ -331,7 +331,7 @@ class FastARAttention(AttentionMode):
 # Where AnnSA/AnnCA run by default in the combined modes. Measured on the H100 (docs/results/attention_h100.json,
 # 256 queries/frame, 6 heads, D 64, bf16): AnnSA's varlen path 6.6 / 37.8 / 103 ms per call vs dense FA2
 # 0.26 / 0.52 / 1.41 ms at 100 / 1000 / 3000 frames; it never measured positive. With TempCache bounding the
-# cache to S = capacity_frames x 256 slots, dense attention over S + n keys is a fixed ~0.2 ms, and a bucket
+# cache to S = capacity_frames x 256 slots, dense attention over S + n keys is a fixed ~0.06 ms, and a bucket
 # mask can only add work to it (a 256-query frame spans every bucket, so no key block is skippable). So the
 # combined modes run AnnSA/AnnCA in no layer until a GPU measurement shows a layer where they pay; list the
 # layers in schedule.layers to turn them on (the annsa/annca modes keep "all but the first and last").
