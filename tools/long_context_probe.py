@@ -22,7 +22,6 @@ import math
 import time
 
 import numpy as np
-import torch
 
 from engine.attention import kernels
 from engine.bench_trace import explorer_trace

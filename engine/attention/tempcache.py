@@ -36,6 +36,7 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
 """
 from __future__ import annotations
 
+import importlib.util
 import math
 import sys
 from dataclasses import dataclass
@@ -99,11 +100,7 @@ def _compiled_commit() -> Callable[..., None]:
 
 
 def _has_triton() -> bool:
-    try:
-        import triton  # noqa: F401
-        return True
-    except ImportError:
-        return False
+    return importlib.util.find_spec("triton") is not None
 
 
 def _probe_f32out(dtype: torch.dtype, device: torch.device) -> bool:
