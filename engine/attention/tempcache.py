@@ -65,7 +65,7 @@ class TempCacheConfig:
     engine: str = "torch"         # torch | faiss (top-1 search engine; same neighbours)
     capacity_frames: int = 64     # hard cap: slots per head = capacity_frames * tokens per frame
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
-    compile: str = "auto"         # the merge step compiled (torch.compile) on CUDA: auto (when triton is there) | on | off
+    compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
 
     def __post_init__(self) -> None:
         checks = {
