@@ -34,7 +34,8 @@ NEG_BIAS = -1.0e4  # bias of an emptied slot: exp(-1e4) is 0 in every float form
 
 class KVCache:
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
-                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32, bias_channel: bool = False) -> None:
+                 device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                 bias_channel: bool = False) -> None:
         if min(n_layers, batch, n_heads, head_dim) <= 0 or capacity < 0:
             raise ValueError(f"KVCache: sizes must be positive, got layers={n_layers} batch={batch} "
                              f"heads={n_heads} head_dim={head_dim} capacity={capacity}")
