@@ -283,11 +283,10 @@ class TempCache:
         assert self.hasher is not None
         pc = self.hasher.probe_codes(layer, probe)                                 # (B, H, n, T, P)
         kc = cache.slot_data[CODES][layer, :, :, :S]                               # (B, H, S, T)
-        B, H, n, T, P = pc.shape
+        B, H, n, T, _ = pc.shape
         nb = self.hasher.n_buckets + 1                                             # + the "no bucket" code
-        off = torch.arange(T, device=x.device) * nb
-        qh = torch.zeros(B, H, n, T * nb, device=x.device).scatter_(3, (pc + off[:, None]).reshape(B, H, n, T * P), 1.0)
-        kh = torch.zeros(B, H, S, T * nb, device=x.device).scatter_(3, kc + off, 1.0)
+        qh = tm.onehot(pc, self.hasher.n_buckets, T * nb)                          # (B, H, n, T * nb)
+        kh = tm.onehot(kc[..., None], self.hasher.n_buckets, T * nb)               # (B, H, S, T * nb)
         if self.cfg.group == "layer":
             qh, kh = qh.amax(1), kh.amax(1)                                        # any head shares the bucket
         else:
