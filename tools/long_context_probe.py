@@ -9,6 +9,8 @@ attention entropy from growing with L) should delay the freeze.
 
     python tools/long_context_probe.py --frames 300 --mode dense                  # baseline
     python tools/long_context_probe.py --frames 300 --mode dense --log-scale 16   # logits x log(L)/log(16 x 256)
+    python tools/long_context_probe.py --frames 400 --mode dense --fp32           # float32 on a GPU
+    python tools/long_context_probe.py --frames 400 --mode window --window 128    # how much context holds?
 
 Prints, every `--every` frames: PSNR against the true maze, and the motion (mean absolute difference between
 consecutive frames, 0-255) of the model's frames and of the truth: a frozen rollout has motion near 0 while the
@@ -50,8 +52,17 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--every", type=int, default=25)
     p.add_argument("--out", default=None)
+    p.add_argument("--fp32", action="store_true", help="keep the model in float32 on a GPU (bf16 is the default)")
+    p.add_argument("--window", type=int, default=0, help="with --mode window: the window in frames (1 sink)")
+    p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
     a = p.parse_args()
-    env = NeuralEnv(device=a.device, attention=a.mode, bootstrap=MazeEnv())
+    attention: str | dict = a.mode
+    if a.window:
+        if a.mode != "window":
+            raise SystemExit("--window N needs --mode window")
+        attention = {"name": "window", "sinks": 1, "window": a.window}
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, bootstrap=MazeEnv(),
+                    bf16=False if a.fp32 else None)
     if a.log_scale:
         if a.mode != "dense":
             raise SystemExit("--log-scale is wired for --mode dense (its calls go through kernels.attention)")
