@@ -85,6 +85,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "auto"
     steps: int = 4
+    compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
     frames: int = 3000             # generated frames (env.step calls) per mode
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     mode_params: dict[str, Any] = field(default_factory=dict)   # per-mode overrides of conf/attention/<mode>.yaml
@@ -188,6 +189,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         source: dict[str, Any] = {"model": model}
     else:
         source = {"checkpoint": cfg.checkpoint}
+    if cfg.compile:
+        source["compile"] = True
 
     results: dict[str, dict[str, Any]] = {}
     dense_frames: np.ndarray | None = None

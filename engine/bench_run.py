@@ -169,7 +169,8 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
     info = env.info()
     stats = info.get("mode_stats") or {}
     s["kernel"] = kernel_label(stats, info)
-    s["cuda_graphs"] = {"on": info.get("cuda_graphs"), "whole_pass_replays": info.get("whole_pass_replays")}
+    s["cuda_graphs"] = {"on": info.get("cuda_graphs"), "compiled": info.get("compiled"),
+                        "whole_pass_replays": info.get("whole_pass_replays")}
     del env
     gc.collect()
     if cuda:

@@ -28,6 +28,12 @@ in the order they were captured, and the static outputs a later piece reads stay
 
 On the CPU (or with capture=False) the pieces run eagerly through the same buffers: the tests check there that
 the pieced pass equals `CausalDiT.run` exactly; tests/test_graphs.py checks the captured pass on CUDA.
+
+Compiled pieces (`compile=True`, `engine.compile`): inside a graph the pass is still ~25 kernels a block, most
+of them elementwise (layer norm, modulation, q/k norm and rotary, casts, GELU, gated residuals) and each a few
+microseconds on a 256-token frame. torch.compile (inductor, no cudagraphs of its own) fuses them into a few
+Triton kernels per piece; the pieces are then captured as before. Compiled once per piece and block at the
+first (eager) calls, so the first frames take ~a minute; kernels land in inductor's on-disk cache for the next run.
 """
 from __future__ import annotations
 
@@ -67,6 +73,16 @@ class Graphed:
         return self.out
 
 
+def compile_piece(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """torch.compile for a piece that a CUDA graph will capture: no graph breaks, static shapes, and no
+    cudagraphs of inductor's own (ours capture the result). Pieces of different blocks share code objects and
+    differ in the module they close over, so dynamo keeps one entry per block: the recompile limit is raised
+    to hold a deep model's worth."""
+    import torch._dynamo
+    torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
+    return torch.compile(fn, fullgraph=True, dynamic=False)
+
+
 def _pool(capture: bool) -> Any:
     return torch.cuda.graph_pool_handle() if capture else None
 
@@ -77,8 +93,9 @@ class GraphedPass:
     Call with the same arguments as `dit.run`; x, c and rope are copied into static buffers (one copy each),
     the output v is a static buffer overwritten by the next call (use it before calling again)."""
 
-    def __init__(self, dit: CausalDiT, batch: int, latent_ch: int, latent_size: int, capture: bool) -> None:
-        self.dit, self.capture = dit, capture
+    def __init__(self, dit: CausalDiT, batch: int, latent_ch: int, latent_size: int, capture: bool,
+                 compile: bool = False) -> None:
+        self.dit, self.capture, self.compiled = dit, capture, compile
         dev, dt = dit.out.weight.device, dit.dtype
         D, H, Dh, N = dit.cfg.width, dit.cfg.heads, dit.cfg.head_dim, dit.tokens_per_frame
         rdt = torch.float64 if dt == torch.float64 else torch.float32
@@ -97,6 +114,8 @@ class GraphedPass:
                 pieces.append(self._cross_piece(i))
                 self.calls.append(("cross", i))
             pieces.append(self._after_piece(i))
+        if compile:
+            pieces = [compile_piece(p) for p in pieces]
         self.pieces = [Graphed(p, pool, capture) for p in pieces]
         # whole-pass graphs: key -> (graph, its output), for the mode object held in _mode
         self.whole: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
@@ -226,9 +245,10 @@ class GraphedDecode:
     """model.decode for a fixed latent shape as one graph: static latent in, static uint8 frames out."""
 
     def __init__(self, decode: Callable[[torch.Tensor], torch.Tensor], z_shape: tuple[int, ...],
-                 device: torch.device, capture: bool) -> None:
+                 device: torch.device, capture: bool, compile: bool = False) -> None:
         self.z = torch.zeros(z_shape, device=device)
-        self.g = Graphed(lambda: decode(self.z), _pool(capture), capture)
+        fn = compile_piece(decode) if compile else decode
+        self.g = Graphed(lambda: fn(self.z), _pool(capture), capture)
 
     def __call__(self, z: torch.Tensor) -> torch.Tensor:
         self.z.copy_(z)

@@ -46,10 +46,11 @@ class FrameInputs(NamedTuple):
 class Sampler:
     def __init__(self, model: WorldModel, mode: AttentionMode, steps: int = 4, batch: int = 1,
                  shift: float | None = None, context_sigma: float | None = None,
-                 max_frames: int | None = None, graphs: str = "off") -> None:
+                 max_frames: int | None = None, graphs: str = "off", compile: bool = False) -> None:
         """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates.
         graphs: "cuda" runs each pass as CUDA graphs between eager attention calls (engine/graphs.py);
-        "pieces" runs the same pieces eagerly (any device: the tests' check of the pieced path)."""
+        "pieces" runs the same pieces eagerly (any device: the tests' check of the pieced path).
+        compile: the pieces through torch.compile (graphs "pieces" or "cuda"; engine/graphs.py says why)."""
         if not 1 <= steps <= 4:
             raise ValueError(f"steps must be 1..4, got {steps}")
         if graphs not in GRAPHS:
@@ -70,8 +71,11 @@ class Sampler:
                              self.device, self.dtype)
         if graphs == "cuda" and self.device.type != "cuda":
             raise ValueError(f"graphs='cuda' needs a CUDA device; the model is on {self.device}")
-        self.graphs = graphs
-        self.run = dit.run if graphs == "off" else GraphedPass(dit, batch, self.C, self.size, capture=graphs == "cuda")
+        if compile and graphs == "off":
+            raise ValueError("compile=True compiles the graph pieces: it needs graphs='pieces' or 'cuda'")
+        self.graphs, self.compiled = graphs, compile
+        self.run = dit.run if graphs == "off" else GraphedPass(dit, batch, self.C, self.size,
+                                                                capture=graphs == "cuda", compile=compile)
         self.gen = torch.Generator(device=self.device)
         self.frame = 0
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None

@@ -62,12 +62,14 @@ class NeuralEnv:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
-                 cuda_graphs: bool | None = None) -> None:
+                 cuda_graphs: bool | None = None, compile: bool = False) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
         cuda_graphs: run each DiT pass and the decoder as CUDA graphs (engine/graphs.py; None: on CUDA only;
-        True on a CPU is an error). info()["cuda_graphs"] says whether they run."""
+        True on a CPU is an error). info()["cuda_graphs"] says whether they run.
+        compile: fuse each graph piece and the decoder with torch.compile (needs cuda_graphs; the first frames
+        compile for about a minute). info()["compiled"] says whether it is on."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -96,10 +98,13 @@ class NeuralEnv:
         graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=true needs a CUDA device, got device {self.device}")
+        if compile and not graphs:
+            raise ValueError("compile=true fuses the CUDA-graph pieces: it needs cuda_graphs (a CUDA device)")
         self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames,
-                               graphs="cuda" if graphs else "off")
+                               graphs="cuda" if graphs else "off", compile=compile)
         lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
-        self._decode = GraphedDecode(model.decode, lat, self.device, capture=True) if graphs else model.decode
+        self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
+                        else model.decode)
         self.mode_name = name
         self.prompt = ""
         self._last_ms = 0.0
@@ -144,7 +149,7 @@ class NeuralEnv:
         return {"frame": self.sampler.frame - 1, "cache_tokens": cache.tokens(),
                 "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
                 "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
-                "cuda_graphs": self.sampler.graphs == "cuda",
+                "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 

@@ -19,9 +19,9 @@ SMALL = {"dense": {}, "window": {"sinks": 1, "window": 3}, "tempcache": {"tempca
 
 
 def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None,
-          out_sampler: list | None = None) -> list[torch.Tensor]:
+          out_sampler: list | None = None, compile: bool = False) -> list[torch.Tensor]:
     dev = m.latent_std.device
-    s = Sampler(m, build_mode(mode, **SMALL[mode]), steps=3, graphs=graphs)
+    s = Sampler(m, build_mode(mode, **SMALL[mode]), steps=3, graphs=graphs, compile=compile)
     if out_sampler is not None:
         out_sampler.append(s)
     s.reset(seed=3, prompt="night stone")
@@ -59,6 +59,26 @@ def test_graph_options_are_checked() -> None:
         with pytest.raises(ValueError, match="cuda_graphs=true needs a CUDA device"):
             NeuralEnv(model=m, device="cpu", cuda_graphs=True)
         assert NeuralEnv(model=m, device="cpu").info()["cuda_graphs"] is False
+        with pytest.raises(ValueError, match="compile=true fuses the CUDA-graph pieces"):
+            NeuralEnv(model=m, device="cpu", compile=True)
+    with pytest.raises(ValueError, match="compile=True compiles the graph pieces"):
+        Sampler(m, build_mode("dense"), graphs="off", compile=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="compiled pieces are checked on the GPU")
+@pytest.mark.parametrize("mode", ["window", "fastar"])
+def test_compiled_pieces_equal_eager(mode: str) -> None:
+    """torch.compile'd pieces (fused kernels, other rounding order) inside CUDA graphs give the eager frames to
+    float32 rounding, reach whole-pass replays, and stay bit-for-bit repeatable."""
+    m = random_model(torch.float32).cuda()
+    samplers: list[Sampler] = []
+    ref = _roll(m, mode, "off", frames=16)
+    got = _roll(m, mode, "cuda", frames=16, out_sampler=samplers, compile=True)
+    diffs = [float((a - b).abs().max()) for a, b in zip(ref, got)]
+    assert max(diffs) < 1e-3, f"max |compiled - eager| per frame: {diffs}"
+    assert samplers[0].run.captured and samplers[0].run.whole_replays > 0
+    again = _roll(m, mode, "cuda", frames=16, compile=True)
+    assert all(torch.equal(a, b) for a, b in zip(got, again))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

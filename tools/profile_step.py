@@ -81,6 +81,7 @@ def main() -> None:
     p.add_argument("--count-ops", action="store_true", help="CPU launch proxy on the base preset, then exit")
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
                    help="CUDA graphs for the DiT pieces and the decoder (auto: on CUDA)")
+    p.add_argument("--compile", action="store_true", help="graph pieces and decoder through torch.compile")
     p.add_argument("--no-profile", action="store_true", help="timings only, skip the profiler tables")
     a = p.parse_args()
     if a.count_ops:
@@ -92,7 +93,8 @@ def main() -> None:
         return
     sim = MazeEnv()
     graphs = None if a.graphs == "auto" else a.graphs == "on"
-    env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs)
+    env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs,
+                    compile=a.compile)
     dev = env.device
     sim.reset(a.seed, "brick day")
     env.reset(a.seed, "brick day")
@@ -113,7 +115,7 @@ def main() -> None:
     commit_ms = _ms(lambda: s.commit(z, act), dev, 10)
     decode_ms = _ms(lambda: env._decode(z), dev, 10)
     print(f"device {dev} attention {a.attention} steps {a.steps} cache frames ~{s.frame} "
-          f"cuda_graphs {env.info()['cuda_graphs']} kernel {kernels.kernel_name()}")
+          f"cuda_graphs {env.info()['cuda_graphs']} compiled {a.compile} kernel {kernels.kernel_name()}")
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
           f"commit pass {commit_ms:.2f} | decode {decode_ms:.2f}")
     if a.no_profile:
