@@ -307,6 +307,7 @@ class FastARAttention(AttentionMode):
                                "sparse_kernel_errors": sparse_kernels.errors()}
         if self.tc is not None:
             out["merge"] = self.tc.merge_path   # TempCache's merge step: compiled, eager, or why not compiled
+            out["top1"] = self.tc.top1_path     # its search: triton (fused kernel) or matmul (bmm + argmax)
         for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
             out[key] = self.meter.mean(key)
         c = self._cache

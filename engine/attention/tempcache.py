@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
-from engine.attention import ann
+from engine.attention import ann, triton_top1
 from engine.attention import tempcache_merge as tm
 from engine.attention.lsh import Hasher
 from engine.attention.quant import quantize_8bit
@@ -66,6 +66,7 @@ class TempCacheConfig:
     capacity_frames: int = 64     # hard cap: slots per head = capacity_frames * tokens per frame
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
     compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
+    top1: str = "auto"            # stored-row search: auto (triton_top1 on CUDA with triton) | triton | matmul
 
     def __post_init__(self) -> None:
         checks = {
@@ -78,13 +79,15 @@ class TempCacheConfig:
             "capacity_frames": self.capacity_frames >= 1,
             "compact_every": self.compact_every >= 1,
             "compile": self.compile in ("auto", "on", "off"),
+            "top1": self.top1 in ("auto", "triton", "matmul"),
         }
         for field, ok in checks.items():
             if not ok:
                 raise ValueError(f"tempcache.{field}: invalid value {getattr(self, field)!r} "
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
-                                 f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off)")
+                                 f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off; "
+                                 f"top1 auto|triton|matmul)")
 
 
 _COMPILED: Callable[..., None] | None = None
@@ -123,6 +126,8 @@ class TempCache:
         self._fn: Callable[..., None] | None = None   # tempcache_merge.commit_rows, compiled or not
         self.merge_path = "none yet"                   # what ran: "compiled", "eager", "eager (compile failed: ...)"
         self._f32out: bool | None = None
+        self._fused = False
+        self.top1_path = "none yet"                    # the stored-row search: "triton" (fused) or "matmul"
 
     def reset(self) -> None:
         pass
@@ -216,9 +221,10 @@ class TempCache:
             frame = torch.tensor(frame, dtype=torch.long, device=K.device)
         if self._f32out is None:
             self._f32out = _probe_f32out(rows.dtype, K.device)
+            self._fused = self._want_fused(rows.dtype, K.device)
         args = (K, cache.v[layer], cache.bias[layer], cache.frame[layer], [t[layer] for t in cache.slot_data.values()],
                 rows[layer], codes_new, probes, frame, q if by_query else None, S, n, self.cfg.threshold,
-                self.hasher.n_buckets if self.hasher is not None else 0, self._f32out)
+                self.hasher.n_buckets if self.hasher is not None else 0, self._f32out, self._fused)
         fn = self._merge_fn(K.device)
         if fn is not tm.commit_rows:
             try:
@@ -229,6 +235,15 @@ class TempCache:
                 print(f"tempcache: {self.merge_path}", file=sys.stderr)
                 self._fn = tm.commit_rows
         tm.commit_rows(*args)
+
+    def _want_fused(self, dtype: torch.dtype, device: torch.device) -> bool:
+        """Whether the top-1 search runs as triton_top1 (one fused kernel) instead of bmm + argmax."""
+        ok = triton_top1.available(device) and dtype in (torch.bfloat16, torch.float16)
+        if self.cfg.top1 == "triton" and not ok:
+            raise ValueError(f"tempcache.top1=triton needs CUDA, triton and a bf16/fp16 cache; here: {device}, "
+                             f"{dtype}, triton {'found' if triton_top1.available(torch.device('cuda')) else 'missing'}")
+        self.top1_path = "triton" if self.cfg.top1 != "matmul" and ok else "matmul"
+        return self.top1_path == "triton"
 
     def _merge_fn(self, device: torch.device) -> Callable[..., None]:
         if self._fn is None:

@@ -13,6 +13,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from engine.attention import triton_top1
+
 ROW_W, ROW_V = 3.0, 2.0   # search-row channel weights: bucket match (> the cosine range 2), valid slot (> |cos|)
 
 
@@ -122,10 +124,11 @@ def scores(x: torch.Tensor, y: torch.Tensor, f32out: bool) -> torch.Tensor:
 def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
                 side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
                 probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
-                threshold: float, n_buckets: int, f32out: bool) -> None:
+                threshold: float, n_buckets: int, f32out: bool, fused: bool = False) -> None:
     """One whole commit with the stored-row search (TempCache._commit_rows). rows (B, H, cap, R) is also in
     `side`; codes_new (B, H, n, T) the scratch keys' bucket codes and probes (B, H, n, T, P) the probed
-    buckets (None: exact search); q (B, H, n, D) the queries for match_by="query" (None: by key)."""
+    buckets (None: exact search); q (B, H, n, D) the queries for match_by="query" (None: by key). fused: the
+    search as triton_top1 (no score matrix) instead of bmm + argmax."""
     B, H, _, D = K.shape
     R = rows.shape[-1]
     valid = bias[:, :, :S] > -5.0e3                                             # NEG_BIAS / 2
@@ -141,7 +144,8 @@ def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col:
     zeros = torch.zeros(B, H, n, pad, device=K.device)
     rows[:, :, S:S + n] = torch.cat(parts_y + [zeros, ones], -1).to(rows.dtype)  # the scratch tokens' rows
     x = torch.cat(parts_x + [zeros, ROW_V * ones], -1).reshape(B * H, n, R).to(rows.dtype)
-    idx = scores(x, rows[:, :, :S].reshape(B * H, S, R), f32out).argmax(dim=-1)             # (G, n)
+    y = rows[:, :, :S].reshape(B * H, S, R)                                     # a view: no copy
+    idx = triton_top1.top1(x, y) if fused else scores(x, y, f32out).argmax(dim=-1)             # (G, n)
     found = torch.gather(K[:, :, :S].reshape(B * H, S, D), 1, idx[..., None].expand(-1, -1, D))
     sim = (ku.reshape(B * H, n, D) * F.normalize(found.float(), dim=-1)).sum(-1)
     ok = torch.gather(valid.reshape(B * H, S), 1, idx)

@@ -1,0 +1,67 @@
+"""TempCache's top-1 search as one Triton kernel: scores and their row-wise argmax without the score matrix.
+
+Why: the stored-row search (tempcache_merge.commit_rows) is `argmax(x @ y^T)` with x (G, n, R) the new frame's
+search rows and y (G, S, R) the cache's: at the default capacity (S = 64 frames x 256 tokens, G = 6 heads, n =
+256) the float32 score matrix is 100 MB a layer, written by cuBLAS and read back by the argmax, every frame and
+every layer. This kernel keeps a running (max, index) per query while it walks the keys in blocks, like a flash
+attention forward pass with max in place of the softmax sum, so nothing but the indices leaves the chip.
+
+Ties go to the lowest key index, as torch.argmax's; scores are float32 accumulations of bf16/fp16 products
+(the same inputs as the bmm path, whose out_dtype=float32 result it replaces). The order of the accumulation
+differs from cuBLAS's, so two near-equal candidates may rank the other way round than in the bmm path; the
+kernel is deterministic (no atomics, a fixed walk). CUDA with triton only; `available()` says whether it can run.
+"""
+from __future__ import annotations
+
+import importlib.util
+
+import torch
+
+_triton_ok = importlib.util.find_spec("triton") is not None
+if _triton_ok:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _top1_kernel(X, Y, OUT, n, S, R, sxg, sxn, syg, sys,  # type: ignore[no-untyped-def]
+                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
+        pid, g = tl.program_id(0), tl.program_id(1)
+        offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        offs_r = tl.arange(0, BLOCK_R)
+        x = tl.load(X + g * sxg + offs_n[:, None] * sxn + offs_r[None, :],
+                    mask=(offs_n[:, None] < n) & (offs_r[None, :] < R), other=0.0)
+        best = tl.full([BLOCK_N], float("-inf"), tl.float32)
+        arg = tl.zeros([BLOCK_N], tl.int32)
+        for s0 in range(0, S, BLOCK_S):
+            offs_s = s0 + tl.arange(0, BLOCK_S)
+            y = tl.load(Y + g * syg + offs_s[:, None] * sys + offs_r[None, :],
+                        mask=(offs_s[:, None] < S) & (offs_r[None, :] < R), other=0.0)
+            sc = tl.dot(x, tl.trans(y))                                        # (BLOCK_N, BLOCK_S) float32
+            sc = tl.where(offs_s[None, :] < S, sc, float("-inf"))
+            m = tl.max(sc, 1)
+            # first index of the block maximum: the smallest offset where sc == m
+            cand = tl.where(sc == m[:, None], offs_s[None, :], S)
+            am = tl.min(cand, 1)
+            upd = m > best                                                     # strict: earlier blocks win ties
+            best = tl.where(upd, m, best)
+            arg = tl.where(upd, am, arg)
+        tl.store(OUT + g * n + offs_n, arg.to(tl.int64), mask=offs_n < n)
+
+
+def available(device: torch.device) -> bool:
+    return _triton_ok and device.type == "cuda"
+
+
+def top1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """x (G, n, R), y (G, S, R), both bf16/fp16 on CUDA with unit last stride -> argmax_s <x[g, i], y[g, s]>
+    as (G, n) int64."""
+    G, n, R = x.shape
+    S = y.shape[1]
+    if x.stride(-1) != 1 or y.stride(-1) != 1:
+        raise ValueError("triton_top1.top1: x and y need a unit stride in their last dimension")
+    out = torch.empty(G, n, dtype=torch.int64, device=x.device)
+    block_r = max(16, triton.next_power_of_2(R))
+    grid = (triton.cdiv(n, 64), G)
+    _top1_kernel[grid](x, y, out, n, S, R, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
+                       BLOCK_N=64, BLOCK_S=128, BLOCK_R=block_r)
+    return out
