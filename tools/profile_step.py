@@ -14,13 +14,14 @@ proxy that can be checked without a GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import time
 
 import numpy as np
 import torch
 
 from engine.attention import kernels
-from engine.world_model import NeuralEnv
+from engine.world_model import NeuralEnv, _default_params
 from worlds.maze.env import MazeEnv
 from worlds.maze.explorer import Explorer
 
@@ -71,6 +72,13 @@ def count_ops(frames: int = 5, context: int = 8, steps: int = 4, attention: str 
     return len(top) / frames, len(work) / frames, casts / frames, best
 
 
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--attention", default="dense")
@@ -82,6 +90,8 @@ def main() -> None:
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
                    help="CUDA graphs for the DiT pieces and the decoder (auto: on CUDA)")
     p.add_argument("--compile", action="store_true", help="graph pieces and decoder through torch.compile")
+    p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
+                   '\'{"tempcache": {"top1": "matmul"}}\'')
     p.add_argument("--no-profile", action="store_true", help="timings only, skip the profiler tables")
     a = p.parse_args()
     if a.count_ops:
@@ -93,7 +103,8 @@ def main() -> None:
         return
     sim = MazeEnv()
     graphs = None if a.graphs == "auto" else a.graphs == "on"
-    env = NeuralEnv(device=a.device, attention=a.attention, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs,
+    params = _merge(_default_params(a.attention), json.loads(a.params))
+    env = NeuralEnv(device=a.device, attention={"name": a.attention, **params}, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs,
                     compile=a.compile)
     dev = env.device
     sim.reset(a.seed, "brick day")
@@ -115,7 +126,8 @@ def main() -> None:
     commit_ms = _ms(lambda: s.commit(z, act), dev, 10)
     decode_ms = _ms(lambda: env._decode(z), dev, 10)
     print(f"device {dev} attention {a.attention} steps {a.steps} cache frames ~{s.frame} "
-          f"cuda_graphs {env.info()['cuda_graphs']} compiled {a.compile} kernel {kernels.kernel_name()}")
+          f"cuda_graphs {env.info()['cuda_graphs']} compiled {a.compile} kernel {kernels.kernel_name()}"
+          + "".join(f" {k} {v}" for k, v in env.info()["mode_stats"].items() if k in ("merge", "top1")))
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
           f"commit pass {commit_ms:.2f} | decode {decode_ms:.2f}")
     if a.no_profile:
