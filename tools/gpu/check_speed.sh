@@ -4,7 +4,7 @@
 set -u
 source tools/gpu/setup.sh
 python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_tempcache_merge.py 2>&1 | tail -3
-for m in window fastar dense; do
+for m in window fastar; do
   for c in "" "--compile"; do
     python3 tools/profile_step.py --attention $m --frames 200 --no-profile $c 2>&1 | grep -E "^(device|step)|Error"
   done
