@@ -95,10 +95,14 @@ def test_cuda_graphs_equal_eager(mode: str) -> None:
     run = samplers[0].run
     assert run.captured
     assert (run.whole_replays > 0) == (mode != "dense")
+    # Across a mode switch, in float64: TempCache's merge decisions are discrete (threshold, forced merges by
+    # rank), so float32 rounding differences between captured and eager cuBLAS algorithms can flip a near-tie
+    # and move later frames by ~1e-3 (seen on the H100); in float64 no decision is that close.
+    m64 = random_model(torch.float64).cuda()
     other = "dense" if mode != "dense" else "fastar"
-    ref, got = _roll(m, mode, "off", frames=16, switch_to=other), _roll(m, mode, "cuda", frames=16, switch_to=other)
+    ref, got = _roll(m64, mode, "off", frames=16, switch_to=other), _roll(m64, mode, "cuda", frames=16, switch_to=other)
     diffs = [float((a - b).abs().max()) for a, b in zip(ref, got)]
-    assert max(diffs) < 1e-4, f"max |graphs - eager| per frame: {diffs}"
+    assert max(diffs) < 1e-8, f"max |graphs - eager| per frame: {diffs}"
     env = NeuralEnv(model=random_model(torch.float32), device="cuda", attention=mode)
     assert env.info()["cuda_graphs"] is True
     assert env.sampler.run.captured is False
