@@ -181,8 +181,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     global _last_kernel
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
-    if q.device.type != "cuda":
-        _last_kernel = "sdpa_math_cpu"
+    if q.device.type != "cuda" or q.dtype == torch.float64:   # float64: the reference path (tests), any device
+        _last_kernel = "sdpa_math_cpu" if q.device.type != "cuda" else "sdpa_math_float64"
         mask = None if bias is None else bias[:, :, None, :].to(q.dtype)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     biased = bias is not None
