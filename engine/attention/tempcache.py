@@ -90,15 +90,16 @@ class TempCacheConfig:
                                  f"top1 auto|triton|matmul)")
 
 
-_COMPILED: Callable[..., None] | None = None
+_COMPILED: Callable[..., tuple[tm.Plan, torch.Tensor]] | None = None
 
 
-def _compiled_commit() -> Callable[..., None]:
-    """One compiled commit_rows per process: every TempCache (a mode switched in again, the next benchmark
-    mode) reuses it instead of compiling again (~tens of seconds)."""
+def _compiled_plan() -> Callable[..., tuple[tm.Plan, torch.Tensor]]:
+    """One compiled tempcache_merge.plan_rows per process: every TempCache (a mode switched in again, the next
+    benchmark mode) reuses it instead of compiling again (~tens of seconds). Only the pure planning part is
+    compiled; the in-place writes stay eager (compiling them gave wrong merges: tempcache_merge.fold_plan)."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(tm.commit_rows, dynamic=False)
+        _COMPILED = torch.compile(tm.plan_rows, dynamic=False)
     return _COMPILED
 
 
@@ -123,7 +124,7 @@ class TempCache:
 
     def __init__(self, cfg: TempCacheConfig, hasher: Hasher | None, backend: str) -> None:
         self.cfg, self.hasher, self.backend = cfg, hasher, backend
-        self._fn: Callable[..., None] | None = None   # tempcache_merge.commit_rows, compiled or not
+        self._fn: Callable[..., tuple[tm.Plan, torch.Tensor]] | None = None   # tm.plan_rows, compiled or not
         self.merge_path = "none yet"                   # what ran: "compiled", "eager", "eager (compile failed: ...)"
         self._f32out: bool | None = None
         self._fused = False
@@ -226,14 +227,15 @@ class TempCache:
                 rows[layer], codes_new, probes, frame, q if by_query else None, S, n, self.cfg.threshold,
                 self.hasher.n_buckets if self.hasher is not None else 0, self._f32out, self._fused)
         fn = self._merge_fn(K.device)
-        if fn is not tm.commit_rows:
+        if fn is not tm.plan_rows:
             try:
-                fn(*args)
+                tm.commit_rows(*args, plan_fn=fn)
                 return
             except Exception as e:   # said, not silent: stats()["merge"] and one line on stderr
+                # (nothing was written: the plan is pure and the eager write comes after it)
                 self.merge_path = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 print(f"tempcache: {self.merge_path}", file=sys.stderr)
-                self._fn = tm.commit_rows
+                self._fn = tm.plan_rows
         tm.commit_rows(*args)
 
     def _want_fused(self, dtype: torch.dtype, device: torch.device) -> bool:
@@ -245,14 +247,14 @@ class TempCache:
         self.top1_path = "triton" if self.cfg.top1 != "matmul" and ok else "matmul"
         return self.top1_path == "triton"
 
-    def _merge_fn(self, device: torch.device) -> Callable[..., None]:
+    def _merge_fn(self, device: torch.device) -> Callable[..., tuple[tm.Plan, torch.Tensor]]:
         if self._fn is None:
             want = self.cfg.compile == "on" or (self.cfg.compile == "auto" and device.type == "cuda" and _has_triton())
             if want:
-                self._fn = _compiled_commit()
+                self._fn = _compiled_plan()
                 self.merge_path = "compiled"
             else:
-                self._fn = tm.commit_rows
+                self._fn = tm.plan_rows
                 self.merge_path = "eager"
         return self._fn
 

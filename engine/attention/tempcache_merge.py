@@ -9,6 +9,7 @@ representative key. Slots [0, S) are group slots, [S, S + n) the scratch frame b
 from __future__ import annotations
 
 import math
+from typing import Callable, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -61,10 +62,21 @@ def targets(merge: torch.Tensor, new: torch.Tensor, idx: torch.Tensor, valid: to
     return torch.where(merge, idx, torch.where(new, torch.gather(free_list, 2, new_rank), S))
 
 
-def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
-         side: list[torch.Tensor], S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
-         score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor) -> None:
-    """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored), in place.
+class Plan(NamedTuple):
+    """What one commit writes, per head: slot (B, H, n) the target of each scratch token (S, the first scratch
+    slot, for tokens that write nothing of their own: its content is spent), and for the writers the new key
+    (B, H, n, D), the group's new mean value (B, H, n, D) and its new bias log(m) (B, H, n)."""
+    slot: torch.Tensor
+    k: torch.Tensor
+    v: torch.Tensor
+    bias: torch.Tensor
+
+
+def fold_plan(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, S: int, n: int, tgt: torch.Tensor,
+              score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor) -> Plan:
+    """Fold the scratch tokens into their target slots tgt (B, H, n) in [0, S] (S = dump, ignored): what to
+    write, without writing (a pure function: torch.compile mis-handled the in-place version, whose inputs
+    alias one another, and gave wrong merges on CUDA; `write` applies the plan eagerly).
 
     Sparse and deterministic: only the <= n target slots are read and written (never a pass over all S
     slots), and no float atomics (scatter_add sums in whatever order threads arrive, so two runs of the
@@ -76,7 +88,7 @@ def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.
     content is spent (the pass that wrote it has attended already; the next pass rewrites it)."""
     B, H, _, D = K.shape
     acc = torch.promote_types(V.dtype, torch.float32)                          # float32, or float64 for tests
-    k_new, v_new = K[:, :, S:S + n].clone(), V[:, :, S:S + n].to(acc)          # slot S is also written
+    k_new, v_new = K[:, :, S:S + n], V[:, :, S:S + n].to(acc)
     pos = torch.arange(n, device=K.device)
     same = tgt[..., :, None] == tgt[..., None, :]                               # (B, H, n, n)
     sj, si = score[..., None, :], score[..., :, None]
@@ -93,16 +105,34 @@ def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.
     m_tot = m_old + add_m
     v_old = torch.gather(V, 2, sD).to(acc)
     v_mean = (m_old[..., None] * v_old + add_v) / m_tot.clamp_min(1e-30)[..., None]
-    V.scatter_(2, sD, v_mean.to(V.dtype))
-    K.scatter_(2, sD, k_new)
-    bias.scatter_(2, slot, torch.log(m_tot.clamp_min(1e-30)).to(bias.dtype))
-    for t in side:   # side data (bucket codes, search rows) follows the representative key
-        src = t[:, :, S:S + n].clone()                                          # (B, H, n, *trailing)
+    return Plan(slot, k_new.clone(), v_mean.to(V.dtype), torch.log(m_tot.clamp_min(1e-30)).to(bias.dtype))
+
+
+def write(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
+          side: list[torch.Tensor], S: int, n: int, frame: int | torch.Tensor, plan: Plan) -> None:
+    """Apply a fold plan in place: K, V, bias at the planned slots; side data (bucket codes, search rows)
+    follows the representative key from its scratch slot; frame_col gets the frame index. Eager on purpose
+    (a handful of scatters; see fold_plan). The scratch side data is read before anything is written."""
+    B, H, _, D = K.shape
+    slot = plan.slot
+    srcs = [t[:, :, S:S + n].clone() for t in side]                             # (B, H, n, *trailing)
+    sD = slot[..., None].expand(-1, -1, -1, D)
+    V.scatter_(2, sD, plan.v)
+    K.scatter_(2, sD, plan.k)
+    bias.scatter_(2, slot, plan.bias)
+    for t, src in zip(side, srcs):
         dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
         t.scatter_(2, dst, src)
     fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
         torch.full((B * H * n,), frame, dtype=torch.long, device=K.device)
     frame_col.scatter_(0, slot.reshape(-1), fr)
+
+
+def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
+         side: list[torch.Tensor], S: int, n: int, frame: int | torch.Tensor, tgt: torch.Tensor,
+         score: torch.Tensor, inc: torch.Tensor, valid: torch.Tensor) -> None:
+    """fold_plan, then write: the whole fold in place (the general path and the tests)."""
+    write(K, V, bias, frame_col, side, S, n, frame, fold_plan(K, V, bias, S, n, tgt, score, inc, valid))
 
 
 def onehot(codes: torch.Tensor, n_buckets: int, width: int) -> torch.Tensor:
@@ -121,14 +151,14 @@ def scores(x: torch.Tensor, y: torch.Tensor, f32out: bool) -> torch.Tensor:
     return torch.bmm(x.float(), y.float().transpose(1, 2))
 
 
-def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
-                side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
-                probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
-                threshold: float, n_buckets: int, f32out: bool, fused: bool = False) -> None:
-    """One whole commit with the stored-row search (TempCache._commit_rows). rows (B, H, cap, R) is also in
-    `side`; codes_new (B, H, n, T) the scratch keys' bucket codes and probes (B, H, n, T, P) the probed
-    buckets (None: exact search); q (B, H, n, D) the queries for match_by="query" (None: by key). fused: the
-    search as triton_top1 (no score matrix) instead of bmm + argmax."""
+def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
+              codes_new: torch.Tensor | None, probes: torch.Tensor | None, q: torch.Tensor | None, S: int, n: int,
+              threshold: float, n_buckets: int, f32out: bool, fused: bool = False) -> tuple[Plan, torch.Tensor]:
+    """The whole commit with the stored-row search, as a pure function (what TempCache compiles once on CUDA):
+    returns the fold plan and the scratch tokens' search rows (B, H, n, R), which `commit_rows` writes.
+    rows (B, H, cap, R): the stored rows; codes_new (B, H, n, T) the scratch keys' bucket codes and probes
+    (B, H, n, T, P) the probed buckets (None: exact search); q (B, H, n, D) the queries for match_by="query"
+    (None: by key). fused: the search as triton_top1 (no score matrix) instead of bmm + argmax."""
     B, H, _, D = K.shape
     R = rows.shape[-1]
     valid = bias[:, :, :S] > -5.0e3                                             # NEG_BIAS / 2
@@ -142,7 +172,7 @@ def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col:
     pad = R - D - 1 - sum(p.shape[-1] for p in parts_y[1:])
     ones = torch.ones(B, H, n, 1, device=K.device)
     zeros = torch.zeros(B, H, n, pad, device=K.device)
-    rows[:, :, S:S + n] = torch.cat(parts_y + [zeros, ones], -1).to(rows.dtype)  # the scratch tokens' rows
+    y_new = torch.cat(parts_y + [zeros, ones], -1).to(rows.dtype)               # the scratch tokens' rows
     x = torch.cat(parts_x + [zeros, ROW_V * ones], -1).reshape(B * H, n, R).to(rows.dtype)
     y = rows[:, :, :S].reshape(B * H, S, R)                                     # a view: no copy
     idx = triton_top1.top1(x, y) if fused else scores(x, y, f32out).argmax(dim=-1)             # (G, n)
@@ -156,4 +186,17 @@ def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col:
     new = ~merge
     tgt = targets(merge, new, idx, valid, S)
     score = torch.where(merge, sim, torch.full_like(sim, 3.0e38))               # a new token is alone: best
-    fold(K, V, bias, frame_col, side, S, n, frame, tgt, score, torch.ones(B, H, n, device=K.device), valid)
+    plan = fold_plan(K, V, bias, S, n, tgt, score, torch.ones(B, H, n, device=K.device), valid)
+    return plan, y_new
+
+
+def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
+                side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
+                probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
+                threshold: float, n_buckets: int, f32out: bool, fused: bool = False,
+                plan_fn: Callable[..., tuple[Plan, torch.Tensor]] = plan_rows) -> None:
+    """One whole commit with the stored-row search (TempCache._commit_rows): plan_fn (plan_rows, or its
+    compiled version), then the eager write. rows (B, H, cap, R) is also in `side`."""
+    plan, y_new = plan_fn(K, V, bias, rows, codes_new, probes, q, S, n, threshold, n_buckets, f32out, fused)
+    rows[:, :, S:S + n] = y_new
+    write(K, V, bias, frame_col, side, S, n, frame, plan)
