@@ -54,6 +54,7 @@ class EvalConfig:
     fps_frames: int = 100
     fps_warmup: int = 80              # frames stepped before timing (graph captures, window ring filled)
     fps_modes: tuple[str, ...] = ("dense", "window", "fastar")   # GPU speed per mode (dense is the headline)
+    fps_compiled: bool = True         # on CUDA also time an env with engine.compile (fps_gpu_by_mode_compiled)
     cpu_fps_frames: int = 5
     quick: bool = False               # CPU-sized: 2 episodes, short rollouts, 200-frame stability
     commit: str | None = None         # reported as given (a GPU machine's copy of the tree may carry a stale .git)
@@ -199,6 +200,12 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
         res["fps_gpu_short_context"] = by_mode.get("dense")
         res["fps_gpu_by_mode"] = by_mode
         res["cuda_graphs"] = env.info()["cuda_graphs"]
+        if cfg.fps_compiled:   # the same rows with the graph pieces compiled (engine.compile; off in play)
+            c_env = NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, steps=cfg.steps, compile=True)
+            res["fps_gpu_by_mode_compiled"] = {}
+            for m in cfg.fps_modes:
+                c_env.set_attention(m)
+                res["fps_gpu_by_mode_compiled"][m] = round(fps(c_env, cfg.fps_frames, cfg.fps_warmup), 2)
     else:
         res["fps_gpu_short_context"] = None
     cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", steps=cfg.steps)

@@ -46,6 +46,14 @@ def _mode_spec(attention: str | dict[str, Any] | None) -> tuple[str, dict[str, A
     return name, dict(node.pop("params", None) or {}, **node)
 
 
+def merge_params(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    """Mode parameters `over` laid over `base`, nested dicts merged key by key (tools' --params overrides)."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = merge_params(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
 def _default_params(name: str) -> dict[str, Any]:
     """A mode switched to by name alone (F-keys) takes its parameters from conf/attention/<name>.yaml."""
     path = CONF_ATTENTION / f"{name}.yaml"

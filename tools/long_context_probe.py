@@ -28,7 +28,7 @@ import numpy as np
 from engine.attention import kernels
 from engine.bench_trace import explorer_trace
 from engine.metrics import psnr
-from engine.world_model import NeuralEnv
+from engine.world_model import NeuralEnv, _default_params, merge_params
 from worlds.maze.env import MazeEnv
 
 
@@ -55,8 +55,10 @@ def main() -> None:
     p.add_argument("--fp32", action="store_true", help="keep the model in float32 on a GPU (bf16 is the default)")
     p.add_argument("--window", type=int, default=0, help="with --mode window: the window in frames (1 sink)")
     p.add_argument("--checkpoint", default=None, help="checkpoint folder (default: the bundled one)")
+    p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
+                   '\'{"tempcache": {"capacity_frames": 16}}\'')
     a = p.parse_args()
-    attention: str | dict = a.mode
+    attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), json.loads(a.params))}
     if a.window:
         if a.mode != "window":
             raise SystemExit("--window N needs --mode window")

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from engine.attention import kernels
-from engine.world_model import NeuralEnv, _default_params
+from engine.world_model import NeuralEnv, _default_params, merge_params
 from worlds.maze.env import MazeEnv
 from worlds.maze.explorer import Explorer
 
@@ -72,13 +72,6 @@ def count_ops(frames: int = 5, context: int = 8, steps: int = 4, attention: str 
     return len(top) / frames, len(work) / frames, casts / frames, best
 
 
-def _merge(base: dict, over: dict) -> dict:
-    out = dict(base)
-    for k, v in over.items():
-        out[k] = _merge(out.get(k) or {}, v) if isinstance(v, dict) else v
-    return out
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--attention", default="dense")
@@ -103,7 +96,7 @@ def main() -> None:
         return
     sim = MazeEnv()
     graphs = None if a.graphs == "auto" else a.graphs == "on"
-    params = _merge(_default_params(a.attention), json.loads(a.params))
+    params = merge_params(_default_params(a.attention), json.loads(a.params))
     env = NeuralEnv(device=a.device, attention={"name": a.attention, **params}, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs,
                     compile=a.compile)
     dev = env.device
