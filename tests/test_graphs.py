@@ -155,8 +155,10 @@ def test_cuda_rollouts_are_deterministic(mode: str, graphs: str) -> None:
         assert torch.equal(x, y)
 
 
-@pytest.mark.parametrize("device,dtype", [("cpu", torch.float64), ("cuda", torch.float64), ("cuda", torch.float32)])
-def test_compiled_merge_equals_eager_merge(device: str, dtype: torch.dtype) -> None:
+@pytest.mark.parametrize("device,dtype,overflow", [("cpu", torch.float64, "merge"), ("cpu", torch.float64, "evict"),
+                                                   ("cuda", torch.float64, "merge"), ("cuda", torch.float32, "merge"),
+                                                   ("cuda", torch.float32, "evict")])
+def test_compiled_merge_equals_eager_merge(device: str, dtype: torch.dtype, overflow: str) -> None:
     """TempCache's commit through torch.compile (the CUDA default; `tempcache.compile=on` anywhere) gives the
     eager commit's frames. Merges start at frame 3 here and forced ones at frame 5 (capacity 4 frames): the
     first compiled version, which compiled the in-place writes too, was off by 0.08-0.2 from frame 3 on, on
@@ -166,7 +168,8 @@ def test_compiled_merge_equals_eager_merge(device: str, dtype: torch.dtype) -> N
     m = random_model(dtype).to(device)
 
     def roll(compile: str) -> list[torch.Tensor]:
-        s = Sampler(m, build_mode("tempcache", tempcache={"capacity_frames": 4, "compile": compile}), steps=3)
+        s = Sampler(m, build_mode("tempcache", tempcache={"capacity_frames": 4, "compile": compile,
+                                                          "overflow": overflow}), steps=3)
         s.reset(seed=3, prompt="night stone")
         out = []
         for i in range(8):

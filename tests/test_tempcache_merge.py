@@ -127,3 +127,38 @@ def test_triton_top1_equals_matmul_argmax(S: int) -> None:
     assert torch.all(picked >= top2.values[..., 0] - 1e-2)  # never far from the best, even in near-ties
     assert not torch.any(got == S // 2)                     # the duplicate's later copy never wins
     assert torch.equal(got, triton_top1.top1(x, y))         # deterministic
+
+
+def test_evict_oldest_frees_the_least_recently_touched_groups() -> None:
+    age = torch.tensor([[[5, 1, 3, 2]]])                       # (B, H, S): frames that last wrote each slot
+    valid = torch.ones(1, 1, 4, dtype=torch.bool)
+    live = torch.ones(1, 1, 2, dtype=torch.bool)
+    idx = torch.tensor([[[1, 0]]])
+    none = torch.zeros(1, 1, 2, dtype=torch.bool)
+    assert tm.evict_oldest(none, idx, live, valid, age, 4).tolist() == [[[True, False, True, False]]]
+    # a group merged into this frame is touched: it stays, and only one new group needs room
+    merged = torch.tensor([[[True, False]]])
+    assert tm.evict_oldest(merged, idx, live, valid, age, 4).tolist() == [[[True, True, True, False]]]
+    # room left: nothing is freed
+    some = torch.tensor([[[True, True, False, False]]])
+    assert tm.evict_oldest(none, idx, live, some, age, 4).tolist() == some.tolist()
+
+
+@pytest.mark.parametrize("name", ["tempcache", "fastar", "tempcache_quant"])
+def test_evict_overflow_keeps_the_recent_frames_when_nothing_repeats(name: str) -> None:
+    """overflow "evict" with distinct keys every frame (nothing merges): the cache holds exactly the last
+    capacity_frames frames, like a window, and never exceeds its capacity; "merge" would blur them instead."""
+    from engine.attention.tempcache import AGE
+    cap_frames = 3
+    mode = build_mode(name, tempcache={"capacity_frames": cap_frames, "overflow": "evict", "threshold": 1.0})
+    cache = _cache(mode)
+    g = torch.Generator().manual_seed(0)
+    for f in range(8):
+        q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+        _step(mode, cache, 0, f, q, k, v)
+        S = cap_frames * N
+        valid = cache.valid(0, S)
+        ages = cache.slot_data[AGE][0, :, :, :S]
+        kept = sorted({int(a) for a in ages[valid]})
+        assert kept == list(range(max(0, f - cap_frames + 1), f + 1)), (f, kept)
+        assert int(valid.sum(-1).max()) <= S

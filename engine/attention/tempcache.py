@@ -8,8 +8,10 @@ group). Grouping lemma: if a group's keys are identical this is exactly dense at
 Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
 - metric "cosine": scale-free, so one threshold serves every layer and head although key norms differ by an
   order of magnitude between them; "dot" is available for models whose key norms carry meaning.
-- threshold 0.95: merges near-duplicates (static content, whose keys differ only by noise and drift) but not
-  neighbouring distinct tokens; tune it per model with metrics.sparsity_probe once the trained model exists.
+- threshold 0.99: on the bundled model, 0.95 merged keys whose values differ (14% of the cache by frame 64),
+  and the averaged values cost 2.2 dB against dense over frames 1-50; at 0.99 the rollout equals dense until
+  the capacity fills (tools/long_context_probe.py on the CPU, docs/ATTENTION.md). So only near-exact repeats
+  merge by similarity, and compression comes from the capacity (below), which is where the loss is.
 - match_by "key": the lemma is about equal keys, so a new key is matched against past keys; "query" uses the
   frame's queries for retrieval as the paper words it, the merge test stays key-to-key.
 - group "head": every head merges on its own similarity (a key repeated in a position-blind head need not
@@ -53,11 +55,12 @@ from engine.cache import NEG_BIAS, KVCache
 
 CODES = "codes"   # name of the per-slot bucket-code tensor in KVCache.slot_data, (L, B, H, C, T)
 ROWS = "search_rows"   # per-slot search rows of the stored-row search (TempCache._commit_rows), (L, B, H, C, R)
+AGE = "last_frame"     # per-slot frame of the last write, for overflow "evict" (L, B, H, C), -1 when empty
 
 
 @dataclass
 class TempCacheConfig:
-    threshold: float = 0.95       # merge when similarity(new key, matched key) >= threshold
+    threshold: float = 0.99       # merge when similarity(new key, matched key) >= threshold
     metric: str = "cosine"        # cosine | dot
     group: str = "head"           # head | layer
     match_by: str = "key"         # key | query
@@ -67,6 +70,7 @@ class TempCacheConfig:
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
     compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
     top1: str = "matmul"          # stored-row search: matmul (bmm + argmax) | triton (triton_top1) | auto (triton on CUDA)
+    overflow: str = "merge"       # a full cache: merge below the threshold | evict the least recently touched groups
 
     def __post_init__(self) -> None:
         checks = {
@@ -80,6 +84,7 @@ class TempCacheConfig:
             "compact_every": self.compact_every >= 1,
             "compile": self.compile in ("auto", "on", "off"),
             "top1": self.top1 in ("auto", "triton", "matmul"),
+            "overflow": self.overflow in ("merge", "evict"),
         }
         for field, ok in checks.items():
             if not ok:
@@ -87,7 +92,7 @@ class TempCacheConfig:
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
                                  f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off; "
-                                 f"top1 auto|triton|matmul)")
+                                 f"top1 auto|triton|matmul; overflow merge|evict)")
 
 
 _COMPILED: Callable[..., tuple[tm.Plan, torch.Tensor]] | None = None
@@ -178,13 +183,23 @@ class TempCache:
         valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
         sim, idx = self._match(cache, layer, S, n, K[:, :, S:S + n], q, valid)      # (B, H, n) each
         live = inc > 0
-        merge = tm.force_to_capacity((sim >= self.cfg.threshold) & live, sim, live, valid, S)
+        age = self._age(cache, layer, S, n, frame)
+        merge, valid = tm.overflow((sim >= self.cfg.threshold) & live, sim, idx, live, valid, age, S)
         new = live & ~merge                                                        # tokens that open a group
         tgt = tm.targets(merge, new, idx, valid, S)                                # S: the dump
         # representative key: a token alone in a free slot; among merges into one group the closest match
         score = torch.where(merge, sim, torch.where(new, torch.full_like(sim, 3.0e38), torch.full_like(sim, -math.inf)))
         tm.fold(K, V, bias, cache.frame[layer], [t[layer] for t in cache.slot_data.values()], S, n, frame, tgt,
                 score, inc, valid)
+
+    def _age(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor) -> torch.Tensor | None:
+        """overflow "evict": the layer's last-touched frame per slot (B, H, cap), the scratch slots set to this
+        frame (slot data, so it follows the representatives); None for "merge"."""
+        if self.cfg.overflow != "evict":
+            return None
+        age = cache.add_slot_tensor(AGE, (), torch.long, fill=-1)[layer]
+        age[:, :, S:S + n] = frame
+        return age
 
     # ---- stored-row search (the default config: per head, cosine, torch engine, LSH or exact) -------------
     # Every slot keeps its search row y' = [unit key, one-hot bucket per table, 1] beside its K/V (slot data, so
@@ -223,20 +238,21 @@ class TempCache:
         if self._f32out is None:
             self._f32out = _probe_f32out(rows.dtype, K.device)
             self._fused = self._want_fused(rows.dtype, K.device)
+        age = self._age(cache, layer, S, n, frame)      # registered before `side` is listed
         args = (K, cache.v[layer], cache.bias[layer], cache.frame[layer], [t[layer] for t in cache.slot_data.values()],
                 rows[layer], codes_new, probes, frame, q if by_query else None, S, n, self.cfg.threshold,
                 self.hasher.n_buckets if self.hasher is not None else 0, self._f32out, self._fused)
         fn = self._merge_fn(K.device)
         if fn is not tm.plan_rows:
             try:
-                tm.commit_rows(*args, plan_fn=fn)
+                tm.commit_rows(*args, plan_fn=fn, age=age)
                 return
             except Exception as e:   # said, not silent: stats()["merge"] and one line on stderr
                 # (nothing was written: the plan is pure and the eager write comes after it)
                 self.merge_path = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 print(f"tempcache: {self.merge_path}", file=sys.stderr)
                 self._fn = tm.plan_rows
-        tm.commit_rows(*args)
+        tm.commit_rows(*args, age=age)
 
     def _want_fused(self, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the top-1 search runs as triton_top1 (one fused kernel) instead of bmm + argmax."""

@@ -46,6 +46,37 @@ def force_to_capacity(merge: torch.Tensor, sim: torch.Tensor, live: torch.Tensor
     return merge | forced
 
 
+def overflow(merge: torch.Tensor, sim: torch.Tensor, idx: torch.Tensor, live: torch.Tensor, valid: torch.Tensor,
+             age: torch.Tensor | None, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(merge, valid) after making room for this frame: merge below the threshold (age None) or evict."""
+    if age is None:
+        return force_to_capacity(merge, sim, live, valid, S), valid
+    return merge, evict_oldest(merge, idx, live, valid, age[..., :S], S)
+
+
+def evict_oldest(merge: torch.Tensor, idx: torch.Tensor, live: torch.Tensor, valid: torch.Tensor,
+                 age: torch.Tensor, S: int) -> torch.Tensor:
+    """The other answer to a full cache (`overflow: evict`): free the least recently touched groups, as many
+    per head as this frame's new groups lack room for, and return the valid mask without them (B, H, S).
+    age (B, H, S) int64: the frame that last wrote each slot (a new group, or a merge: the representative's
+    frame), so a group that keeps being matched stays and a place not seen for long goes. Groups merged into
+    this frame are never freed. Sync-free with fixed shapes: one topk of n per head over a unique key
+    (age x S + slot, so ties cannot reorder), of which the first `excess` are freed."""
+    B, H, n = merge.shape
+    dev = valid.device
+    new = (live & ~merge).sum(-1, keepdim=True)                                 # (B, H, 1)
+    excess = (new - (S - valid.sum(-1, keepdim=True))).clamp_min(0)            # (B, H, 1), <= n
+    dump = torch.full_like(idx, S)
+    touched = torch.zeros(B, H, S + 1, dtype=torch.bool, device=dev)
+    touched.scatter_(2, torch.where(merge & live, idx, dump), True)            # every write is True: no race
+    pos = torch.arange(S, device=dev)
+    key = torch.where(valid & ~touched[..., :S], age * S + pos, torch.iinfo(torch.long).max)
+    oldest = torch.topk(key, n, dim=-1, largest=False, sorted=True).indices    # (B, H, n), oldest first
+    freed = torch.zeros(B, H, S + 1, dtype=torch.bool, device=dev)
+    freed.scatter_(2, torch.where(torch.arange(n, device=dev) < excess, oldest, dump), True)
+    return valid & ~freed[..., :S]
+
+
 def targets(merge: torch.Tensor, new: torch.Tensor, idx: torch.Tensor, valid: torch.Tensor,
             S: int) -> torch.Tensor:
     """Target slot per token (B, H, n): its group for a merge, the next free slot of its head for a new group
@@ -153,12 +184,14 @@ def scores(x: torch.Tensor, y: torch.Tensor, f32out: bool) -> torch.Tensor:
 
 def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
               codes_new: torch.Tensor | None, probes: torch.Tensor | None, q: torch.Tensor | None, S: int, n: int,
-              threshold: float, n_buckets: int, f32out: bool, fused: bool = False) -> tuple[Plan, torch.Tensor]:
+              threshold: float, n_buckets: int, f32out: bool, fused: bool = False,
+              age: torch.Tensor | None = None) -> tuple[Plan, torch.Tensor]:
     """The whole commit with the stored-row search, as a pure function (what TempCache compiles once on CUDA):
     returns the fold plan and the scratch tokens' search rows (B, H, n, R), which `commit_rows` writes.
     rows (B, H, cap, R): the stored rows; codes_new (B, H, n, T) the scratch keys' bucket codes and probes
     (B, H, n, T, P) the probed buckets (None: exact search); q (B, H, n, D) the queries for match_by="query"
-    (None: by key). fused: the search as triton_top1 (no score matrix) instead of bmm + argmax."""
+    (None: by key). fused: the search as triton_top1 (no score matrix) instead of bmm + argmax. age (B, H, cap):
+    the slots' last-touched frames for `overflow: evict` (None: merge at capacity, force_to_capacity)."""
     B, H, _, D = K.shape
     R = rows.shape[-1]
     valid = bias[:, :, :S] > -5.0e3                                             # NEG_BIAS / 2
@@ -182,7 +215,7 @@ def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.
     sim = torch.where(ok, sim, torch.full_like(sim, -math.inf)).reshape(B, H, n)
     idx = idx.reshape(B, H, n)
     live = torch.ones(B, H, n, dtype=torch.bool, device=K.device)
-    merge = force_to_capacity(sim >= threshold, sim, live, valid, S)
+    merge, valid = overflow(sim >= threshold, sim, idx, live, valid, age, S)
     new = ~merge
     tgt = targets(merge, new, idx, valid, S)
     score = torch.where(merge, sim, torch.full_like(sim, 3.0e38))               # a new token is alone: best
@@ -194,9 +227,11 @@ def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col:
                 side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
                 probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
                 threshold: float, n_buckets: int, f32out: bool, fused: bool = False,
-                plan_fn: Callable[..., tuple[Plan, torch.Tensor]] = plan_rows) -> None:
+                plan_fn: Callable[..., tuple[Plan, torch.Tensor]] = plan_rows, age: torch.Tensor | None = None) -> None:
     """One whole commit with the stored-row search (TempCache._commit_rows): plan_fn (plan_rows, or its
-    compiled version), then the eager write. rows (B, H, cap, R) is also in `side`."""
-    plan, y_new = plan_fn(K, V, bias, rows, codes_new, probes, q, S, n, threshold, n_buckets, f32out, fused)
+    compiled version), then the eager write. rows (B, H, cap, R) and age (B, H, cap), if given, are also in
+    `side`: the scratch slots get their rows here (and must already hold this frame in age: TempCache._age),
+    which then follow the representatives."""
+    plan, y_new = plan_fn(K, V, bias, rows, codes_new, probes, q, S, n, threshold, n_buckets, f32out, fused, age)
     rows[:, :, S:S + n] = y_new
     write(K, V, bias, frame_col, side, S, n, frame, plan)
