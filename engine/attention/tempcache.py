@@ -18,10 +18,12 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   repeat in a position-aware one), so heads hold different slot counts; a head's unused slots carry NEG_BIAS so
   the layer keeps one length. "layer" merges a token in all heads at once (mean per-head cosine): less
   compression, no holes.
-- hard capacity (capacity_frames x tokens per frame per head): if a frame would not fit, the new tokens
-  whose best match is closest are merged into it anyway, below the threshold (merge, never evict): memory stays
-  bounded even when nothing repeats, and no place is forgotten outright, only blurred. The alternative,
-  evicting the oldest lightest group, turns TempCache into a window for exactly the long-range memory it is for.
+- hard capacity (capacity_frames x tokens per frame per head), `overflow`: if a frame would not fit, "merge"
+  merges the new tokens whose best match is closest anyway, below the threshold (memory bounded, nothing
+  forgotten outright, only blurred); "evict" frees the least recently touched groups instead (a group that
+  keeps being matched stays; with nothing repeating it is a window). Measured on the bundled model, forced
+  merges are where TempCache loses quality (docs/ATTENTION.md); "merge" stays the default until a long GPU
+  run has measured "evict".
 - fixed layout, fixed shapes (why: a per-call cost and memory that never change, no host sync, CUDA-graph
   friendly). From a layer's first call the cache holds S = capacity_frames x n group slots, [0, S), empty ones
   carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
@@ -248,7 +250,7 @@ class TempCache:
                 tm.commit_rows(*args, plan_fn=fn, age=age)
                 return
             except Exception as e:   # said, not silent: stats()["merge"] and one line on stderr
-                # (nothing was written: the plan is pure and the eager write comes after it)
+                # (a compile failure comes from the plan, which is pure: nothing was written yet)
                 self.merge_path = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 print(f"tempcache: {self.merge_path}", file=sys.stderr)
                 self._fn = tm.plan_rows
