@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The H100 numbers cited in the docs, in one background job (docs/GPU.md):
 #   bash tools/gpu/bg.sh results bash tools/gpu/results.sh COMMIT [hydra overrides for bench and evaluate...]
+#   e.g. MODES='[dense,window,fastar]' bash tools/gpu/results.sh COMMIT compile=true \
+#          +mode_params.fastar.tempcache.overflow=evict
 #   WAIT=540 bash tools/gpu/poll.sh results 'runs/results/*'
 # Results go under runs/results/ (ignored): a run's copy of the working tree is re-synced by every later call,
 # which removes files written into tracked folders (docs/) on the machine.
@@ -14,6 +16,6 @@ for m in dense window fastar; do
   python3 tools/profile_step.py --attention $m --frames 200 --no-profile 2>&1 | grep -E "^(device|step)|Error"
 done
 python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
-  'modes=[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]' "$@"
+  "modes=${MODES:-[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]}" "$@"
 python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 commit=$commit \
   $(printf '%s\n' "$@" | grep -E '^(checkpoint)=' || true)
