@@ -1,6 +1,8 @@
 """TempCache's merge step as pure tensor functions (no cache object, no host values but shapes and config),
-so that one function covers a whole commit and can be compiled once for every layer (torch.compile on CUDA:
-the commit was ~170 small kernels a layer, ~0.6 ms on the H100 inside a CUDA graph).
+so that one function plans a whole commit and can be compiled once for every layer (torch.compile on CUDA:
+the commit was ~170 small kernels a layer, ~0.6 ms on the H100 inside a CUDA graph). What is compiled is the
+plan (plan_rows: search, decision, fold arithmetic), never the in-place writes (write): compiling the
+in-place version, whose inputs alias one another, gave wrong merges (tests/test_graphs.py checks it).
 
 All tensors are one layer's views: K, V (B, H, cap, D); bias (B, H, cap); frame_col (cap,) int64 (the frame
 index per slot); side: every per-slot side tensor (B, H, cap, *) (bucket codes, search rows), which follow the
