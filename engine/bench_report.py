@@ -19,7 +19,8 @@ import numpy as np
 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
-    "ssim_vs_dense", "psnr_vs_truth_db", "revisit_psnr_db", "density", "recall", "kernel")
+    "ssim_vs_dense", "psnr_vs_truth_db", "revisit_psnr_db", "density", "recall", "kernel", "motion_late",
+    "truth_motion_late")
 
 
 def mean_of(xs: list[float | None] | None) -> float | None:
@@ -67,12 +68,20 @@ def summarise(series: dict[str, Any], early: int, late: int, fps_window: int) ->
         "psnr_vs_dense_db": mean_of(series["psnr_vs_dense"]),
         "ssim_vs_dense": mean_of(series["ssim_vs_dense"]),
         "psnr_vs_truth_db": mean_of(series["psnr_vs_truth"]),
+        # mean frame-to-frame change over the last 10% of the run (a frozen rollout: ~0; compare the truth's)
+        "motion_late": mean_of(_late(series.get("motion"))),
+        "truth_motion_late": mean_of(_late(series.get("truth_motion"))),
         "revisit_psnr_db": mean_of(series["revisit_psnr"]),
         "density": mean_of(st["density"]),
         "recall": mean_of(st["recall"]),
         "kernel": series["kernel"],
         "excluded_frames": len(excluded),
     }
+
+
+def _late(xs: list[float | None] | None) -> list[float | None] | None:
+    """The last 10% of a per-frame series (at least one value)."""
+    return None if xs is None else xs[len(xs) - max(1, len(xs) // 10):]
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -87,7 +96,8 @@ def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
     """The printed table: one row per mode, speed-ups against dense's row (when dense ran)."""
     d = summary.get("dense", {})
     head = ["mode", f"fps@{early}", f"fps@{late}", "mean fps", f"x@{late}", "x mean", f"MiB@{early}",
-            f"MiB@{late}", "PSNR/SSIM vs dense", "PSNR vs truth", "revisit dB", "density", "recall", "kernel"]
+            f"MiB@{late}", "PSNR/SSIM vs dense", "PSNR vs truth", "revisit dB", "motion (truth)", "density",
+            "recall", "kernel"]
     rows = [head]
     for name, s in summary.items():
         vs_dense = "ref" if name == "dense" else f"{_f(s['psnr_vs_dense_db'])} / {_f(s['ssim_vs_dense'], '{:.3f}')}"
@@ -95,7 +105,8 @@ def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
                      _f(_ratio(s["fps_at_3000"], d.get("fps_at_3000")), "{:.2f}x"),
                      _f(_ratio(s["mean_fps"], d.get("mean_fps")), "{:.2f}x"),
                      _f(s["peak_mem_mib_at_300"]), _f(s["peak_mem_mib_at_3000"]), vs_dense,
-                     _f(s["psnr_vs_truth_db"]), _f(s["revisit_psnr_db"]), _f(s["density"], "{:.3f}"),
+                     _f(s["psnr_vs_truth_db"]), _f(s["revisit_psnr_db"]),
+                     f"{_f(s['motion_late'])} ({_f(s['truth_motion_late'])})", _f(s["density"], "{:.3f}"),
                      _f(s["recall"], "{:.3f}"), str(s["kernel"])])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

@@ -203,4 +203,15 @@ def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | No
         rows = list(pool.map(one, range(len(frames))))
     return {"psnr_vs_dense": [r[0] for r in rows], "ssim_vs_dense": [r[1] for r in rows],
             "psnr_vs_truth": [r[2] for r in rows],
-            "revisit_psnr": [min(psnr(frames[j - 1], frames[i - 1]), 100.0) for i, j in pairs]}
+            "revisit_psnr": [min(psnr(frames[j - 1], frames[i - 1]), 100.0) for i, j in pairs],
+            "motion": motion(frames, None if truth is None else truth[0]),
+            "truth_motion": None if truth is None else motion(truth[1:], truth[0])}
+
+
+def motion(frames: np.ndarray, first: np.ndarray | None) -> list[float | None]:
+    """Per frame, the mean absolute change from the frame before (0-255; the first frame against `first`, the
+    frame the rollout started from, or None). A rollout that froze has ~0 where the truth keeps moving: the
+    benchmark's number for what its frame sheet shows."""
+    cur, prev = (frames, np.concatenate([first[None], frames[:-1]])) if first is not None else (frames[1:], frames[:-1])
+    d = np.abs(cur.astype(np.int16) - prev.astype(np.int16)).reshape(len(prev), -1).mean(-1)
+    return ([] if first is not None else [None]) + [float(x) for x in d]

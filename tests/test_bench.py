@@ -147,3 +147,12 @@ def test_bars_report_numbers() -> None:
     assert "+2.0%" in got["fastar3"]["detail"] and "+50.0%" in got["fastar3"]["detail"]      # dense's growth shown
     only = bars({"dense": s["dense"]}, 1, 10, BarsConfig())
     assert all(b["status"] == "SKIP" for b in only)
+
+
+def test_motion_is_zero_for_a_frozen_rollout() -> None:
+    from engine.bench_run import motion
+    still = np.full((5, 4, 4, 3), 80, np.uint8)
+    assert motion(still, still[0]) == [0.0] * 5
+    moving = np.stack([np.full((4, 4, 3), 10 * i, np.uint8) for i in range(5)])
+    assert motion(moving, np.zeros((4, 4, 3), np.uint8)) == [0.0, 10.0, 10.0, 10.0, 10.0]
+    assert motion(moving, None)[0] is None
