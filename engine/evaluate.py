@@ -15,7 +15,8 @@ Metrics (PSNR in dB over uint8 frames, engine.metrics):
   rollout16_psnr_db / curve        16 true frames primed, then 16 (64) generated frames with the true actions
   revisit_psnr_db_{dense,window}   two full turns in place (120 x turn_right): second turn vs first turn,
                                    both generated; memory shows as a high number, forgetting as a low one
-  stability                        per 100 frames of a long rollout: colour mean/std of generated vs true
+  stability                        per 100 frames of a long rollout: colour mean/std of generated vs true,
+                                   and motion (mean change between frames: ~0 when the rollout froze)
   controllability                  per key and mouse direction: 8 frames of one action from a primed context
 """
 from __future__ import annotations
@@ -145,18 +146,25 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
     env.sampler.reset(99, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
     chunks: list[dict[str, Any]] = []
-    g_acc, t_acc = [], []
+    g_acc, t_acc, g_mov, t_mov = [], [], [], []
+    g_prev = t_prev = e.frames[0].astype(np.float64)
     for i in range(1, cfg.stability_frames + 1):
         e.extend(i + 1)
-        g_acc.append(env.step(e.actions[i]).reshape(-1, 3).astype(np.float64))
-        t_acc.append(e.frames[i].reshape(-1, 3).astype(np.float64))
+        g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
+        g_acc.append(g_i.reshape(-1, 3))
+        t_acc.append(t_i.reshape(-1, 3))
+        # motion: mean absolute change from the previous frame (a frozen rollout: ~0 where the truth moves)
+        g_mov.append(float(np.abs(g_i - g_prev).mean()))
+        t_mov.append(float(np.abs(t_i - t_prev).mean()))
+        g_prev, t_prev = g_i, t_i
         e.frames[i] = None  # type: ignore[call-overload]  # keep memory flat over 3000 frames
         if i % 100 == 0 or i == cfg.stability_frames:
             g, t = np.concatenate(g_acc), np.concatenate(t_acc)
             chunks.append({"frames_to": i, "gen_mean": g.mean(0).round(2).tolist(), "true_mean": t.mean(0).round(2).tolist(),
                            "gen_std": g.std(0).round(2).tolist(), "true_std": t.std(0).round(2).tolist(),
-                           "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3)})
-            g_acc, t_acc = [], []
+                           "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3),
+                           "gen_motion": round(float(np.mean(g_mov)), 2), "true_motion": round(float(np.mean(t_mov)), 2)})
+            g_acc, t_acc, g_mov, t_mov = [], [], [], []
     res["stability"] = chunks
 
     # controllability: one action held for a few frames from a primed context, vs the simulator from there

@@ -26,5 +26,6 @@ def test_evaluate_quick(tmp_path: Path) -> None:
     for k in ("ae_psnr_db", "teacher_forced_psnr_db", "rollout16_psnr_db", "revisit_psnr_db_dense", "fps_cpu"):
         assert math.isfinite(res[k]) and res[k] > 0, (k, res[k])
     assert len(res["rollout64_psnr_curve"]) == 8 and res["stability"][-1]["frames_to"] == 20
+    assert res["stability"][-1]["true_motion"] > 0 and res["stability"][-1]["gen_motion"] >= 0
     assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
     json.dumps(res)
