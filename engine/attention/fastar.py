@@ -308,6 +308,7 @@ class FastARAttention(AttentionMode):
         if self.tc is not None:
             out["merge"] = self.tc.merge_path   # TempCache's merge step: compiled, eager, or why not compiled
             out["top1"] = self.tc.top1_path     # its search: triton (fused kernel) or matmul (bmm + argmax)
+            out["overflow"] = self.tc.cfg.overflow   # a full cache: merge below the threshold, or evict (LRU)
         for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
             out[key] = self.meter.mean(key)
         c = self._cache
