@@ -8,7 +8,8 @@ the env reports in info(); the keys it understands are:
     attention_mode            the attention mode in use      (neural model; also read as "attention")
     density, recall           sparse-attention measurements  (neural model, when measured; top level or
                               inside info["mode_stats"])
-    cuda_graphs, kernel       whether the CUDA-graph path runs, the dense kernel last used (neural model)
+    cuda_graphs, compiled,    whether the CUDA-graph path runs (and its pieces are compiled), the dense
+    kernel                    kernel last used (neural model)
 
 Anything missing is simply not shown, so the same HUD serves the simulator and the model.
 """
@@ -85,7 +86,8 @@ class Hud:
             out.append((f"attention {s.attention}   ({keys})", white))
             if "cuda_graphs" in info:   # the model says whether its fast path runs
                 kernel = info.get("kernel", "-")
-                out.append((f"kernel {kernel}   CUDA graphs {'on' if info['cuda_graphs'] else 'off'}", white))
+                graphs = ("on, compiled" if info.get("compiled") else "on") if info["cuda_graphs"] else "off"
+                out.append((f"kernel {kernel}   CUDA graphs {graphs}", white))
         else:
             out.append(("attention: none (simulator)", white))
         ms = info.get("mode_stats")
