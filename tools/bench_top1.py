@@ -9,23 +9,11 @@ import torch
 
 from engine.attention import tempcache_merge as tm
 from engine.attention import triton_top1
-
-
-def _us(fn, reps: int = 50) -> float:  # type: ignore[no-untyped-def]
-    for _ in range(5):
-        fn()
-    times = []
-    for _ in range(reps):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        a.record()
-        fn()
-        b.record()
-        torch.cuda.synchronize()
-        times.append(a.elapsed_time(b) * 1e3)
-    return sorted(times)[len(times) // 2]
+from engine.attention.bench import _timer
 
 
 def main() -> None:
+    ms = _timer(torch.device("cuda"))   # median of CUDA-event times after a warm-up, in ms
     g = torch.Generator(device="cuda").manual_seed(0)
     G, n, R = 6, 256, 88
     print("S      bmm+argmax us   triton us   agree")
@@ -34,8 +22,8 @@ def main() -> None:
         y = torch.randn(G, S, R, device="cuda", generator=g).bfloat16()
         ref = tm.scores(x, y, True).argmax(-1)
         got = triton_top1.top1(x, y)
-        t_ref = _us(lambda: tm.scores(x, y, True).argmax(-1))
-        t_tri = _us(lambda: triton_top1.top1(x, y))
+        t_ref = 1e3 * ms(lambda: tm.scores(x, y, True).argmax(-1), 5, 50)
+        t_tri = 1e3 * ms(lambda: triton_top1.top1(x, y), 5, 50)
         print(f"{S:<6d} {t_ref:14.1f} {t_tri:11.1f}   {float((ref == got).float().mean()):.4f}")
 
 
