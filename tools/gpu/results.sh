@@ -11,7 +11,7 @@ commit=${1:-unknown}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
-python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py 2>&1 | tail -2
+python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_tempcache_merge.py 2>&1 | tail -15
 for m in dense window fastar; do
   python3 tools/profile_step.py --attention $m --frames 200 --no-profile 2>&1 | grep -E "^(device|step)|Error"
 done
