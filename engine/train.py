@@ -35,7 +35,7 @@ from engine.checkpoint import MANIFEST, CheckpointError, load_checkpoint, load_s
 from engine.model import WorldModel, preset
 from engine.model.config import ModelConfig
 from engine.train_attention import TrainAttention
-from engine.train_data import load_store, make_dataset
+from engine.train_data import load_store, make_dataset, revisit_clip, revisit_pairs
 from engine.train_own_context import pick, predict_clip, validate
 
 
@@ -68,6 +68,10 @@ class DiTTrainConfig:
     clip: int = 32
     gap_prob: float = 0.25       # clips made of two halves far apart in the same episode
     min_gap: int = 64
+    revisit_prob: float = 0.0    # clips around a pair of frames that see the same place far apart (train_data.py)
+    revisit_min_gap: int = 24    #   frames between the two visits, at least
+    revisit_pos_tol: float = 0.15  # cells
+    revisit_yaw_tol: float = 6.0   # degrees
     lr: float = 3e-4
     warmup: int = 300
     weight_decay: float = 0.0
@@ -216,8 +220,16 @@ class Trainer:
             make_dataset(d.dir, d.episodes, d.frames, d.workers, d.seed, self.cfg.progress)
         store = load_store(d.dir, workers=max(1, min(d.workers, 16)))
         self.train_store, self.val_store = store.split(d.holdout)
+        r = self.cfg.dit
+        self.revisits = (revisit_pairs(self.train_store, r.revisit_min_gap, r.revisit_pos_tol, r.revisit_yaw_tol)
+                         if r.revisit_prob > 0 else np.zeros((0, 3), np.int64))
+        self.revisits = self.revisits[self.train_store.length[self.revisits[:, 0]] >= r.clip]
+        if r.revisit_prob > 0 and len(self.revisits) == 0:
+            raise ValueError(f"dit.revisit_prob={r.revisit_prob} but no pair of frames in {d.dir} revisits a "
+                             f"place within {r.revisit_pos_tol} cells / {r.revisit_yaw_tol} deg at a gap >= "
+                             f"{r.revisit_min_gap}; loosen the tolerances or set dit.revisit_prob=0")
         self.log({"event": "data", "frames": store.num_frames, "episodes": len(store.start),
-                  "train_frames": self.train_store.num_frames})
+                  "train_frames": self.train_store.num_frames, "revisit_pairs": len(self.revisits)})
 
     def lr_at(self, base: float, step: int, frac: float, warmup: int) -> float:
         w = min(1.0, (step + 1) / max(1, warmup))
@@ -306,18 +318,23 @@ class Trainer:
             self.save(None)
 
     def sample_clips(self, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(episode (B,), absolute frame index (B, T), row in the store (B, T)); a share are long-gap clips."""
-        st = self.train_store
+        """(episode (B,), absolute frame index (B, T), row in the store (B, T)); a share are revisit clips
+        (dit.revisit_prob: a place seen again far apart), a share long-gap clips, the rest contiguous."""
+        st, d = self.train_store, self.cfg.dit
         ok = np.flatnonzero(st.length >= T)
         eps = self.rng.choice(ok, B, p=st.length[ok] / st.length[ok].sum())
         idx = np.zeros((B, T), np.int64)
         h = T // 2
         for b, e in enumerate(eps):
             n = int(st.length[e])
-            gap_room = n - T - self.cfg.dit.min_gap
-            if self.rng.random() < self.cfg.dit.gap_prob and gap_room > 0:
+            gap_room = n - T - d.min_gap
+            if d.revisit_prob > 0 and self.rng.random() < d.revisit_prob:
+                e, i, j = (int(v) for v in self.revisits[self.rng.integers(len(self.revisits))])
+                eps[b] = e
+                idx[b] = revisit_clip(int(st.length[e]), T, i, j)
+            elif self.rng.random() < d.gap_prob and gap_room > 0:
                 s0 = int(self.rng.integers(0, gap_room + 1))
-                s1 = int(self.rng.integers(s0 + h + self.cfg.dit.min_gap, n - (T - h) + 1))
+                s1 = int(self.rng.integers(s0 + h + d.min_gap, n - (T - h) + 1))
                 idx[b] = np.concatenate([np.arange(s0, s0 + h), np.arange(s1, s1 + T - h)])
             else:
                 s0 = int(self.rng.integers(0, n - T + 1))

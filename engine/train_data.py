@@ -24,6 +24,7 @@ class FrameStore:
     length: np.ndarray      # int64 (E,)
     prompts: list[str]      # (E,) canonical prompts
     names: list[str]        # (E,) episode directories
+    poses: np.ndarray | None = None  # float64 (F, 3) true (x, y, yaw_deg) where every episode has them, else None
 
     @property
     def num_frames(self) -> int:
@@ -37,7 +38,7 @@ class FrameStore:
 
         def part(a: int, b: int, s: slice) -> FrameStore:
             return FrameStore(self.frames[a:b], self.actions[a:b], self.start[s] - a, self.length[s],
-                              self.prompts[s], self.names[s])
+                              self.prompts[s], self.names[s], None if self.poses is None else self.poses[a:b])
         return part(0, end, slice(0, cut)), part(end, self.num_frames, slice(cut, None))
 
 
@@ -51,9 +52,9 @@ def make_dataset(out: str | Path, episodes: int, frames: int, workers: int, seed
     return Path(out)
 
 
-def _read(path: Path) -> tuple[np.ndarray, np.ndarray, str]:
+def _read(path: Path) -> tuple[np.ndarray, np.ndarray, str, np.ndarray | None]:
     r = EpisodeReader(path)
-    return r.frames(), r.actions(), str(r.meta.get("prompt", ""))
+    return r.frames(), r.actions(), str(r.meta.get("prompt", "")), r.poses()
 
 
 def load_store(root: str | Path, workers: int = 1, max_episodes: int | None = None) -> FrameStore:
@@ -67,8 +68,44 @@ def load_store(root: str | Path, workers: int = 1, max_episodes: int | None = No
             parts = pool.map(_read, paths)
     else:
         parts = [_read(p) for p in paths]
-    length = np.asarray([len(f) for f, _, _ in parts], np.int64)
+    length = np.asarray([len(f) for f, _, _, _ in parts], np.int64)
     start = np.concatenate([[0], np.cumsum(length)[:-1]]).astype(np.int64)
-    frames = np.concatenate([f for f, _, _ in parts])
-    actions = np.concatenate([a for _, a, _ in parts])
-    return FrameStore(frames, actions, start, length, [p for _, _, p in parts], [str(p) for p in paths])
+    frames = np.concatenate([f for f, _, _, _ in parts])
+    actions = np.concatenate([a for _, a, _, _ in parts])
+    poses = None if any(q is None for *_, q in parts) else np.concatenate([q for *_, q in parts])
+    return FrameStore(frames, actions, start, length, [p for _, _, p, _ in parts], [str(p) for p in paths], poses)
+
+
+def revisit_pairs(store: FrameStore, min_gap: int, pos_tol: float, yaw_tol_deg: float) -> np.ndarray:
+    """int64 (P, 3) rows (episode, i, j): frame j (>= i + min_gap) of an episode sees the place frame i saw
+    (position within pos_tol cells, yaw within yaw_tol_deg). Training clips built around such pairs
+    (revisit_clip) are the signal that teaches the model to look far back in its context and redraw what it
+    saw there, which the evaluation's revisit row and play need; contiguous clips almost never contain one."""
+    if store.poses is None:
+        raise ValueError(f"revisit clips need true poses in every episode's trace ('pose' on each line); "
+                         f"{len(store.names)} episodes under {Path(store.names[0]).parent if store.names else '?'} "
+                         f"lack them: set dit.revisit_prob=0 or train on simulator episodes")
+    out = []
+    for e, (s0, n) in enumerate(zip(store.start, store.length)):
+        p = store.poses[s0:s0 + n]                                              # (n, 3)
+        d = np.hypot(p[:, None, 0] - p[None, :, 0], p[:, None, 1] - p[None, :, 1])
+        dyaw = np.abs((p[:, None, 2] - p[None, :, 2] + 180.0) % 360.0 - 180.0)
+        k = np.arange(n)
+        i, j = np.nonzero((d < pos_tol) & (dyaw < yaw_tol_deg) & (k[None, :] - k[:, None] >= min_gap))
+        out.append(np.stack([np.full_like(i, e), i, j], 1))
+    return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 3), np.int64)
+
+
+def revisit_clip(n: int, T: int, i: int, j: int) -> np.ndarray:
+    """Frame indices (T,), increasing, within [0, n), containing i and j (i < j): a first half around i,
+    then a second half that leads up to j with a quarter of it after j, so that the model has to notice
+    the return and fetch frame i's view from far back. Halves that would overlap become one contiguous clip
+    ending a quarter-half after j."""
+    h = T // 2
+    tail = (T - h) // 4
+    a0 = min(max(0, i - h // 2), n - h)                   # [a0, a0 + h) holds i
+    b0 = min(max(0, j + tail + 1 - (T - h)), n - (T - h))  # [b0, b0 + T - h) holds j
+    if b0 < a0 + h:
+        s = min(max(0, j + tail + 1 - T), n - T)
+        return np.arange(s, s + T)
+    return np.concatenate([np.arange(a0, a0 + h), np.arange(b0, b0 + T - h)])

@@ -6,6 +6,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 from omegaconf import OmegaConf
 
@@ -106,3 +107,52 @@ def test_own_context_prediction_has_no_grad() -> None:
 def test_own_context_config_validated(tmp_path: Path, field: str, value: float) -> None:
     with pytest.raises(ValueError, match=f"dit.{field}"):
         train(tiny_config(tmp_path, **{f"dit.{field}": value}))
+
+
+def test_revisit_clip_holds_both_visits() -> None:
+    from engine.train_data import revisit_clip
+    rng = np.random.default_rng(0)
+    for _ in range(3000):
+        T = int(rng.choice([4, 8, 16, 32]))
+        n = int(rng.integers(T, 400))
+        i = int(rng.integers(0, n - 1))
+        j = int(rng.integers(i + 1, n))
+        c = revisit_clip(n, T, i, j)
+        assert len(c) == T and (np.diff(c) > 0).all() and c[0] >= 0 and c[-1] < n and i in c and j in c
+    c = revisit_clip(1000, 32, 100, 600)          # far apart: two halves, j a quarter-half from the end
+    assert list(c[:16]) == list(range(92, 108)) and list(c[16:]) == list(range(589, 605))
+
+
+def _store(poses: np.ndarray | None, lengths: list[int]):
+    from engine.train_data import FrameStore
+    F = sum(lengths)
+    start = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+    return FrameStore(np.zeros((F, 2, 2, 3), np.uint8), np.zeros((F, 8), np.float32), start,
+                      np.asarray(lengths, np.int64), ["p"] * len(lengths), [f"/d/ep{k}" for k in range(len(lengths))],
+                      poses)
+
+
+def test_revisit_pairs_match_place_and_heading() -> None:
+    from engine.train_data import revisit_pairs
+    n = 40
+    p = np.zeros((2 * n, 3))
+    p[:, 0] = np.arange(2 * n) * 1.0                 # walking: no place seen twice...
+    p[30] = [5.05, 0.0, 359.0]                       # ...except frame 30 back at frame 5 (yaw wraps: 359 ~ 1)
+    p[5] = [5.0, 0.0, 1.0]
+    p[35] = [10.0, 0.0, 90.0]                        # frame 10's place, wrong heading: no pair
+    p[n + 30] = p[n + 2]                             # episode 2: frame 30 revisits frame 2
+    pairs = revisit_pairs(_store(p, [n, n]), min_gap=20, pos_tol=0.15, yaw_tol_deg=6.0)
+    assert sorted(map(tuple, pairs.tolist())) == [(0, 5, 30), (1, 2, 30)]
+    assert len(revisit_pairs(_store(p, [n, n]), min_gap=26, pos_tol=0.15, yaw_tol_deg=6.0)) == 1
+    with pytest.raises(ValueError, match="revisit_prob=0"):
+        revisit_pairs(_store(None, [n]), 20, 0.15, 6.0)
+
+
+def test_revisit_clips_train(trained: Path) -> None:
+    train(tiny_config(trained, out=trained / "run_rev", **{"dit.revisit_prob": 1.0, "dit.steps": 2,
+                                                          "dit.revisit_min_gap": 4, "dit.revisit_pos_tol": 0.5,
+                                                          "dit.revisit_yaw_tol": 30.0}))
+    data = [r for r in _log(trained / "run_rev") if r.get("event") == "data"]
+    assert data and data[-1]["revisit_pairs"] > 0
+    losses = [r["loss"] for r in _log(trained / "run_rev") if r.get("phase") == "dit" and "loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
