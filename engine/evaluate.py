@@ -15,8 +15,10 @@ Metrics (PSNR in dB over uint8 frames, engine.metrics):
   rollout16_psnr_db / curve        16 true frames primed, then 16 (64) generated frames with the true actions
   revisit_psnr_db_{dense,window}   two full turns in place (120 x turn_right): second turn vs first turn,
                                    both generated; memory shows as a high number, forgetting as a low one
-  stability                        per 100 frames of a long rollout: colour mean/std of generated vs true,
-                                   and motion (mean change between frames: ~0 when the rollout froze)
+  stability_by_mode                per mode, per 100 frames of a long rollout: colour mean/std of generated vs
+                                   true, motion (mean change between frames: ~0 when the rollout froze) and
+                                   `collapsed` (std or motion far below the truth's); `stability` is dense's,
+                                   stability_first_collapse the first collapsed chunk per mode (null: none)
   controllability                  per key and mouse direction: 8 frames of one action from a primed context
 """
 from __future__ import annotations
@@ -50,6 +52,9 @@ class EvalConfig:
     teacher_forced: int = 32          # frames per episode
     rollout: int = 64
     stability_frames: int = 3000
+    stability_modes: tuple[str, ...] = ("dense", "window", "fastar")  # one long rollout each; the first is "stability"
+    collapse_std: float = 0.5         # a 100-frame chunk collapsed: generated colour std < this x the truth's...
+    collapse_motion: float = 0.25     # ... or generated motion < this x the truth's (frozen)
     control_frames: int = 8
     window: int = 32
     fps_frames: int = 100
@@ -88,6 +93,42 @@ class Truth:
             a = self.explorer.act(self.env.pose)
             self.frames.append(self.env.step(a))
             self.actions.append(a)
+
+
+def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any]]:
+    """`cfg.stability_frames` generated frames in attention `mode` from one true frame, under the explorer's
+    actions on an unseen map; per 100 frames the colour statistics of generated and true frames, motion, and
+    `collapsed`: the generated colour std below `collapse_std` x the truth's (faded to flat colour) or the
+    motion below `collapse_motion` x the truth's (frozen). The two rollouts drift apart in place (actions
+    only, no feedback), so colour means differ without any collapse; std and motion are what a collapse
+    destroys."""
+    env.set_attention(mode)
+    e = Truth(cfg.episodes, 1)
+    env.sampler.reset(99, e.prompt)
+    env.prime(e.frames[:1], e.actions[:1])
+    chunks: list[dict[str, Any]] = []
+    g_acc, t_acc, g_mov, t_mov = [], [], [], []
+    g_prev = t_prev = e.frames[0].astype(np.float64)
+    for i in range(1, cfg.stability_frames + 1):
+        e.extend(i + 1)
+        g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
+        g_acc.append(g_i.reshape(-1, 3))
+        t_acc.append(t_i.reshape(-1, 3))
+        # motion: mean absolute change from the previous frame (a frozen rollout: ~0 where the truth moves)
+        g_mov.append(float(np.abs(g_i - g_prev).mean()))
+        t_mov.append(float(np.abs(t_i - t_prev).mean()))
+        g_prev, t_prev = g_i, t_i
+        e.frames[i] = None  # type: ignore[call-overload]  # keep memory flat over 3000 frames
+        if i % 100 == 0 or i == cfg.stability_frames:
+            g, t = np.concatenate(g_acc), np.concatenate(t_acc)
+            gs, ts, gm, tm = g.std(0), t.std(0), float(np.mean(g_mov)), float(np.mean(t_mov))
+            chunks.append({"frames_to": i, "gen_mean": g.mean(0).round(2).tolist(), "true_mean": t.mean(0).round(2).tolist(),
+                           "gen_std": gs.round(2).tolist(), "true_std": ts.round(2).tolist(),
+                           "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3),
+                           "gen_motion": round(gm, 2), "true_motion": round(tm, 2),
+                           "collapsed": bool(gs.mean() < cfg.collapse_std * ts.mean() or gm < cfg.collapse_motion * tm)})
+            g_acc, t_acc, g_mov, t_mov = [], [], [], []
+    return chunks
 
 
 def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:
@@ -141,31 +182,12 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
         res[f"revisit_psnr_db_{mode}"] = mean_psnr(gen[turns // 2:], gen[:turns // 2])
     env.set_attention("dense")
 
-    # stability: a long rollout driven by the explorer on the true simulator (same actions, same prompt)
-    e = Truth(cfg.episodes, 1)
-    env.sampler.reset(99, e.prompt)
-    env.prime(e.frames[:1], e.actions[:1])
-    chunks: list[dict[str, Any]] = []
-    g_acc, t_acc, g_mov, t_mov = [], [], [], []
-    g_prev = t_prev = e.frames[0].astype(np.float64)
-    for i in range(1, cfg.stability_frames + 1):
-        e.extend(i + 1)
-        g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
-        g_acc.append(g_i.reshape(-1, 3))
-        t_acc.append(t_i.reshape(-1, 3))
-        # motion: mean absolute change from the previous frame (a frozen rollout: ~0 where the truth moves)
-        g_mov.append(float(np.abs(g_i - g_prev).mean()))
-        t_mov.append(float(np.abs(t_i - t_prev).mean()))
-        g_prev, t_prev = g_i, t_i
-        e.frames[i] = None  # type: ignore[call-overload]  # keep memory flat over 3000 frames
-        if i % 100 == 0 or i == cfg.stability_frames:
-            g, t = np.concatenate(g_acc), np.concatenate(t_acc)
-            chunks.append({"frames_to": i, "gen_mean": g.mean(0).round(2).tolist(), "true_mean": t.mean(0).round(2).tolist(),
-                           "gen_std": g.std(0).round(2).tolist(), "true_std": t.std(0).round(2).tolist(),
-                           "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3),
-                           "gen_motion": round(float(np.mean(g_mov)), 2), "true_motion": round(float(np.mean(t_mov)), 2)})
-            g_acc, t_acc, g_mov, t_mov = [], [], [], []
-    res["stability"] = chunks
+    # stability: a long rollout per mode, driven by the explorer on the true simulator (same actions, prompt)
+    res["stability_by_mode"] = {m: _stability(env, cfg, m) for m in cfg.stability_modes}
+    env.set_attention("dense")
+    res["stability"] = res["stability_by_mode"][cfg.stability_modes[0]]
+    res["stability_first_collapse"] = {m: next((c["frames_to"] for c in rows if c["collapsed"]), None)
+                                       for m, rows in res["stability_by_mode"].items()}
 
     # controllability: one action held for a few frames from a primed context, vs the simulator from there
     e = eps[0]

@@ -27,5 +27,8 @@ def test_evaluate_quick(tmp_path: Path) -> None:
         assert math.isfinite(res[k]) and res[k] > 0, (k, res[k])
     assert len(res["rollout64_psnr_curve"]) == 8 and res["stability"][-1]["frames_to"] == 20
     assert res["stability"][-1]["true_motion"] > 0 and res["stability"][-1]["gen_motion"] >= 0
+    assert set(res["stability_by_mode"]) == {"dense", "window", "fastar"} and res["stability"] == res["stability_by_mode"]["dense"]
+    assert all(isinstance(c["collapsed"], bool) for rows in res["stability_by_mode"].values() for c in rows)
+    assert set(res["stability_first_collapse"]) == set(res["stability_by_mode"])
     assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
     json.dumps(res)
