@@ -28,7 +28,20 @@ def test_evaluate_quick(tmp_path: Path) -> None:
     assert len(res["rollout64_psnr_curve"]) == 8 and res["stability"][-1]["frames_to"] == 20
     assert res["stability"][-1]["true_motion"] > 0 and res["stability"][-1]["gen_motion"] >= 0
     assert set(res["stability_by_mode"]) == {"dense", "window", "fastar"} and res["stability"] == res["stability_by_mode"]["dense"]
-    assert all(isinstance(c["collapsed"], bool) for rows in res["stability_by_mode"].values() for c in rows)
+    assert all(isinstance(c["collapsed"], bool) and -1 <= c["layout_corr"] <= 1
+               for rows in res["stability_by_mode"].values() for c in rows)
     assert set(res["stability_first_collapse"]) == set(res["stability_by_mode"])
     assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
     json.dumps(res)
+
+
+def test_layout_corr_separates_a_view_from_a_texture() -> None:
+    """The collapse measure's layout term: true maze frames agree with other true frames of the same map
+    (ceiling above, floor below) and not with a flat texture."""
+    import numpy as np
+
+    from engine.evaluate import Truth, _corr
+    f = np.stack(Truth(4, 240).frames).astype(np.float64)
+    a, b = f[:100].mean((0, 2)), f[140:240].mean((0, 2))
+    texture = np.tile(np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)), (100, 16, 16, 1)).mean((0, 2))
+    assert _corr(a, b) > 0.5 and _corr(a, texture) < 0.3 and _corr(a, np.zeros_like(a)) == 0.0
