@@ -20,7 +20,7 @@ import numpy as np
 SUMMARY_FIELDS: tuple[str, ...] = (
     "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
     "ssim_vs_dense", "psnr_vs_truth_db", "revisit_psnr_db", "density", "recall", "kernel", "motion_late",
-    "truth_motion_late")
+    "truth_motion_late", "layout_late")
 
 
 def mean_of(xs: list[float | None] | None) -> float | None:
@@ -71,6 +71,7 @@ def summarise(series: dict[str, Any], early: int, late: int, fps_window: int) ->
         # mean frame-to-frame change over the last 10% of the run (a frozen rollout: ~0; compare the truth's)
         "motion_late": mean_of(_late(series.get("motion"))),
         "truth_motion_late": mean_of(_late(series.get("truth_motion"))),
+        "layout_late": series.get("layout_late"),
         "revisit_psnr_db": mean_of(series["revisit_psnr"]),
         "density": mean_of(st["density"]),
         "recall": mean_of(st["recall"]),
@@ -96,7 +97,7 @@ def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
     """The printed table: one row per mode, speed-ups against dense's row (when dense ran)."""
     d = summary.get("dense", {})
     head = ["mode", f"fps@{early}", f"fps@{late}", "mean fps", f"x@{late}", "x mean", f"MiB@{early}",
-            f"MiB@{late}", "PSNR/SSIM vs dense", "PSNR vs truth", "revisit dB", "motion (truth)", "density",
+            f"MiB@{late}", "PSNR/SSIM vs dense", "PSNR vs truth", "revisit dB", "motion (truth)", "layout", "density",
             "recall", "kernel"]
     rows = [head]
     for name, s in summary.items():
@@ -106,7 +107,8 @@ def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
                      _f(_ratio(s["mean_fps"], d.get("mean_fps")), "{:.2f}x"),
                      _f(s["peak_mem_mib_at_300"]), _f(s["peak_mem_mib_at_3000"]), vs_dense,
                      _f(s["psnr_vs_truth_db"]), _f(s["revisit_psnr_db"]),
-                     f"{_f(s['motion_late'])} ({_f(s['truth_motion_late'])})", _f(s["density"], "{:.3f}"),
+                     f"{_f(s['motion_late'])} ({_f(s['truth_motion_late'])})", _f(s["layout_late"], "{:.2f}"),
+                     _f(s["density"], "{:.3f}"),
                      _f(s["recall"], "{:.3f}"), str(s["kernel"])])
     widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
     lines = [" | ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]

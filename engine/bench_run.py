@@ -192,7 +192,8 @@ def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | No
             pairs: list[tuple[int, int]], threads: int) -> dict[str, list[float | None]]:
     """Per-frame PSNR/SSIM vs dense and PSNR vs truth (frame k+1 at index k); revisit PSNR per pair. Identical
     frames count as 100 dB (engine.metrics.mean_psnr's rule) so the JSON stays finite."""
-    from engine.metrics import psnr, ssim
+    from engine.metrics import layout_corr, psnr, ssim
+    late = max(1, len(frames) // 10)
 
     def one(k: int) -> tuple[float | None, float | None, float | None]:
         f = frames[k]
@@ -205,7 +206,9 @@ def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | No
             "psnr_vs_truth": [r[2] for r in rows],
             "revisit_psnr": [min(psnr(frames[j - 1], frames[i - 1]), 100.0) for i, j in pairs],
             "motion": motion(frames, None if truth is None else truth[0]),
-            "truth_motion": None if truth is None else motion(truth[1:], truth[0])}
+            "truth_motion": None if truth is None else motion(truth[1:], truth[0]),
+            # layout of the last 10% against the truth's (engine.metrics.layout_corr; ~0: collapsed texture)
+            "layout_late": None if truth is None else layout_corr(frames[-late:], truth[1:][-late:])}
 
 
 def motion(frames: np.ndarray, first: np.ndarray | None) -> list[float | None]:

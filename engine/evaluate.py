@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from engine.env import ACTION_DIM, KEY_NAMES, make_action
-from engine.metrics import mean_psnr
+from engine.metrics import corr, mean_psnr
 from engine.world_model import NeuralEnv
 
 SEED0 = 1_000_000
@@ -96,13 +96,6 @@ class Truth:
             self.actions.append(a)
 
 
-def _corr(a: np.ndarray, b: np.ndarray) -> float:
-    """Pearson correlation of two arrays (0 when either is constant)."""
-    a, b = a - a.mean(), b - b.mean()
-    d = float(np.sqrt((a * a).sum() * (b * b).sum()))
-    return float((a * b).sum() / d) if d > 0 else 0.0
-
-
 def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any]]:
     """`cfg.stability_frames` generated frames in attention `mode` from one true frame, under the explorer's
     actions on an unseen map; per 100 frames the colour statistics of generated and true frames, motion, and
@@ -136,7 +129,7 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any
         if i % 100 == 0 or i == cfg.stability_frames:
             g, t = np.concatenate(g_acc), np.concatenate(t_acc)
             gs, ts, gm, tm = g.std(0), t.std(0), float(np.mean(g_mov)), float(np.mean(t_mov))
-            lc = _corr(np.mean(g_row, 0), np.mean(t_row, 0))
+            lc = corr(np.mean(g_row, 0), np.mean(t_row, 0))
             chunks.append({"frames_to": i, "gen_mean": g.mean(0).round(2).tolist(), "true_mean": t.mean(0).round(2).tolist(),
                            "gen_std": gs.round(2).tolist(), "true_std": ts.round(2).tolist(),
                            "mean_abs_diff": round(float(np.abs(g.mean(0) - t.mean(0)).mean()), 3),

@@ -40,7 +40,8 @@ def test_layout_corr_separates_a_view_from_a_texture() -> None:
     (ceiling above, floor below) and not with a flat texture."""
     import numpy as np
 
-    from engine.evaluate import Truth, _corr
+    from engine.evaluate import Truth
+    from engine.metrics import corr as _corr
     f = np.stack(Truth(4, 240).frames).astype(np.float64)
     a, b = f[:100].mean((0, 2)), f[140:240].mean((0, 2))
     texture = np.tile(np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)), (100, 16, 16, 1)).mean((0, 2))
