@@ -4,18 +4,21 @@
 #   e.g. MODES='[dense,window,fastar]' bash tools/gpu/results.sh COMMIT compile=true \
 #          +mode_params.fastar.tempcache.overflow=evict
 #   WAIT=540 bash tools/gpu/poll.sh results 'runs/results/*'
+# EVAL=0 skips the evaluation; PROFILE_ARGS='--compile' passes options to the speed probes.
 # Results go under runs/results/ (ignored): a run's copy of the working tree is re-synced by every later call,
 # which removes files written into tracked folders (docs/) on the machine.
 set -u
+PROFILE_ARGS=${PROFILE_ARGS:-}
 commit=${1:-unknown}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
-python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_tempcache_merge.py 2>&1 | tail -15
+python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short tests/test_graphs.py tests/test_tempcache_merge.py \
+  2>&1 | tail -40
 for m in dense window fastar; do
-  python3 tools/profile_step.py --attention $m --frames 200 --no-profile 2>&1 | grep -E "^(device|step)|Error"
+  python3 tools/profile_step.py --attention $m --frames 200 --no-profile $PROFILE_ARGS 2>&1 | grep -E "^(device|step)|Error"
 done
 python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
   "modes=${MODES:-[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]}" "$@"
-python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 commit=$commit \
+[ "${EVAL:-1}" = 0 ] || python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 commit=$commit \
   $(printf '%s\n' "$@" | grep -E '^(checkpoint)=' || true)
