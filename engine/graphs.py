@@ -37,7 +37,9 @@ first (eager) calls, so the first frames take ~a minute; kernels land in inducto
 """
 from __future__ import annotations
 
-from typing import Any, Callable, Hashable
+import contextlib
+import gc
+from typing import Any, Callable, Hashable, Iterator
 
 import torch
 
@@ -45,6 +47,25 @@ from engine.attention.base import FrameAttention
 from engine.model.dit import Attn, CausalDiT, Rope
 
 Buf = dict[str, torch.Tensor]
+
+
+@contextlib.contextmanager
+def capturing(g: "torch.cuda.CUDAGraph", pool: Any) -> Iterator[None]:
+    """torch.cuda.graph with Python's cyclic garbage collector held off for the capture. Why: graph runners
+    sit in reference cycles (pieces close over their owner), so an old sampler's graphs are freed only by the
+    cyclic collector, which may run at any allocation; destroying a graph while a stream captures invalidates
+    the capture (cudaErrorStreamCaptureInvalidated, "operation not permitted when stream is capturing"). Seen
+    on the H100 as a flaky failure of tests/test_graphs.py::test_cuda_rollouts_are_deterministic when the
+    first rollout's graphs were collected during the second rollout's capture. torch.cuda.graph collects
+    once before it begins; this keeps the collector off until the capture ends."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        with torch.cuda.graph(g, pool=pool, capture_error_mode="thread_local"):
+            yield
+    finally:
+        if was:
+            gc.enable()
 
 
 class Graphed:
@@ -66,7 +87,7 @@ class Graphed:
             self.out = self.fn()
             return self.out
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=self.pool, capture_error_mode="thread_local"):
+        with capturing(g, self.pool):
             self.out = self.fn()
         self.graph = g
         g.replay()
@@ -185,7 +206,7 @@ class GraphedPass:
         if self.seen[key] == 1:   # once eagerly with this key: kernel choices and lazy state happen outside capture
             return self._run_pieces(attn, [p.__call__ for p in self.pieces])
         g = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(g, pool=torch.cuda.graph_pool_handle(), capture_error_mode="thread_local"):
+        with capturing(g, torch.cuda.graph_pool_handle()):
             out = self._run_pieces(attn, [p.fn for p in self.pieces])
         self.whole[key] = (g, out)
         g.replay()

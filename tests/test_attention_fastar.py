@@ -172,7 +172,7 @@ def test_tempcache_never_exceeds_capacity(seed):
     g = torch.Generator().manual_seed(seed)
     cap_frames = 1 + seed
     tc = build_mode("fastar" if seed % 2 else "tempcache", tempcache={"capacity_frames": cap_frames,
-                    "threshold": 0.5 + 0.2 * seed, "group": ("head", "layer")[seed % 2]})
+                    "threshold": 0.5 + 0.2 * seed, "group": ("head", "layer")[seed % 2], "overflow": "merge"})
     cache = _cache(tc, 2)
     C = tc.capacity_tokens(N)
     for f in range(40):

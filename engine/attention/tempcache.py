@@ -18,12 +18,16 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   repeat in a position-aware one), so heads hold different slot counts; a head's unused slots carry NEG_BIAS so
   the layer keeps one length. "layer" merges a token in all heads at once (mean per-head cosine): less
   compression, no holes.
-- hard capacity (capacity_frames x tokens per frame per head), `overflow`: if a frame would not fit, "merge"
-  merges the new tokens whose best match is closest anyway, below the threshold (memory bounded, nothing
-  forgotten outright, only blurred); "evict" frees the least recently touched groups instead (a group that
-  keeps being matched stays; with nothing repeating it is a window). Measured on the bundled model, forced
-  merges are where TempCache loses quality (docs/ATTENTION.md); "merge" stays the default until a long GPU
-  run has measured "evict".
+- hard capacity (capacity_frames x tokens per frame per head), `overflow`: if a frame would not fit, "evict"
+  (default) frees the least recently touched groups (a group that keeps being matched stays; with nothing
+  repeating it is a window of capacity_frames); "merge" merges the new tokens whose best match is closest
+  anyway, below the threshold (nothing forgotten outright, only blurred). capacity_frames 32 (default): the
+  bundled model holds together with about as much context as the window mode's 33 frames and fades into a
+  frozen texture with more. Measured on the H100 over 3000 frames (docs/BENCHMARKS.md, session 4): capacity
+  32 + evict keeps the first-person view (layout_late 0.81, motion 16.7 against the truth's 23.6; window 0.79
+  / 15.0) at 116 fps and 303 MiB; capacity 32 + merge fades (0.38 / 9.5), and capacity 64 collapses with
+  either policy (evict: a frozen texture, motion 3.4), as does dense. The right capacity is a property of the
+  model: a model trained on longer contexts can take a larger one.
 - fixed layout, fixed shapes (why: a per-call cost and memory that never change, no host sync, CUDA-graph
   friendly). From a layer's first call the cache holds S = capacity_frames x n group slots, [0, S), empty ones
   carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
@@ -68,11 +72,11 @@ class TempCacheConfig:
     match_by: str = "key"         # key | query
     search: str = "ann"           # ann (the mode's LSH/quant back-end) | exact
     engine: str = "torch"         # torch | faiss (top-1 search engine; same neighbours)
-    capacity_frames: int = 64     # hard cap: slots per head = capacity_frames * tokens per frame
+    capacity_frames: int = 32     # hard cap: slots per head = capacity_frames * tokens per frame
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
     compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
     top1: str = "matmul"          # stored-row search: matmul (bmm + argmax) | triton (triton_top1) | auto (triton on CUDA)
-    overflow: str = "merge"       # a full cache: merge below the threshold | evict the least recently touched groups
+    overflow: str = "evict"       # a full cache: evict the least recently touched groups | merge below the threshold
 
     def __post_init__(self) -> None:
         checks = {
