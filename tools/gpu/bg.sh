@@ -4,6 +4,7 @@
 # Poll with: bash tools/gpu/poll.sh NAME [files to copy to $OUT...]
 set -u
 name=$1; shift
+rm -rf /tmp/jobs/$name   # a job started again under one name must not see the last run's rc or log
 mkdir -p /tmp/jobs/$name
 source tools/gpu/setup.sh
 setsid nohup bash -c "$* > /tmp/jobs/$name/log 2>&1; echo \$? > /tmp/jobs/$name/rc" > /dev/null 2>&1 < /dev/null &
