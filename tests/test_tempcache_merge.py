@@ -162,3 +162,37 @@ def test_evict_overflow_keeps_the_recent_frames_when_nothing_repeats(name: str) 
         kept = sorted({int(a) for a in ages[valid]})
         assert kept == list(range(max(0, f - cap_frames + 1), f + 1)), (f, kept)
         assert int(valid.sum(-1).max()) <= S
+
+
+def _evict_by_topk(merge, idx, live, valid, age, S):
+    """The first evict_oldest (session 3): one topk of n per head over age x S + slot; the reference."""
+    B, H, n = merge.shape
+    new = (live & ~merge).sum(-1, keepdim=True)
+    excess = (new - (S - valid.sum(-1, keepdim=True))).clamp_min(0)
+    dump = torch.full_like(idx, S)
+    touched = torch.zeros(B, H, S + 1, dtype=torch.bool)
+    touched.scatter_(2, torch.where(merge & live, idx, dump), True)
+    key = torch.where(valid & ~touched[..., :S], age * S + torch.arange(S), torch.iinfo(torch.long).max)
+    oldest = torch.topk(key, n, dim=-1, largest=False, sorted=True).indices
+    freed = torch.zeros(B, H, S + 1, dtype=torch.bool)
+    freed.scatter_(2, torch.where(torch.arange(n) < excess, oldest, dump), True)
+    return valid & ~freed[..., :S]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_evict_oldest_histogram_equals_topk(seed: int) -> None:
+    """The histogram cutoff frees exactly the groups the topk did: random ages with many ties, partly full
+    and full caches, merges into existing groups."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, S, n = 2, 3, 64, 8
+    for trial in range(50):
+        frame = 100 + int(torch.randint(0, 3000, (1,), generator=g))
+        age = frame - torch.randint(0, 12 if trial % 2 else 3000, (B, H, S), generator=g)
+        valid = torch.rand(B, H, S, generator=g) < (1.0 if trial % 3 else 0.9)
+        idx = torch.randint(0, S, (B, H, n), generator=g)
+        merge = (torch.rand(B, H, n, generator=g) < 0.3) & valid.gather(2, idx)
+        live = torch.rand(B, H, n, generator=g) < 0.9
+        ref = _evict_by_topk(merge, idx, live, valid, age, S)
+        got = tm.evict_oldest(merge, idx, live, valid, age, S)
+        assert torch.equal(got, ref), (seed, trial)
+        assert int(got.sum(-1).max()) <= S
