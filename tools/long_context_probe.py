@@ -85,9 +85,15 @@ def main() -> None:
         prev, prev_t = f, trace.truth[i]
         if i % a.every == 0:
             row = {"frame": i, **{k: round(float(np.mean(v[-a.every:])), 2) for k, v in acc.items()}}
+            st = env.sampler.mode.stats()
+            if "merged_share" in st:   # TempCache modes: share of groups holding > 1 key, per layer
+                row["merged_share_by_layer"] = [round(st["layers"][str(j)].get("merged_share", 0.0), 4)
+                                                for j in range(len(st["layers"]))]
             rows.append(row)
             print(f"frames {i - a.every + 1:4d}-{i:4d}: PSNR {row['psnr']:5.2f} dB   motion {row['motion']:5.2f} "
-                  f"(truth {row['motion_truth']:5.2f})   {time.perf_counter() - t0:6.0f} s", flush=True)
+                  f"(truth {row['motion_truth']:5.2f})   {time.perf_counter() - t0:6.0f} s"
+                  + (f"   merged groups per layer {row['merged_share_by_layer']}" if "merged_share_by_layer" in row
+                     else ""), flush=True)
     if a.out:
         with open(a.out, "w") as fh:
             json.dump({"args": vars(a), "device": str(env.device), "checkpoint": env.checkpoint_sha256,

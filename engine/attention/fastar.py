@@ -316,16 +316,22 @@ class FastARAttention(AttentionMode):
             kept = []
             for layer in range(c.n_layers):
                 L = c.length[layer]
-                slots = float(c.valid(layer, L).float().sum(-1).mean()) if L else 0.0
+                valid = c.valid(layer, L)
+                slots = float(valid.float().sum(-1).mean()) if L else 0.0
                 frames = self._frames.get(layer, 0)
                 d = layers.setdefault(str(layer), {})
                 d["cache_groups"] = slots
+                if self.tc is not None and L:   # groups holding more than one key (log m > 0): what merging did
+                    d["merged_share"] = float(((c.bias[layer, :, :, :L] > 1e-3) & valid).sum() / valid.sum().clamp_min(1))
                 d["cache_density"] = slots / (frames * self._n) if frames else 1.0
                 kept.append(d["cache_density"])
             out["cache_tokens"] = c.tokens()
             out["cache_bytes"] = c.nbytes()
             out["cache_groups"] = sum(layers[str(i)]["cache_groups"] for i in range(c.n_layers))
             out["cache_density"] = sum(kept) / len(kept)
+            if self.tc is not None:
+                shares = [layers[str(i)].get("merged_share", 0.0) for i in range(c.n_layers)]
+                out["merged_share"] = sum(shares) / len(shares)
         out["layers"] = layers
         return out
 
