@@ -17,7 +17,8 @@ Metrics (PSNR in dB over uint8 frames, engine.metrics):
                                    both generated; memory shows as a high number, forgetting as a low one
   stability_by_mode                per mode, per 100 frames of a long rollout: colour mean/std of generated vs
                                    true, motion (mean change between frames: ~0 when the rollout froze) and
-                                   `collapsed` (std or motion far below the truth's); `stability` is dense's,
+                                   `collapsed` (std, motion or layout far below the truth's); `stability` is
+                                   the first mode's (dense),
                                    stability_first_collapse the first collapsed chunk per mode (null: none)
   controllability                  per key and mouse direction: 8 frames of one action from a primed context
 """
@@ -105,8 +106,9 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any
     apart in place (actions only, no feedback), so colour means differ without any collapse; std, motion
     and layout are what a collapse destroys. layout_corr: correlation of the chunk's mean row profile
     (mean colour per image row, (H, 3)) with the truth's; between 100-frame chunks of the same true episode
-    it is 0.47-0.96 (median 0.81-0.96 on five unseen maps), for the frozen textures of the benchmark's
-    collapsed rollouts ~0 (docs/MODEL.md)."""
+    it is 0.47-0.96 (median 0.81-0.96 on five unseen maps), ~0 for a flat texture. Not every collapse trips
+    the rule: the benchmark's capacity-32 merge rollout (a pink texture) kept layout 0.38 and motion 0.40
+    of the truth's (docs/MODEL.md)."""
     env.set_attention(mode)
     e = Truth(cfg.episodes, 1)
     env.sampler.reset(99, e.prompt)
