@@ -8,6 +8,7 @@ the env reports in info(); the keys it understands are:
     attention_mode            the attention mode in use      (neural model; also read as "attention")
     density, recall           sparse-attention measurements  (neural model, when measured; top level or
                               inside info["mode_stats"])
+    merged_share, overflow    TempCache: share of groups holding more than one key, and its capacity policy
     cuda_graphs, compiled,    whether the CUDA-graph path runs (and its pieces are compiled), the dense
     kernel                    kernel last used (neural model)
 
@@ -95,6 +96,9 @@ class Hud:
         if "density" in stats or "recall" in stats:
             out.append((f"density {_fmt(stats.get('density', '-'), 3)}  recall {_fmt(stats.get('recall', '-'), 3)}",
                         white))
+        if isinstance(stats.get("merged_share"), (int, float)):   # TempCache: ~0% = acting as a window
+            out.append((f"TempCache groups holding > 1 key {100 * stats['merged_share']:.1f}%"
+                        f"   overflow {stats.get('overflow', '-')}", white))
         if "pose" in info:
             out.append(("pose " + " ".join(_fmt(v, 2) for v in info["pose"]), white))
         if s.prompt:

@@ -163,3 +163,14 @@ def test_slow_generation_never_freezes_the_window_and_the_hud_says_so(tmp_path: 
     g.stepper.close()
     g.window.close()
     assert display_fps > 12 and gen_fps < 10 and slow_seen
+
+
+def test_hud_shows_what_tempcache_merged() -> None:
+    from controls.hud import Hud, HudConfig, HudState
+    pygame.font.init()
+    hud = Hud(HudConfig())
+    info = {"attention": "fastar", "mode_stats": {"merged_share": 0.0054, "overflow": "evict"}}
+    lines = [t for t, _ in hud.lines(HudState(attention="fastar", attention_modes=["fastar"], info=info))]
+    assert "TempCache groups holding > 1 key 0.5%   overflow evict" in lines
+    plain = [t for t, _ in hud.lines(HudState(attention="window", attention_modes=["window"], info={}))]
+    assert not any("TempCache" in t for t in plain)

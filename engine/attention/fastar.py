@@ -313,25 +313,31 @@ class FastARAttention(AttentionMode):
             out[key] = self.meter.mean(key)
         c = self._cache
         if c is not None:
-            kept = []
+            # per layer: mean valid slots per head, and (TempCache) groups holding more than one key (log m > 0),
+            # gathered on the device and read back with one sync (the HUD asks every frame)
+            rows = []
             for layer in range(c.n_layers):
                 L = c.length[layer]
                 valid = c.valid(layer, L)
-                slots = float(valid.float().sum(-1).mean()) if L else 0.0
+                merged = ((c.bias[layer, :, :, :L] > 1e-3) & valid).sum() if self.tc is not None else valid.sum() * 0
+                rows.append(torch.stack([valid.float().sum(-1).mean() if L else valid.sum() * 0.0,
+                                         merged.float(), valid.sum().float()]))
+            vals = torch.stack(rows).tolist()
+            kept = []
+            for layer, (slots, merged, n_valid) in enumerate(vals):
                 frames = self._frames.get(layer, 0)
                 d = layers.setdefault(str(layer), {})
                 d["cache_groups"] = slots
-                if self.tc is not None and L:   # groups holding more than one key (log m > 0): what merging did
-                    d["merged_share"] = float(((c.bias[layer, :, :, :L] > 1e-3) & valid).sum() / valid.sum().clamp_min(1))
+                if self.tc is not None:
+                    d["merged_share"] = merged / max(1.0, n_valid)
                 d["cache_density"] = slots / (frames * self._n) if frames else 1.0
                 kept.append(d["cache_density"])
             out["cache_tokens"] = c.tokens()
             out["cache_bytes"] = c.nbytes()
             out["cache_groups"] = sum(layers[str(i)]["cache_groups"] for i in range(c.n_layers))
             out["cache_density"] = sum(kept) / len(kept)
-            if self.tc is not None:
-                shares = [layers[str(i)].get("merged_share", 0.0) for i in range(c.n_layers)]
-                out["merged_share"] = sum(shares) / len(shares)
+            if self.tc is not None:   # what merging did: ~0 means TempCache acts as a window of its capacity
+                out["merged_share"] = sum(layers[str(i)]["merged_share"] for i in range(c.n_layers)) / c.n_layers
         out["layers"] = layers
         return out
 
