@@ -1,0 +1,147 @@
+"""Does the model redraw a place it saw if the place is put back into a short context? (an experiment)
+
+The model holds together with ~32 frames of context and collapses with more (docs/MODEL.md), so memory by
+"keep everything" (dense) or "keep the last 32 frames" (window, TempCache at capacity 32) cannot pass the
+revisit test: a full turn is 60 frames. This probe tries retrieval instead, the shape of the training's
+revisit clips (engine/train_data.py revisit_clip): the context of each frame is the first frame (sink), the
+last `--recent` frames, and a block of `--block` frames retrieved from further back, centred on the
+successor of the past frame that looks most like the newest one (cosine similarity of layer 0's values,
+2x2-pooled over the token grid: values carry no rotary, so the same view at another time still matches).
+Keys keep their true frame positions. The cache keeps everything (like dense); only what each frame
+attends to is bounded.
+
+    python tools/recall_probe.py --checkpoint runs/base5_export --mode recall   # the evaluation's revisit test
+    python tools/recall_probe.py --mode window                                   # the same test, window mode
+
+Runs the evaluation's revisit protocol (engine/evaluate.py: one true frame, then 120 x turn_right; the second
+turn's frames against the first turn's) and prints the PSNR and, for recall, which frames were retrieved.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from engine.attention import MODES, kernels
+from engine.attention.base import AttentionMode, StepInfo
+from engine.cache import KVCache
+from engine.env import make_action
+from engine.evaluate import SEED0, Truth
+from engine.metrics import mean_psnr
+from engine.world_model import NeuralEnv
+
+
+class RecallAttention(AttentionMode):
+    """Dense cache; each frame attends to sinks + the last `recent` frames + a retrieved block."""
+
+    name = "recall"
+
+    def __init__(self, recent: int = 16, block: int = 16, sinks: int = 1, grid: int = 16, oracle: int = 0) -> None:
+        self.recent, self.block, self.sinks, self.grid = recent, block, sinks, grid
+        self.oracle = oracle                        # > 0: the matched frame is simply now - 1 - oracle
+        self.desc: list[torch.Tensor] = []          # per committed frame: unit descriptor (B, d)
+        self.chosen: list[int] = []                 # frames of the current block
+        self.log: list[tuple[int, int, float]] = []  # (frame, matched frame, similarity)
+
+    def reset(self) -> None:
+        self.desc, self.chosen, self.log = [], [], []
+
+    def _descriptor(self, v: torch.Tensor) -> torch.Tensor:
+        B, H, n, D = v.shape
+        g = self.grid
+        x = v.float().permute(0, 1, 3, 2).reshape(B, H * D, g, g)          # token grid
+        x = F.avg_pool2d(x, 2).reshape(B, -1)
+        return F.normalize(x, dim=-1)
+
+    def _frames_to_attend(self, now: int) -> list[int]:
+        frames = list(range(min(self.sinks, now)))
+        frames += [f for f in range(max(0, now - self.recent), now) if f not in frames]
+        frames += [f for f in self.chosen if f not in frames and f < now]
+        return sorted(frames)
+
+    def _retrieve(self, now: int) -> None:
+        """After frame now-1 is committed: pick the block for frame `now`."""
+        newest = now - 1
+        last = newest - self.recent       # candidates end before the recent window
+        if last <= self.sinks:
+            self.chosen = []
+            return
+        d = torch.stack(self.desc[self.sinks:last])                         # (C, B, d)
+        sim = (d * self.desc[newest][None]).sum(-1).mean(-1)                # (C,)
+        j = int(sim.argmax()) + self.sinks
+        if self.oracle:   # upper bound: the frame a full turn back, where the test's view really repeats
+            if newest - self.oracle < self.sinks:
+                self.chosen = []
+                return
+            j = newest - self.oracle
+        centre = j + 1                                                      # the successor of the match
+        lo = max(self.sinks, centre - self.block // 2)
+        hi = min(last, lo + self.block)
+        self.chosen = list(range(lo, hi))
+        self.log.append((now, j, round(float(sim[j - self.sinks]), 4)))
+
+    def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                       info: StepInfo) -> torch.Tensor:
+        n = k.shape[2]
+        end = cache.write_scratch(layer, k, v)
+        frames = self._frames_to_attend(info.frame)
+        idx = torch.cat([torch.arange(f * n, (f + 1) * n) for f in frames] + [torch.arange(end - n, end)])
+        idx = idx.to(q.device)
+        K, V = cache.k[layer][:, :, idx], cache.v[layer][:, :, idx]
+        out = kernels.attention(q, K, V)
+        if info.commit:
+            assert cache.length[layer] == info.frame * n, "recall_probe expects frame f at slots [f*n, (f+1)*n)"
+            cache.commit_scratch(layer, n, info.frame)
+            if layer == 0:
+                self.desc.append(self._descriptor(v))
+            if layer == cache.n_layers - 1:
+                self._retrieve(info.frame + 1)
+        return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", default=None)
+    p.add_argument("--mode", default="recall", help="recall, or any engine mode (dense, window, fastar...)")
+    p.add_argument("--recent", type=int, default=16)
+    p.add_argument("--block", type=int, default=16)
+    p.add_argument("--turns", type=int, default=120, help="turn_right steps (60 = one full turn)")
+    p.add_argument("--oracle", type=int, default=0, help="recall: retrieve the frame this many back instead of "
+                   "searching (60: a full turn; the upper bound of retrieval for this test)")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    if a.mode == "recall":
+        MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle)
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
+    e = Truth(0, 1)
+    env.sampler.reset(0, e.prompt)
+    env.prime(e.frames[:1], e.actions[:1])
+    t0 = time.perf_counter()
+    gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
+    half = a.turns // 2
+    res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
+           "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
+           "first_turn_motion": round(float(np.abs(np.diff(gen[:half].astype(np.int16), axis=0)).mean()), 2),
+           "seconds": round(time.perf_counter() - t0, 1)}
+    mode = env.sampler.mode
+    if isinstance(mode, RecallAttention):
+        res["recent"], res["block"], res["oracle"] = a.recent, a.block, a.oracle
+        res["matches"] = mode.log[half - 1:half + 11]          # around the start of the second turn
+        res["match_offsets_second_turn"] = [now - j for now, j, _ in mode.log if now > half]
+    print(json.dumps({k: v for k, v in res.items() if k != "match_offsets_second_turn"}))
+    if "match_offsets_second_turn" in res:
+        off = res["match_offsets_second_turn"]
+        print(f"second turn: frames back to the match, median {int(np.median(off))} (a full turn: 60), "
+              f"share within 60 +- 3: {np.mean([abs(o - 60) <= 3 for o in off]):.2f}")
+    if a.out:
+        with open(a.out, "w") as fh:
+            json.dump(res, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
