@@ -72,6 +72,10 @@ class DiTTrainConfig:
     revisit_min_gap: int = 24    #   frames between the two visits, at least
     revisit_pos_tol: float = 0.15  # cells
     revisit_yaw_tol: float = 6.0   # degrees
+    revisit_lead: float = 0.75     # share of a revisit clip's second half before the return (0: it opens with it)
+    novelty_weight: float = 0.0    # loss weight 1 + w x (how much each latent differs from the previous frame's,
+                                   # relative to the frame's mean): where the last frame does not explain the
+                                   # target (newly revealed views, memory), the loss counts more; 0: plain MSE
     lr: float = 3e-4
     warmup: int = 300
     weight_decay: float = 0.0
@@ -115,6 +119,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         validate(cfg.dit.own_context_prob, cfg.dit.own_context_steps, cfg.dit.own_context_rounds)
+        if not 0.0 <= cfg.dit.revisit_lead <= 1.0 or cfg.dit.novelty_weight < 0 or not 0.0 <= cfg.dit.revisit_prob <= 1.0:
+            raise ValueError(f"dit.revisit_prob and dit.revisit_lead must be in [0, 1] and dit.novelty_weight >= 0; "
+                             f"got {cfg.dit.revisit_prob}, {cfg.dit.revisit_lead}, {cfg.dit.novelty_weight}")
         self.own_stats = [0, 0, 0.0]   # since the last log: samples with own context, samples, seconds spent
         self.t0 = time.time()
         self.deadline = self.t0 + 60 * (cfg.time_budget_min - cfg.reserve_min)
@@ -331,7 +338,7 @@ class Trainer:
             if d.revisit_prob > 0 and self.rng.random() < d.revisit_prob:
                 e, i, j = (int(v) for v in self.revisits[self.rng.integers(len(self.revisits))])
                 eps[b] = e
-                idx[b] = revisit_clip(int(st.length[e]), T, i, j)
+                idx[b] = revisit_clip(int(st.length[e]), T, i, j, d.revisit_lead)
             elif self.rng.random() < d.gap_prob and gap_room > 0:
                 s0 = int(self.rng.integers(0, gap_room + 1))
                 s1 = int(self.rng.integers(s0 + h + d.min_gap, n - (T - h) + 1))
@@ -361,7 +368,20 @@ class Trainer:
         with self.ctx():
             v = m.dit(torch.cat([x_clean, x_noisy], 1), torch.cat([tc, t], 1), torch.cat([acts, acts], 1),
                       torch.cat([frames, frames], 1), prompt, attn)[:, T:]
-        return F.mse_loss(v.float(), e2 - z)
+        if d.novelty_weight <= 0:
+            return F.mse_loss(v.float(), e2 - z)
+        w = self.novelty(z, rows, frames, d.novelty_weight)
+        return ((v.float() - (e2 - z)) ** 2 * w).sum() / w.sum()
+
+    def novelty(self, z: torch.Tensor, rows: torch.Tensor, frames: torch.Tensor, weight: float) -> torch.Tensor:
+        """Per-latent loss weights (B, T, C, h, w): 1 + weight x |z - z_prev| / its mean over the frame, with
+        z_prev the episode's previous frame (not the clip's: a revisit or gap clip jumps), 0 novelty for an
+        episode's first frame. Large where the previous frame does not explain the target: newly revealed
+        parts of a view, which only memory (or invention) can supply."""
+        prev = self.latents[(rows - 1).clamp_min(0)].float()                       # (B, T, C, h, w)
+        diff = (z - prev).abs() * (frames > 0)[:, :, None, None, None]
+        rel = diff / diff.mean((2, 3, 4), keepdim=True).clamp_min(1e-6)
+        return 1.0 + weight * rel
 
     def own_context(self, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
                     prompt: tuple[torch.Tensor, torch.Tensor], attn: Any) -> torch.Tensor:

@@ -96,13 +96,14 @@ def revisit_pairs(store: FrameStore, min_gap: int, pos_tol: float, yaw_tol_deg: 
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 3), np.int64)
 
 
-def revisit_clip(n: int, T: int, i: int, j: int) -> np.ndarray:
+def revisit_clip(n: int, T: int, i: int, j: int, lead: float = 0.75) -> np.ndarray:
     """Frame indices (T,), increasing, within [0, n), containing i and j (i < j): a first half around i,
-    then a second half that leads up to j with a quarter of it after j, so that the model has to notice
-    the return and fetch frame i's view from far back. Halves that would overlap become one contiguous clip
-    ending a quarter-half after j."""
+    then a second half in which `lead` of the frames before the end lead up to j (0.75, the default: 11 of
+    16, then j and 4 more; 0: the second half opens with j, so the returning view has no recent frames that
+    show it and can only come from far back). Halves that would overlap become one contiguous clip around j."""
     h = T // 2
-    tail = (T - h) // 4
+    before = int(round(lead * (T - h - 1)))                # second-half frames before j
+    tail = T - h - 1 - before                               # and after it
     a0 = min(max(0, i - h // 2), n - h)                   # [a0, a0 + h) holds i
     b0 = min(max(0, j + tail + 1 - (T - h)), n - (T - h))  # [b0, b0 + T - h) holds j
     if b0 < a0 + h:

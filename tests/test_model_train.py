@@ -156,3 +156,38 @@ def test_revisit_clips_train(trained: Path) -> None:
     assert data and data[-1]["revisit_pairs"] > 0
     losses = [r["loss"] for r in _log(trained / "run_rev") if r.get("phase") == "dit" and "loss" in r]
     assert losses and all(math.isfinite(x) for x in losses)
+
+
+def test_revisit_clip_lead_zero_returns_at_once() -> None:
+    from engine.train_data import revisit_clip
+    c = revisit_clip(1000, 32, 100, 600, lead=0.0)
+    assert list(c[16:]) == list(range(600, 616)) and 100 in c
+
+
+def test_novelty_weights_follow_what_the_previous_frame_does_not_explain() -> None:
+    import types
+
+    import torch
+
+    from engine.train import Trainer
+    lat = torch.zeros(6, 2, 2, 2)
+    lat[3, 0, 0, 0] = 4.0                       # frame 3 differs from frame 2 in one latent only
+    fake = types.SimpleNamespace(latents=lat)
+    rows = torch.tensor([[2, 3]])
+    frames = torch.tensor([[0, 3]])             # frame index 0: an episode start, no previous frame
+    z = lat[rows].float()
+    w = Trainer.novelty(fake, z, rows, frames, 2.0)
+    assert torch.equal(w[0, 0], torch.ones(2, 2, 2))           # episode start: weight 1 everywhere
+    assert float(w[0, 1, 0, 0, 0]) == 1.0 + 2.0 * 8.0          # the one new latent: 8x the frame's mean change
+    assert float(w[0, 1].sum()) == 8 + 2.0 * 8.0
+
+
+def test_revisit_lead_and_novelty_train(trained: Path) -> None:
+    train(tiny_config(trained, out=trained / "run_nov", **{"dit.revisit_prob": 0.5, "dit.revisit_lead": 0.0,
+                                                          "dit.novelty_weight": 2.0, "dit.steps": 2,
+                                                          "dit.revisit_min_gap": 4, "dit.revisit_pos_tol": 0.5,
+                                                          "dit.revisit_yaw_tol": 30.0}))
+    losses = [r["loss"] for r in _log(trained / "run_nov") if r.get("phase") == "dit" and "loss" in r]
+    assert losses and all(math.isfinite(x) for x in losses)
+    with pytest.raises(ValueError, match="novelty_weight"):
+        train(tiny_config(trained, out=trained / "run_bad", **{"dit.novelty_weight": -1.0}))
