@@ -146,7 +146,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                            "torch": torch.__version__, "dtype": str(dtype), "tokens_per_frame": n, "heads": H,
                            "head_dim": D, "inputs": "synthetic: clustered keys, "
                            f"{args.static:.0%} static tokens (near-duplicate keys across frames), the rest drifting "
-                           f"(random walk {args.drift}); queries near their token's cluster", "results": {}}
+                           f"(random walk {args.drift}); queries near their token's cluster",
+                           "tempcache": {"capacity_frames": args.capacity_frames, "threshold": args.threshold,
+                                         "overflow": args.overflow}, "window": args.window, "results": {}}
     print(f"device {res['device']}  dtype {dtype}  tokens/frame {n}  heads {H}  D {D}\ninputs: {res['inputs']}")
     hdr = f"{'frames':>6} {'mode':<16} {'time_ms':>8} {'speedup':>7} {'TF/s':>6} {'kTF/s':>6} {'density':>7} " \
           f"{'cache':>6} {'recall':>6} {'ann_ms':>7} {'adopt_s':>7}  kernel"
@@ -170,7 +172,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     sched = {"dense_until": 0.3} if name.startswith("fastar") else {"dense_until": 0.3, "layers": [0]}
                     params = {"metrics": {"recall_every": 0}, "schedule": sched}
                     if "tempcache" in name or "fastar" in name:
-                        params["tempcache"] = {"capacity_frames": args.capacity_frames, "threshold": args.threshold}
+                        params["tempcache"] = {"capacity_frames": args.capacity_frames, "threshold": args.threshold,
+                                               "overflow": args.overflow}
                 mode = build_mode(name, **params)
                 cache = _dense_cache(hist, n, H, D, dev, dtype)
                 t0 = time.perf_counter()
@@ -258,7 +261,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--dtype", default="bf16", choices=["bf16", "fp16", "fp32"])
     p.add_argument("--device", default="auto")
     p.add_argument("--window", type=int, default=32)
-    p.add_argument("--capacity-frames", type=int, default=64)
+    p.add_argument("--capacity-frames", type=int, default=32, help="TempCache slots per head in frames (the "
+                   "engine's default; session 3's attention_h100.json ran 64)")
+    p.add_argument("--overflow", default="evict", choices=["evict", "merge"], help="TempCache at capacity (the "
+                   "engine's default; session 3 ran merge)")
     p.add_argument("--threshold", type=float, default=0.95)
     p.add_argument("--clusters", type=int, default=32)
     p.add_argument("--static", type=float, default=0.7)
