@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 from engine.env import ACTION_DIM, KEY_NAMES, make_action
-from engine.metrics import corr, mean_psnr
+from engine.metrics import corr, mean_psnr, row_profile
 from engine.world_model import NeuralEnv
 
 SEED0 = 1_000_000
@@ -121,8 +121,8 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any
         g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
         g_acc.append(g_i.reshape(-1, 3))
         t_acc.append(t_i.reshape(-1, 3))
-        g_row.append(g_i.mean(1))                                                  # (H, 3) row profile
-        t_row.append(t_i.mean(1))
+        g_row.append(row_profile(g_i[None]))                                       # (H, 3)
+        t_row.append(row_profile(t_i[None]))
         # motion: mean absolute change from the previous frame (a frozen rollout: ~0 where the truth moves)
         g_mov.append(float(np.abs(g_i - g_prev).mean()))
         t_mov.append(float(np.abs(t_i - t_prev).mean()))
