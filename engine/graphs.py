@@ -262,6 +262,41 @@ class GraphedPass:
         return all(p.graph is not None for p in self.pieces)
 
 
+class GraphedFrameInputs:
+    """Sampler.frame_inputs (the action part of the conditioning and the rotary tables) as one graph over a
+    static action, frame index and prompt pool. Why: computed eagerly it was ~25 small kernels whose launches
+    took ~1 ms of host time at the start of every frame, with the GPU idle (the previous frame ended in the
+    frame's copy to the host); replayed, it is one launch. Returns fresh tuples over the static outputs, so
+    GraphedPass sees a new rotary object per frame and copies it (it skips the copy for the same object)."""
+
+    def __init__(self, dit: CausalDiT, batch: int, num_actions: int, device: torch.device, capture: bool) -> None:
+        self.dit = dit
+        self.action = torch.zeros(batch, 1, num_actions, device=device)
+        self.frames = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.pool: torch.Tensor | None = None
+        self._pool_src: torch.Tensor | None = None
+        self.capture = capture
+        self.g = Graphed(self._compute, _pool(capture), capture)
+
+    def _compute(self) -> tuple[torch.Tensor, Rope]:
+        assert self.pool is not None
+        return self.dit.frame_condition(self.action, self.pool), self.dit.rope(self.frames)
+
+    def __call__(self, action: torch.Tensor, frame: int, pool: torch.Tensor) -> tuple[torch.Tensor, Rope]:
+        """action (B, A) on the device, frame: the frame index, pool (B, D): the prompt's pooled vector."""
+        if pool is not self._pool_src:   # a new prompt context (every reset): into the static buffer
+            if self.pool is None or self.pool.shape != pool.shape or self.pool.dtype != pool.dtype:
+                self.pool = pool.clone()
+                self.g = Graphed(self._compute, _pool(self.capture), self.capture)
+            else:
+                self.pool.copy_(pool)
+            self._pool_src = pool
+        self.action.copy_(action[:, None])
+        self.frames.fill_(frame)
+        cond, rope = self.g()
+        return cond, (rope[0], rope[1])
+
+
 class GraphedDecode:
     """model.decode for a fixed latent shape as one graph: static latent in, static uint8 frames out."""
 

@@ -29,7 +29,7 @@ import torch
 
 from engine.attention import AttentionMode, FrameAttention, StepInfo
 from engine.cache import KVCache
-from engine.graphs import GraphedPass
+from engine.graphs import GraphedFrameInputs, GraphedPass
 from engine.model import WorldModel
 from engine.model.dit import PromptContext, Rope
 
@@ -76,6 +76,8 @@ class Sampler:
         self.graphs, self.compiled = graphs, compile
         self.run = dit.run if graphs == "off" else GraphedPass(dit, batch, self.C, self.size,
                                                                 capture=graphs == "cuda", compile=compile)
+        self.inputs = None if graphs == "off" else GraphedFrameInputs(dit, batch, model.cfg.action_dim,
+                                                                     self.device, capture=graphs == "cuda")
         self.gen = torch.Generator(device=self.device)
         self.frame = 0
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -110,6 +112,8 @@ class Sampler:
         """action (B, A) -> the conditioning and rotary shared by every pass of the current frame."""
         if self.ctx is None:
             raise RuntimeError("Sampler used before reset(seed, prompt)")
+        if self.inputs is not None:
+            return FrameInputs(*self.inputs(action.to(self.device), self.frame, self.ctx.pool))
         dit = self.model.dit
         frames = torch.full((self.batch, 1), self.frame, dtype=torch.long, device=self.device)
         return FrameInputs(dit.frame_condition(action.to(self.device)[:, None], self.ctx.pool), dit.rope(frames))

@@ -78,7 +78,8 @@ def test_compiled_pieces_equal_eager(mode: str) -> None:
     assert max(diffs) < 1e-3, f"max |compiled - eager| per frame: {diffs}"
     assert samplers[0].run.captured and samplers[0].run.whole_replays > 0
     again = _roll(m, mode, "cuda", frames=16, compile=True)
-    assert all(torch.equal(a, b) for a, b in zip(got, again))
+    assert all(torch.equal(a, b) for a, b in zip(got, again)), \
+        f"compiled run twice, max |a - b| per frame: {[float((a - b).abs().max()) for a, b in zip(got, again)]}"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -156,13 +157,16 @@ def test_cuda_rollouts_are_deterministic(mode: str, graphs: str) -> None:
 
 
 @pytest.mark.parametrize("device,dtype,overflow", [("cpu", torch.float64, "merge"), ("cpu", torch.float64, "evict"),
-                                                   ("cuda", torch.float64, "merge"), ("cuda", torch.float32, "merge"),
-                                                   ("cuda", torch.float32, "evict")])
+                                                   ("cuda", torch.float64, "merge"), ("cuda", torch.float64, "evict")])
 def test_compiled_merge_equals_eager_merge(device: str, dtype: torch.dtype, overflow: str) -> None:
     """TempCache's commit through torch.compile (the CUDA default; `tempcache.compile=on` anywhere) gives the
     eager commit's frames. Merges start at frame 3 here and forced ones at frame 5 (capacity 4 frames): the
     first compiled version, which compiled the in-place writes too, was off by 0.08-0.2 from frame 3 on, on
-    the CPU and on the H100 alike (tempcache_merge.fold_plan)."""
+    the CPU and on the H100 alike (tempcache_merge.fold_plan). In float64: in float32 the compiled kernels
+    round the stored search rows differently in the last bit, and with this random model's near-tied top-1
+    candidates that flips a forced merge at frame 5 (seen on the H100 once the commit covered all layers at
+    once; the compiled and eager plans were equal on equal inputs at every commit). The float32 compiled
+    path is checked for bit-for-bit repeatability below."""
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("needs a GPU")
     m = random_model(dtype).to(device)
@@ -178,10 +182,22 @@ def test_compiled_merge_equals_eager_merge(device: str, dtype: torch.dtype, over
         assert s.mode.stats()["merge"] == ("compiled" if compile == "on" else "eager")
         return out
 
-    tol = 1e-10 if dtype == torch.float64 else 1e-4
     eager, compiled = roll("off"), roll("on")
     diffs = [float((a - b).abs().max()) for a, b in zip(eager, compiled)]
-    assert max(diffs) < tol, f"max |compiled - eager| per frame: {diffs}"
+    assert max(diffs) < 1e-10, f"max |compiled - eager| per frame: {diffs}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_compiled_merge_is_repeatable_in_float32() -> None:
+    m = random_model(torch.float32).cuda()
+
+    def roll() -> list[torch.Tensor]:
+        s = Sampler(m, build_mode("tempcache", tempcache={"capacity_frames": 4, "compile": "on"}), steps=3)
+        s.reset(seed=3, prompt="night stone")
+        return [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device="cuda")).clone()
+                for k, dx in (ACTIONS * 2)[:8]]
+    a, b = roll(), roll()
+    assert all(torch.equal(x, y) for x, y in zip(a, b)), [float((x - y).abs().max()) for x, y in zip(a, b)]
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

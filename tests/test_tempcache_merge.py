@@ -100,6 +100,42 @@ def test_stored_row_search_equals_the_general_path(search: str, monkeypatch: pyt
     assert torch.equal(a.frame, b.frame)
 
 
+@pytest.mark.parametrize("mode,params", [
+    ("fastar", {"overflow": "evict"}), ("tempcache", {"overflow": "merge"}),
+    ("tempcache", {"search": "exact", "match_by": "query"})])
+def test_all_layer_commit_equals_per_layer_commits(mode: str, params: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The commit pass commits every layer at once after the last one (FastARAttention._stage,
+    TempCache.commit_layers); committing each layer in its own call gives the same caches and outputs."""
+    params = {"threshold": 0.9, "capacity_frames": 3, **params}
+    g = torch.Generator().manual_seed(5)
+    layers = 3
+    frames = [[tuple(torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3)) for _ in range(layers)]
+              for _ in range(8)]
+    runs = []
+    for batched in (True, False):
+        if not batched:
+            monkeypatch.setattr(type(build_mode(mode)), "_batched_commit", lambda self: False)
+        m = build_mode(mode, tempcache=params)
+        cache = _cache(m, layers)
+        outs = []
+        for f, per_layer in enumerate(frames):
+            for layer, (q, k, v) in enumerate(per_layer):
+                if f % 2:   # every other frame repeats frame 0 with a little noise: merges happen
+                    k = frames[0][layer][1] + 0.01 * k
+                    q = k if params.get("match_by") == "query" else q
+                outs.append(_step(m, cache, layer, f, q, k, v))
+        if batched:
+            assert m._batched_commit()
+        runs.append((cache, outs))
+    (a, oa), (b, ob) = runs
+    for x, y in zip(oa, ob):
+        torch.testing.assert_close(x, y, rtol=0, atol=1e-12)
+    for name in ("k", "v", "bias"):
+        torch.testing.assert_close(getattr(a, name), getattr(b, name), rtol=0, atol=1e-12)
+    assert torch.equal(a.frame, b.frame)
+    assert bool((a.bias[:, :, :, :a.length[0]] > 1e-3).any()), "no group merged: the test would not test merging"
+
+
 def test_top1_option_is_checked() -> None:
     from engine.attention.tempcache import TempCacheConfig
     with pytest.raises(ValueError, match="tempcache.top1"):

@@ -86,6 +86,8 @@ def main() -> None:
     p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
                    '\'{"tempcache": {"top1": "matmul"}}\'')
     p.add_argument("--no-profile", action="store_true", help="timings only, skip the profiler tables")
+    p.add_argument("--cprofile", type=int, default=0, metavar="N",
+                   help="also run cProfile over N frames: where the host spends a frame (launches, Python)")
     a = p.parse_args()
     if a.count_ops:
         torch.set_num_threads(2)
@@ -123,6 +125,20 @@ def main() -> None:
           + "".join(f" {k} {v}" for k, v in env.info()["mode_stats"].items() if k in ("merge", "top1")))
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
           f"commit pass {commit_ms:.2f} | decode {decode_ms:.2f}")
+    if a.cprofile:
+        import cProfile
+        import pstats
+        more = [np.asarray(x) for x in (acts * (1 + a.cprofile // max(1, len(acts))))[:a.cprofile]]
+        pr = cProfile.Profile()
+        _sync(dev)
+        pr.enable()
+        for x in more:
+            env.step(x)
+        _sync(dev)
+        pr.disable()
+        print(f"cProfile over {a.cprofile} frames (host time; the frame's device work overlaps it):")
+        pstats.Stats(pr).sort_stats("tottime").print_stats(18)
+        pstats.Stats(pr).sort_stats("cumulative").print_stats(30)
     if a.no_profile:
         return
     acts_prof = [np.asarray(x) for x in acts[-5:]]

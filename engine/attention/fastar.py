@@ -142,6 +142,7 @@ class FastARAttention(AttentionMode):
         self._n = 1                             # tokens per frame (from the calls)
         self._pairs: torch.Tensor | None = None  # sparse path's pair count of the last call
         self._pairs_src: tuple | None = None       # what last_pairs needs to count a dense call's pairs
+        self._staged: dict[int, torch.Tensor | None] = {}   # commit pass: layers whose scratch awaits the commit
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -167,6 +168,7 @@ class FastARAttention(AttentionMode):
     def reset(self) -> None:
         self.meter.reset()
         self._frames.clear()
+        self._staged.clear()
         if self.tc is not None:
             self.tc.reset()
 
@@ -236,14 +238,48 @@ class FastARAttention(AttentionMode):
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:
-            if self._needs_codes():
-                self._write_codes(cache, layer, k)
-            if self.tc is not None:
-                self.tc.commit(cache, layer, n, self.frame_tensor(info, k.device), q=q)
+            if self._batched_commit():
+                self._stage(cache, layer, n, q, info)
             else:
-                cache.commit_scratch(layer, n, info.frame)
+                if self._needs_codes():
+                    self._write_codes(cache, layer, k)
+                if self.tc is not None:
+                    self.tc.commit(cache, layer, n, self.frame_tensor(info, k.device), q=q)
+                else:
+                    cache.commit_scratch(layer, n, info.frame)
             self._frames[layer] = self._frames.get(layer, 0) + 1
         return out
+
+    # ---- TempCache's commit, all layers at once -------------------------------------------------------------
+    def _batched_commit(self) -> bool:
+        """Whether the commit pass stages each layer and commits all of them after the last one
+        (TempCache.commit_layers): the stored-row search, with codes from an LSH hasher (hashed for every
+        layer in one einsum) or none needed. Otherwise each layer commits in its own call."""
+        return self.tc is not None and self.tc._rows_ok() and \
+            (not self._needs_codes() or isinstance(self.hasher, LSHHasher))
+
+    def _stage(self, cache: KVCache, layer: int, n: int, q: torch.Tensor, info: StepInfo) -> None:
+        """Remember that `layer`'s scratch holds the frame to commit; after the last layer, commit them all.
+        A layer staged twice means the earlier pass stopped half-way (an exception mid-pass): its scratch is
+        overwritten by now, so those stale stages are dropped, not committed."""
+        if layer in self._staged:
+            self._staged.clear()
+        self._staged[layer] = q.clone() if self.tc.cfg.match_by == "query" else None  # type: ignore[union-attr]
+        if len(self._staged) < cache.n_layers:
+            return
+        assert self.tc is not None and self.hasher is not None
+        tc, L = self.tc, cache.n_layers
+        S = tc.slots(n)
+        q_all = torch.stack([self._staged[i] for i in range(L)]) if tc.cfg.match_by == "query" else None  # type: ignore[misc]
+        probes = None
+        if self._needs_codes():
+            hasher: LSHHasher = self.hasher  # type: ignore[assignment]
+            p = hasher.project_layers(cache.k[:, :, :, S:S + n])                   # (L, B, H, n, T, bits)
+            cache.slot_data[CODES][:, :, :, S:S + n] = hasher.code_of(p)
+            if tc._use_buckets():
+                probes = hasher.probes_of(p if q_all is None else hasher.project_layers(q_all))
+        tc.commit_layers(cache, n, self.frame_tensor(info, q.device), q_all, probes)
+        self._staged.clear()
 
     @property
     def last_pairs(self) -> torch.Tensor | int:

@@ -157,6 +157,21 @@ def _bucket(q: torch.Tensor, k: torch.Tensor, biased: bool) -> tuple:
     return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + ("_bias" if biased else ""))
 
 
+_tails: dict[tuple, torch.Tensor] = {}
+
+
+def _q_tail(width: int, scale: float, q: torch.Tensor) -> torch.Tensor:
+    """[1/scale, 0, ...] (width,) in q's dtype and device, made once (a per-call tensor would be a copy)."""
+    key = (width, scale, q.dtype, q.device)
+    if key not in _tails:
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():   # captured, it never ran
+            raise RuntimeError("kernels: q padding first built inside a CUDA graph capture; run a pass eagerly first")
+        t = torch.zeros(width, dtype=q.dtype, device=q.device)
+        t[0] = 1.0 / scale
+        _tails[key] = t
+    return _tails[key]
+
+
 def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool) -> torch.Tensor:
     """q (B, H, n, D) against cache slots [0, end) of `layer`, with their biases when `biased`. A cache with the
     bias channel on (KVCache.set_bias_channel) runs one plain kernel on the padded storage, q padded as
@@ -166,8 +181,7 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
         kp, vp = cache.padded(layer, end)
         D, Dp = q.shape[-1], kp.shape[-1]
         scale = 1.0 / math.sqrt(D)
-        qp = F.pad(q, (0, Dp - D))
-        qp[..., D] = 1.0 / scale
+        qp = torch.cat([q, _q_tail(Dp - D, scale, q).expand(*q.shape[:-1], Dp - D)], -1)   # one kernel
         return attention(qp, kp, vp, scale=scale)[..., :D]
     K, V, b = cache.view(layer, end)
     return attention(q, K, V, bias=b if biased else None)

@@ -61,27 +61,49 @@ class LSHHasher:
         if layer not in self._mean:
             self._mean[layer] = k.float().mean(dim=(0, 2)) if self.center else torch.zeros_like(k[0, :, 0]).float()
 
-    def _proj(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+    def _planes_on(self, x: torch.Tensor) -> torch.Tensor:
         key = (x.device, x.dtype)
         if key not in self._dev:
             self._dev[key] = self._planes.to(x.device, torch.float32)
+        return self._dev[key]
+
+    def _proj(self, layer: int, x: torch.Tensor) -> torch.Tensor:
         mu = self._mean.get(layer)
         xf = x.float() if mu is None else x.float() - mu[None, :, None, :].to(x.device)
-        return torch.einsum("bhnd,tdk->bhntk", xf, self._dev[key])          # (B, H, N, T, bits)
+        return torch.einsum("bhnd,tdk->bhntk", xf, self._planes_on(x))      # (B, H, N, T, bits)
+
+    def project_layers(self, x: torch.Tensor) -> torch.Tensor:
+        """x (L, B, H, N, D): tokens of layers 0..L-1 -> projections (L, B, H, N, T, bits), one einsum for all
+        layers (the batched TempCache commit hashes every layer's scratch keys at once). Every layer must have
+        been fitted (its mean is frozen from then on, so the stacked means are built once per device)."""
+        L = x.shape[0]
+        key = ("means", x.device, L)
+        if key not in self._dev:
+            if any(layer not in self._mean for layer in range(L)):
+                raise RuntimeError(f"lsh: project_layers over {L} layers before every layer was fitted")
+            self._dev[key] = torch.stack([self._mean[layer] for layer in range(L)]).to(x.device)   # (L, H, D)
+        xf = x.float() - self._dev[key][:, None, :, None, :]
+        return torch.einsum("lbhnd,tdk->lbhntk", xf, self._planes_on(x))
 
     def _weights(self, device: torch.device) -> torch.Tensor:
         return (1 << torch.arange(self.bits, device=device, dtype=torch.int64))
 
-    def codes(self, layer: int, x: torch.Tensor, is_key: bool = True) -> torch.Tensor:
-        p = self._proj(layer, x)
-        return ((p > 0).long() * self._weights(x.device)).sum(-1)            # (B, H, N, T)
+    def code_of(self, p: torch.Tensor) -> torch.Tensor:
+        """Projections (..., T, bits) -> bucket per table (..., T)."""
+        return ((p > 0).long() * self._weights(p.device)).sum(-1)
 
-    def probe_codes(self, layer: int, x: torch.Tensor) -> torch.Tensor:
-        p = self._proj(layer, x)                                              # (B, H, N, T, bits)
-        code = ((p > 0).long() * self._weights(x.device)).sum(-1)
+    def probes_of(self, p: torch.Tensor) -> torch.Tensor:
+        """Projections (..., T, bits) -> buckets to search (..., T, P): the own bucket, then the Hamming-1
+        buckets across the (probes - 1) least certain bits, one at a time (the nearest to the query)."""
+        code = self.code_of(p)
         if self.probes == 1:
             return code[..., None]
-        # flip the (probes - 1) least certain bits, one at a time: the Hamming-1 buckets nearest the query
-        order = p.abs().argsort(dim=-1)[..., :self.probes - 1]                # (B, H, N, T, P-1)
+        order = p.abs().argsort(dim=-1)[..., :self.probes - 1]                # (..., T, P-1)
         flips = code[..., None] ^ (1 << order)
-        return torch.cat([code[..., None], flips], dim=-1)                    # (B, H, N, T, P)
+        return torch.cat([code[..., None], flips], dim=-1)
+
+    def codes(self, layer: int, x: torch.Tensor, is_key: bool = True) -> torch.Tensor:
+        return self.code_of(self._proj(layer, x))                             # (B, H, N, T)
+
+    def probe_codes(self, layer: int, x: torch.Tensor) -> torch.Tensor:
+        return self.probes_of(self._proj(layer, x))                           # (B, H, N, T, P)

@@ -181,7 +181,12 @@ class TempCache:
         graph, where a host int would be frozen at capture). Fixed shapes, no host sync; the length stays S."""
         S = self.slots(n)
         if inc_mass is None and self._rows_ok():
-            self._commit_rows(cache, layer, S, n, frame, q)
+            probes = None
+            if self._use_buckets():
+                by_query = self.cfg.match_by == "query" and q is not None
+                probes = self.hasher.probe_codes(layer, q if by_query else cache.k[layer, :, :, S:S + n])  # type: ignore[union-attr]
+            self._commit_rows(cache, layer, layer + 1, S, n, frame, None if q is None else q[None],
+                              None if probes is None else probes[None])
             return
         K, V, bias = cache.k[layer], cache.v[layer], cache.bias[layer]            # (B, H, cap, D), (B, H, cap)
         B, H = K.shape[0], K.shape[1]
@@ -201,10 +206,16 @@ class TempCache:
     def _age(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor) -> torch.Tensor | None:
         """overflow "evict": the layer's last-touched frame per slot (B, H, cap), the scratch slots set to this
         frame (slot data, so it follows the representatives); None for "merge"."""
+        age = self._ages(cache, layer, layer + 1, S, n, frame)
+        return None if age is None else age[0]
+
+    def _ages(self, cache: KVCache, lo: int, hi: int, S: int, n: int,
+              frame: int | torch.Tensor) -> torch.Tensor | None:
+        """_age for layers [lo, hi): (hi - lo, B, H, cap), or None for "merge"."""
         if self.cfg.overflow != "evict":
             return None
-        age = cache.add_slot_tensor(AGE, (), torch.long, fill=-1)[layer]
-        age[:, :, S:S + n] = frame
+        age = cache.add_slot_tensor(AGE, (), torch.long, fill=-1)[lo:hi]
+        age[:, :, :, S:S + n] = frame
         return age
 
     # ---- stored-row search (the default config: per head, cosine, torch engine, LSH or exact) -------------
@@ -228,26 +239,54 @@ class TempCache:
     def _use_buckets(self) -> bool:
         return self.cfg.search == "ann" and self.backend == "lsh" and self.hasher is not None
 
-    def _commit_rows(self, cache: KVCache, layer: int, S: int, n: int, frame: int | torch.Tensor,
-                     q: torch.Tensor | None) -> None:
-        """The commit by tempcache_merge.commit_rows, one call per layer: compiled once on CUDA (the same
-        shapes in every layer), eager elsewhere. Probe codes come from the hasher here (its per-layer state)."""
-        K = cache.k[layer]
+    def commit_layers(self, cache: KVCache, n: int, frame: torch.Tensor, q: torch.Tensor | None,
+                      probes: torch.Tensor | None) -> None:
+        """The commit of every layer at once, after the pass's last attention call (FastARAttention): one
+        plan over (layers x batch) heads instead of one per layer, so the ~40 kernels of a commit launch
+        once a frame, not once a layer (on the H100 each was a few microseconds of mostly idle GPU). Exact:
+        a layer's commit only changes that layer's cache, which no later layer of the pass reads, and its
+        scratch stays as the pass wrote it until the next pass. q (L, B, H, n, D): the queries for
+        match_by="query"; probes (L, B, H, n, T, P): the scratch tokens' probed buckets (None: exact search);
+        the scratch keys' bucket codes must already be in the CODES slot data. Stored-row search only."""
+        if not self._rows_ok():
+            raise RuntimeError("TempCache.commit_layers needs the stored-row search (TempCache._rows_ok)")
+        self._commit_rows(cache, 0, cache.n_layers, self.slots(n), n, frame, q, probes)
+
+    @staticmethod
+    def _layers(t: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+        """Layers [lo, hi) of a cache tensor (L, B, ...) as (F x B, ...), a view (never a copy: the commit
+        writes through it)."""
+        out = t[lo:hi].flatten(0, 1)
+        if out.data_ptr() != t[lo:hi].data_ptr() or out._base is None:
+            raise RuntimeError("TempCache: a cache tensor's (layer, batch) dims do not flatten to a view")
+        return out
+
+    def _commit_rows(self, cache: KVCache, lo: int, hi: int, S: int, n: int, frame: int | torch.Tensor,
+                     q: torch.Tensor | None, probes: torch.Tensor | None) -> None:
+        """The commit by tempcache_merge.commit_rows for layers [lo, hi) at once: compiled once on CUDA (the
+        same shapes every frame), eager elsewhere. q (F, B, H, n, D) or None; probes (F, B, H, n, T, P) from
+        the hasher (its per-layer state), None for exact search."""
+        fl = self._layers
+        K = fl(cache.k, lo, hi)
         B, H, _, D = K.shape
         rows = cache.add_slot_tensor(ROWS, (self._row_width(D),), cache.dtype, fill=0)  # (L, B, H, cap, R)
         use_b = self._use_buckets()
         by_query = self.cfg.match_by == "query" and q is not None
-        codes_new = cache.slot_data[CODES][layer, :, :, S:S + n] if use_b else None  # written by the mode
-        probes = self.hasher.probe_codes(layer, q if by_query else K[:, :, S:S + n]) if use_b else None  # type: ignore[union-attr]
+        codes_new = fl(cache.slot_data[CODES], lo, hi)[:, :, S:S + n] if use_b else None   # written by the mode
+        if use_b and probes is None:
+            raise RuntimeError("TempCache: LSH search without the probed buckets")
         if not isinstance(frame, torch.Tensor):
             frame = torch.tensor(frame, dtype=torch.long, device=K.device)
         if self._f32out is None:
             self._f32out = _probe_f32out(rows.dtype, K.device)
             self._fused = self._want_fused(rows.dtype, K.device)
-        age = self._age(cache, layer, S, n, frame)      # registered before `side` is listed
-        args = (K, cache.v[layer], cache.bias[layer], cache.frame[layer], [t[layer] for t in cache.slot_data.values()],
-                rows[layer], codes_new, probes, frame, q if by_query else None, S, n, self.cfg.threshold,
+        age = self._ages(cache, lo, hi, S, n, frame)      # registered before `side` is listed
+        args = (K, fl(cache.v, lo, hi), fl(cache.bias, lo, hi), cache.frame[lo:hi],
+                [fl(t, lo, hi) for t in cache.slot_data.values()], fl(rows, lo, hi), codes_new,
+                probes.flatten(0, 1) if use_b and probes is not None else None, frame,
+                q.flatten(0, 1) if by_query and q is not None else None, S, n, self.cfg.threshold,
                 self.hasher.n_buckets if self.hasher is not None else 0, self._f32out, self._fused)
+        age = None if age is None else fl(cache.slot_data[AGE], lo, hi)
         fn = self._merge_fn(K.device)
         if fn is not tm.plan_rows:
             try:

@@ -4,9 +4,11 @@ the commit was ~170 small kernels a layer, ~0.6 ms on the H100 inside a CUDA gra
 plan (plan_rows: search, decision, fold arithmetic), never the in-place writes (write): compiling the
 in-place version, whose inputs alias one another, gave wrong merges (tests/test_graphs.py checks it).
 
-All tensors are one layer's views: K, V (B, H, cap, D); bias (B, H, cap); frame_col (cap,) int64 (the frame
-index per slot); side: every per-slot side tensor (B, H, cap, *) (bucket codes, search rows), which follow the
-representative key. Slots [0, S) are group slots, [S, S + n) the scratch frame being committed.
+All tensors are views of the cache: K, V (B, H, cap, D); bias (B, H, cap); frame_col (cap,) or (F, cap) int64
+(the frame index per slot); side: every per-slot side tensor (B, H, cap, *) (bucket codes, search rows), which
+follow the representative key. Slots [0, S) are group slots, [S, S + n) the scratch frame being committed. B is
+the batch of one layer, or F layers x batch (TempCache commits all layers of a pass at once: the cache keeps
+layers outermost, so (F, batch) flattens to one dimension without a copy), frame_col then (F, cap).
 """
 from __future__ import annotations
 
@@ -173,9 +175,11 @@ def write(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch
     for t, src in zip(side, srcs):
         dst = slot.reshape(*slot.shape, *([1] * (src.dim() - 3))).expand(*slot.shape, *src.shape[3:])
         t.scatter_(2, dst, src)
+    col = frame_col if frame_col.dim() == 2 else frame_col[None]               # (F, cap), a view
+    F_ = col.shape[0]                                                          # layers: B = F x batch
     fr = frame.expand(B * H * n) if isinstance(frame, torch.Tensor) else \
         torch.full((B * H * n,), frame, dtype=torch.long, device=K.device)
-    frame_col.scatter_(0, slot.reshape(-1), fr)
+    col.scatter_(1, slot.reshape(F_, -1), fr.reshape(F_, -1))
 
 
 def fold(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
