@@ -41,6 +41,9 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
 - the top-1 search is one matmul of the n new tokens' rows against rows stored per slot (`_commit_rows`: unit
   key, LSH bucket one-hots, a valid flag), so a commit never normalises, hashes or masks the S slots; the
   general path (`_match`: quantization, group "layer", metric "dot", faiss) builds the same channels per call.
+- with that search the owning mode commits every layer at once after the pass (`commit_layers`): the cache
+  keeps layers outermost, so (layers, batch) is one batch dimension of views and the commit's ~40 kernels
+  run once a frame instead of once a layer.
 """
 from __future__ import annotations
 
