@@ -222,3 +222,23 @@ def test_evict_overflow_under_cuda_graphs() -> None:
     assert max(diffs) < 1e-8, f"max |graphs - eager| per frame: {diffs}"
     m32 = random_model(torch.float32).cuda()
     assert all(torch.equal(a, b) for a, b in zip(roll(m32, "cuda"), roll(m32, "cuda")))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the Triton search runs on CUDA")
+def test_bf16_fastar_takes_the_triton_search_inside_whole_pass_graphs() -> None:
+    """The engine's own configuration (bf16, `top1: auto`): the fused Triton search runs, inside whole-pass
+    graphs, bit-for-bit repeatably, and the frames before the first merge decisions match the eager pass to
+    bf16 rounding (later ones may differ where rounding flips a near-tied match)."""
+    m = random_model(torch.float32).cast_for_inference(torch.bfloat16).cuda()
+
+    def roll(graphs: str) -> tuple[list[torch.Tensor], Sampler]:
+        s = Sampler(m, build_mode("fastar", **SMALL["fastar"]), steps=3, graphs=graphs)
+        s.reset(seed=3, prompt="night stone")
+        out = [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device="cuda")).clone()
+               for k, dx in (ACTIONS * 2)[:10]]
+        return out, s
+    (a, sa), (b, _), (eager, _) = roll("cuda"), roll("cuda"), roll("off")
+    assert sa.mode.stats()["top1"] == "triton" and sa.run.whole_replays > 0
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.isfinite(x).all() for x in a)
+    assert max(float((x - y).abs().max()) for x, y in zip(a[:2], eager[:2])) < 0.1

@@ -78,7 +78,7 @@ class TempCacheConfig:
     capacity_frames: int = 32     # hard cap: slots per head = capacity_frames * tokens per frame
     compact_every: int = 4        # unused since the fixed layout (nothing compacts); kept so old configs load
     compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
-    top1: str = "matmul"          # stored-row search: matmul (bmm + argmax) | triton (triton_top1) | auto (triton on CUDA)
+    top1: str = "auto"            # stored-row search: matmul (bmm + argmax) | triton (triton_top1) | auto (triton on CUDA, bf16/fp16)
     overflow: str = "evict"       # a full cache: evict the least recently touched groups | merge below the threshold
 
     def __post_init__(self) -> None:
