@@ -92,6 +92,10 @@ def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) ->
     st = info.get("mode_stats") or {}
     keys = ("cache_density", "sa_density", "ca_density", "sa_recall", "ca_recall")
     parts = {k: st[k] for k in keys if st.get(k) is not None}
+    layers = st.get("layers") or {}
+    merged = [layers[k].get("merged_share") for k in sorted(layers, key=int)]
+    if any(m is not None for m in merged):   # TempCache: share of each layer's groups holding > 1 key
+        parts["merged_share_by_layer"] = merged
     if st.get("cache_density") is None and dense_tokens:
         parts["cache_density"] = info["cache_tokens"] / dense_tokens
     density = st.get("density")

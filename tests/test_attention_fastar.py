@@ -220,6 +220,8 @@ def test_switching_modes_mid_run_stays_bounded():
     ("annsa", {"tempcache": {}}, "tempcache"),
     ("fastar", {"schedule": {"dense_until": 2}}, "dense_until"),
     ("window", {"windw": 3}, "windw"),
+    ("tempcache", {"tempcache": {"layers": [0], "overflow": "merge"}}, "layers"),
+    ("fastar", {"tempcache": {"layers": [-1]}}, "layers"),
 ])
 def test_bad_config_is_a_clear_value_error(name, params, field):
     with pytest.raises(ValueError, match=field):

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from engine.attention import build_mode
+from engine.attention import StepInfo, build_mode
 from engine.attention import tempcache_merge as tm
 from engine.attention.tempcache import TempCache
 from engine.cache import NEG_BIAS
@@ -136,6 +136,57 @@ def test_all_layer_commit_equals_per_layer_commits(mode: str, params: dict, monk
     assert bool((a.bias[:, :, :, :a.length[0]] > 1e-3).any()), "no group merged: the test would not test merging"
 
 
+@pytest.mark.parametrize("batched", [True, False])
+def test_layers_without_search_keep_a_window_and_attend_plain(batched: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tempcache.layers: a layer left out never merges; with evict its cache is the last capacity_frames
+    frames, every bias log(1) = 0, and once that many frames are in it attends with no bias (FastARAttention
+    _plain; a separate whole-pass graph key). The listed layer is exactly what searching everywhere gives
+    (layers are independent), and on content where nothing merges the two configs agree everywhere, so the
+    plain path starts only when it is exact (an early start would ignore the empty slots' NEG_BIAS)."""
+    from engine.attention.tempcache import AGE
+    cap, layers = 3, 2
+    if not batched:
+        monkeypatch.setattr(type(build_mode("fastar")), "_batched_commit", lambda self: False)
+
+    def roll(params: dict, repeat: bool, adopt_at: int | None = None) -> tuple:
+        g = torch.Generator().manual_seed(6)
+        first = [torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(layers)]
+        m = build_mode("fastar", tempcache={"threshold": 0.9, "capacity_frames": cap, **params})
+        cache, outs, plain, keys = _cache(m, layers), [], [], []
+        for f in range(10):
+            if f == adopt_at:   # switched in again over its own cache: adopted groups may carry a bias
+                m = build_mode("fastar", tempcache={"threshold": 0.9, "capacity_frames": cap, **params})
+                m.adopt(cache, N)
+            for layer in range(layers):
+                q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+                if repeat and f % 2:
+                    k = first[layer] + 0.01 * k
+                keys.append(m.graph_key(StepInfo(f, 0, 2, False), cache))
+                outs.append(_step(m, cache, layer, f, q, k, v))
+            plain.append(m.stats()["plain_layers"])
+        return m, cache, outs, plain, keys
+
+    m, sub, o_sub, plain, keys = roll({"layers": [0]}, True)
+    _, full, o_full, _, _ = roll({}, True)
+    S = cap * N
+    assert m.stats()["search_layers"] == [0]
+    assert plain == [[]] * (cap - 1) + [[1]] * (11 - cap)     # after each frame: from the cap-th commit on
+    assert keys[-1] == ("pass", (1,)) and keys[2 * cap - 1] == ("pass", ())
+    assert bool((full.bias[1, :, :, :S] > 1e-3).any()), "layer 1 merges when it searches: the test would not test"
+    assert torch.equal(sub.bias[1, :, :, :S], torch.zeros_like(sub.bias[1, :, :, :S]))
+    ages = sub.slot_data[AGE][1, :, :, :S]
+    assert sorted({int(a) for a in ages.flatten()}) == list(range(10 - cap, 10))
+    for name in ("k", "v", "bias"):
+        torch.testing.assert_close(getattr(sub, name)[0], getattr(full, name)[0], rtol=0, atol=1e-12)
+    for a, b in zip(o_sub[0::layers], o_full[0::layers]):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+    _, _, o_sub, plain, _ = roll({"layers": [0], "threshold": 1.0}, False, adopt_at=5)
+    _, _, o_full, _, _ = roll({"threshold": 1.0}, False, adopt_at=5)
+    assert plain == ([[]] * (cap - 1) + [[1]] * (6 - cap)) * 2
+    for a, b in zip(o_sub, o_full):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-12)
+
+
 def test_top1_option_is_checked() -> None:
     from engine.attention.tempcache import TempCacheConfig
     with pytest.raises(ValueError, match="tempcache.top1"):
@@ -163,6 +214,8 @@ def test_triton_top1_equals_matmul_argmax(S: int) -> None:
     assert torch.all(picked >= top2.values[..., 0] - 1e-2)  # never far from the best, even in near-ties
     assert not torch.any(got == S // 2)                     # the duplicate's later copy never wins
     assert torch.equal(got, triton_top1.top1(x, y))         # deterministic
+    heads = torch.tensor([4, 1], device="cuda")             # a subset of heads, read in place (tempcache.layers)
+    assert torch.equal(triton_top1.top1(x[heads], y, heads), got[heads])
 
 
 def test_evict_oldest_frees_the_least_recently_touched_groups() -> None:

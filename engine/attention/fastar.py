@@ -143,6 +143,8 @@ class FastARAttention(AttentionMode):
         self._pairs: torch.Tensor | None = None  # sparse path's pair count of the last call
         self._pairs_src: tuple | None = None       # what last_pairs needs to count a dense call's pairs
         self._staged: dict[int, torch.Tensor | None] = {}   # commit pass: layers whose scratch awaits the commit
+        self._fresh: dict[int, int] = {}        # layer -> commits since its fixed layout was made empty or adopted
+        self._search_layers: list[int] = []     # TempCache: layers whose new keys search for repeats
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -151,6 +153,7 @@ class FastARAttention(AttentionMode):
             self.hasher = self.cfg.ann.build(cache.head_dim)
         if self.tc is None and self.cfg.tempcache is not None:
             self.tc = TempCache(self.cfg.tempcache, self.hasher, self.cfg.ann.backend)
+            self._search_layers = self.tc.check_layers(cache.n_layers)
         if self._needs_codes():
             cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
         if self.tc is not None and cache.device.type == "cuda" and not cache.pad:
@@ -169,6 +172,7 @@ class FastARAttention(AttentionMode):
         self.meter.reset()
         self._frames.clear()
         self._staged.clear()
+        self._fresh.clear()
         if self.tc is not None:
             self.tc.reset()
 
@@ -180,6 +184,7 @@ class FastARAttention(AttentionMode):
         just compute the bucket codes of every slot (AnnSA)."""
         self._setup(cache)
         n = self._n = tokens_per_frame
+        self._fresh = {layer: 0 for layer in range(cache.n_layers)}   # adopted groups may carry a bias
         for layer in range(cache.n_layers):
             L = cache.length[layer]
             fr = cache.frame[layer, :L]
@@ -209,11 +214,13 @@ class FastARAttention(AttentionMode):
         n = k.shape[2]
         self._n = n
         if self.tc is not None:
+            if cache.length[layer] != self.tc.slots(n):   # a reset or another mode's cache: layout made anew
+                self._fresh[layer] = 0
             self.tc.prepare(cache, layer, n, self._write_codes if self._needs_codes() else None)
         L0 = cache.length[layer]
         end = cache.write_scratch(layer, k, v)
         K, V, bias_all = cache.view(layer, end)
-        bias = bias_all if self._biased else None
+        bias = bias_all if self._biased and not self._plain(layer) else None
         measure = self.cfg.metrics.recall_every > 0
         recall_now = self._recall_now(info)
         self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
@@ -248,8 +255,19 @@ class FastARAttention(AttentionMode):
                 else:
                     cache.commit_scratch(layer, n, info.frame)
             self._frames[layer] = self._frames.get(layer, 0) + 1
+            self._fresh[layer] = self._fresh.get(layer, 0) + 1
         return out
 
+    def _plain(self, layer: int) -> bool:
+        """Whether `layer` attends with no bias at all (a plain head-dim-64 kernel instead of the bias-channel
+        layout padded to 72, which runs FA2's head-dim-96 kernel): a layer that never searches
+        (tempcache.layers) with overflow evict holds, once capacity_frames frames have been committed since
+        its layout was made empty or adopted, exactly the last capacity_frames frames' keys, each alone in its
+        group, so every bias is log(1) = 0 (each frame's n new groups evict the n oldest; adopted groups are
+        older than any new one). Host integers only: no sync."""
+        tc = self.tc
+        return tc is not None and not tc.searches(layer) and tc.cfg.overflow == "evict" and \
+            self._fresh.get(layer, 0) >= tc.cfg.capacity_frames
     # ---- TempCache's commit, all layers at once -------------------------------------------------------------
     def _batched_commit(self) -> bool:
         """Whether the commit pass stages each layer and commits all of them after the last one
@@ -324,12 +342,14 @@ class FastARAttention(AttentionMode):
         S = self.tc.slots(self._n)
         if any(length != S for length in cache.length):
             return None
-        return ("commit",) if info.commit else ("pass",)
+        plain = tuple(layer for layer in range(L) if self._plain(layer))   # which attention kernel each call runs
+        return ("commit" if info.commit else "pass", plain)
 
     def graph_replayed(self, info: StepInfo) -> None:
         if info.commit and self._n_layers is not None:
             for layer in range(self._n_layers):
                 self._frames[layer] = self._frames.get(layer, 0) + 1
+                self._fresh[layer] = self._fresh.get(layer, 0) + 1
 
     def _recall_now(self, info: StepInfo) -> bool:
         every = self.cfg.metrics.recall_every
@@ -345,6 +365,8 @@ class FastARAttention(AttentionMode):
             out["merge"] = self.tc.merge_path   # TempCache's merge step: compiled, eager, or why not compiled
             out["top1"] = self.tc.top1_path     # its search: triton (fused kernel) or matmul (bmm + argmax)
             out["overflow"] = self.tc.cfg.overflow   # a full cache: merge below the threshold, or evict (LRU)
+            out["search_layers"] = list(self._search_layers)   # the others keep a window, no bias once full
+            out["plain_layers"] = [x for x in range(self._n_layers or 0) if self._plain(x)]
         for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
             out[key] = self.meter.mean(key)
         c = self._cache

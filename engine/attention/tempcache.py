@@ -28,6 +28,13 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   / 15.0) at 116 fps and 303 MiB; capacity 32 + merge fades (0.38 / 9.5), and capacity 64 collapses with
   either policy (evict: a frozen texture, motion 3.4), as does dense. The right capacity is a property of the
   model: a model trained on longer contexts can take a larger one.
+- layers (default None: every layer; the shipped configs [0, 4, 5, 6, 7]): where new keys search for a repeat.
+  On the bundled model merges at 0.99 are rare and sit in a few layers: 0.6-0.7% of layer 0's groups and
+  0.1-0.3% of layers 4-7's over frames 1-100 (CPU), layers 1-3 none; in a 3000-frame H100 run only layers 0
+  and 6 held merged groups at the end. A layer left out skips the search (the commit's largest kernel) and,
+  with evict, holds exactly the last capacity_frames frames, every group of one key: once full its bias is all
+  zero and its attention runs a plain head-dim-64 kernel instead of the bias-channel layout (FastARAttention
+  `_plain`). So it is a window of capacity_frames, which is what a layer that never merges was anyway.
 - fixed layout, fixed shapes (why: a per-call cost and memory that never change, no host sync, CUDA-graph
   friendly). From a layer's first call the cache holds S = capacity_frames x n group slots, [0, S), empty ones
   carrying NEG_BIAS, then the n scratch slots of the frame being generated, [S, S + n); `cache.length` is S for
@@ -80,6 +87,8 @@ class TempCacheConfig:
     compile: str = "auto"         # merge step via torch.compile: auto (on CUDA with triton) | on | off
     top1: str = "auto"            # stored-row search: matmul (bmm + argmax) | triton (triton_top1) | auto (triton on CUDA, bf16/fp16)
     overflow: str = "evict"       # a full cache: evict the least recently touched groups | merge below the threshold
+    layers: list[int] | None = None   # layers whose new keys search for a repeat; None: every layer. Elsewhere
+                                      # nothing merges: with evict the layer keeps the last capacity_frames frames
 
     def __post_init__(self) -> None:
         checks = {
@@ -94,6 +103,8 @@ class TempCacheConfig:
             "compile": self.compile in ("auto", "on", "off"),
             "top1": self.top1 in ("auto", "triton", "matmul"),
             "overflow": self.overflow in ("merge", "evict"),
+            "layers": self.layers is None or (all(isinstance(x, int) and x >= 0 for x in self.layers)
+                                              and self.overflow == "evict"),
         }
         for field, ok in checks.items():
             if not ok:
@@ -101,7 +112,9 @@ class TempCacheConfig:
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
                                  f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off; "
-                                 f"top1 auto|triton|matmul; overflow merge|evict)")
+                                 f"top1 auto|triton|matmul; overflow merge|evict; layers null or a list of "
+                                 f"layer indices >= 0, with overflow evict: a layer that never searches cannot "
+                                 f"merge at capacity)")
 
 
 _COMPILED: Callable[..., tuple[tm.Plan, torch.Tensor]] | None = None
@@ -143,6 +156,7 @@ class TempCache:
         self._f32out: bool | None = None
         self._fused = False
         self.top1_path = "none yet"                    # the stored-row search: "triton" (fused) or "matmul"
+        self._heads: dict[tuple, torch.Tensor | None] = {}   # _search_heads per (layers, batch, heads, device)
 
     def reset(self) -> None:
         pass
@@ -150,6 +164,32 @@ class TempCache:
     def slots(self, n: int) -> int:
         """Group slots per head (the fixed attention length without the scratch frame)."""
         return self.cfg.capacity_frames * n
+
+    def searches(self, layer: int) -> bool:
+        """Whether `layer`'s new keys look for a repeat (tempcache.layers); elsewhere each opens a group."""
+        return self.cfg.layers is None or layer in self.cfg.layers
+
+    def check_layers(self, n_layers: int) -> list[int]:
+        """The layers that search in a model of `n_layers` (said on stderr when the config lists layers the
+        model lacks: the shipped configs name the bundled 8-layer model's, and a smaller checkpoint must run)."""
+        listed = list(range(n_layers)) if self.cfg.layers is None else sorted(set(self.cfg.layers))
+        beyond = [x for x in listed if x >= n_layers]
+        if beyond:
+            print(f"tempcache.layers: {beyond} beyond this model's {n_layers} layers, ignored", file=sys.stderr)
+        return [x for x in listed if x < n_layers]
+
+    def _search_heads(self, lo: int, hi: int, BF: int, H: int, device: torch.device) -> torch.Tensor | None:
+        """The rows of layers [lo, hi) flattened as (layers x batch x heads) (`_layers`) whose layer searches,
+        as a device tensor made once; None when every layer searches."""
+        if all(self.searches(layer) for layer in range(lo, hi)):
+            return None
+        key = (lo, hi, BF, H, device)
+        if key not in self._heads:
+            B = BF // (hi - lo)
+            rows = [((layer - lo) * B + b) * H + h for layer in range(lo, hi) if self.searches(layer)
+                    for b in range(B) for h in range(H)]
+            self._heads[key] = torch.tensor(rows, dtype=torch.long, device=device)
+        return self._heads[key]
 
     def capacity(self, n: int) -> int:
         return (self.cfg.capacity_frames + 1) * n   # +1: the scratch frame
@@ -195,7 +235,11 @@ class TempCache:
         B, H = K.shape[0], K.shape[1]
         inc = torch.ones(B, H, n, device=K.device) if inc_mass is None else inc_mass.float()   # (B, H, n)
         valid = bias[:, :, :S] > NEG_BIAS / 2                                      # (B, H, S)
-        sim, idx = self._match(cache, layer, S, n, K[:, :, S:S + n], q, valid)      # (B, H, n) each
+        if self.searches(layer):
+            sim, idx = self._match(cache, layer, S, n, K[:, :, S:S + n], q, valid)  # (B, H, n) each
+        else:                                                                      # matches nothing
+            sim = torch.full((B, H, n), -math.inf, device=K.device)
+            idx = torch.zeros(B, H, n, dtype=torch.long, device=K.device)
         live = inc > 0
         age = self._age(cache, layer, S, n, frame)
         merge, valid = tm.overflow((sim >= self.cfg.threshold) & live, sim, idx, live, valid, age, S)
@@ -290,17 +334,18 @@ class TempCache:
                 q.flatten(0, 1) if by_query and q is not None else None, S, n, self.cfg.threshold,
                 self.hasher.n_buckets if self.hasher is not None else 0, self._f32out, self._fused)
         age = None if age is None else fl(cache.slot_data[AGE], lo, hi)
+        heads = self._search_heads(lo, hi, K.shape[0], H, K.device)
         fn = self._merge_fn(K.device)
         if fn is not tm.plan_rows:
             try:
-                tm.commit_rows(*args, plan_fn=fn, age=age)
+                tm.commit_rows(*args, plan_fn=fn, age=age, heads=heads)
                 return
             except Exception as e:   # said, not silent: stats()["merge"] and one line on stderr
                 # (a compile failure comes from the plan, which is pure: nothing was written yet)
                 self.merge_path = f"eager (compile failed: {type(e).__name__}: {str(e).splitlines()[0][:160]})"
                 print(f"tempcache: {self.merge_path}", file=sys.stderr)
                 self._fn = tm.plan_rows
-        tm.commit_rows(*args, age=age)
+        tm.commit_rows(*args, age=age, heads=heads)
 
     def _want_fused(self, dtype: torch.dtype, device: torch.device) -> bool:
         """Whether the top-1 search runs as triton_top1 (one fused kernel) instead of bmm + argmax."""

@@ -208,13 +208,15 @@ def scores(x: torch.Tensor, y: torch.Tensor, f32out: bool) -> torch.Tensor:
 def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.Tensor,
               codes_new: torch.Tensor | None, probes: torch.Tensor | None, q: torch.Tensor | None, S: int, n: int,
               threshold: float, n_buckets: int, f32out: bool, fused: bool = False,
-              age: torch.Tensor | None = None) -> tuple[Plan, torch.Tensor]:
+              age: torch.Tensor | None = None, heads: torch.Tensor | None = None) -> tuple[Plan, torch.Tensor]:
     """The whole commit with the stored-row search, as a pure function (what TempCache compiles once on CUDA):
     returns the fold plan and the scratch tokens' search rows (B, H, n, R), which `commit_rows` writes.
     rows (B, H, cap, R): the stored rows; codes_new (B, H, n, T) the scratch keys' bucket codes and probes
     (B, H, n, T, P) the probed buckets (None: exact search); q (B, H, n, D) the queries for match_by="query"
     (None: by key). fused: the search as triton_top1 (no score matrix) instead of bmm + argmax. age (B, H, cap):
-    the slots' last-touched frames for `overflow: evict` (None: merge at capacity, force_to_capacity)."""
+    the slots' last-touched frames for `overflow: evict` (None: merge at capacity, force_to_capacity). heads
+    (G_s,) int64: the rows of the B x H heads that search (tempcache.layers); the others match nothing, so
+    every new token of theirs opens a group (None: all search)."""
     B, H, _, D = K.shape
     R = rows.shape[-1]
     valid = bias[:, :, :S] > -5.0e3                                             # NEG_BIAS / 2
@@ -231,10 +233,12 @@ def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.
     y_new = torch.cat(parts_y + [zeros, ones], -1).to(rows.dtype)               # the scratch tokens' rows
     x = torch.cat(parts_x + [zeros, ROW_V * ones], -1).reshape(B * H, n, R).to(rows.dtype)
     y = rows[:, :, :S].reshape(B * H, S, R)                                     # a view: no copy
-    idx = triton_top1.top1(x, y) if fused else scores(x, y, f32out).argmax(dim=-1)             # (G, n)
+    idx, searched = _top1(x, y, heads, fused, f32out)                                         # (G, n)
     found = torch.gather(K[:, :, :S].reshape(B * H, S, D), 1, idx[..., None].expand(-1, -1, D))
     sim = (ku.reshape(B * H, n, D) * F.normalize(found.float(), dim=-1)).sum(-1)
     ok = torch.gather(valid.reshape(B * H, S), 1, idx)
+    if searched is not None:
+        ok = ok & searched[:, None]
     sim = torch.where(ok, sim, torch.full_like(sim, -math.inf)).reshape(B, H, n)
     idx = idx.reshape(B, H, n)
     live = torch.ones(B, H, n, dtype=torch.bool, device=K.device)
@@ -246,15 +250,34 @@ def plan_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, rows: torch.
     return plan, y_new
 
 
+def _top1(x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | None, fused: bool,
+          f32out: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The stored-row search: best row of y (G, S, R) per row of x (G, n, R), (G, n) int64, over every head or
+    only `heads` (then also the (G,) mask of the heads that searched; the others get index 0, to be ignored)."""
+    if heads is None:
+        return (triton_top1.top1(x, y) if fused else scores(x, y, f32out).argmax(dim=-1)), None
+    G, n = x.shape[:2]
+    idx = torch.zeros(G, n, dtype=torch.long, device=x.device)
+    searched = torch.zeros(G, dtype=torch.bool, device=x.device)
+    if heads.numel():
+        xs = x.index_select(0, heads)
+        found = triton_top1.top1(xs, y, heads) if fused else scores(xs, y.index_select(0, heads), f32out).argmax(-1)
+        idx = idx.index_copy(0, heads, found)
+        searched = searched.index_fill(0, heads, True)
+    return idx, searched
+
+
 def commit_rows(K: torch.Tensor, V: torch.Tensor, bias: torch.Tensor, frame_col: torch.Tensor,
                 side: list[torch.Tensor], rows: torch.Tensor, codes_new: torch.Tensor | None,
                 probes: torch.Tensor | None, frame: torch.Tensor, q: torch.Tensor | None, S: int, n: int,
                 threshold: float, n_buckets: int, f32out: bool, fused: bool = False,
-                plan_fn: Callable[..., tuple[Plan, torch.Tensor]] = plan_rows, age: torch.Tensor | None = None) -> None:
+                plan_fn: Callable[..., tuple[Plan, torch.Tensor]] = plan_rows, age: torch.Tensor | None = None,
+                heads: torch.Tensor | None = None) -> None:
     """One whole commit with the stored-row search (TempCache._commit_rows): plan_fn (plan_rows, or its
     compiled version), then the eager write. rows (B, H, cap, R) and age (B, H, cap), if given, are also in
     `side`: the scratch slots get their rows here (and must already hold this frame in age: TempCache._age),
     which then follow the representatives."""
-    plan, y_new = plan_fn(K, V, bias, rows, codes_new, probes, q, S, n, threshold, n_buckets, f32out, fused, age)
+    plan, y_new = plan_fn(K, V, bias, rows, codes_new, probes, q, S, n, threshold, n_buckets, f32out, fused, age,
+                          heads)
     rows[:, :, S:S + n] = y_new
     write(K, V, bias, frame_col, side, S, n, frame, plan)

@@ -27,10 +27,15 @@ if _triton_ok:
     import triton.language as tl
 
     @triton.jit
-    def _top1_kernel(X, Y, VAL, IDX, n, S, R, chunk, splits, sxg, sxn, syg, sys,  # type: ignore[no-untyped-def]
-                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr):
-        """Program (query block, head, split): best key of rows [split * chunk, (split + 1) * chunk)."""
+    def _top1_kernel(X, Y, HEADS, VAL, IDX, n, S, R, chunk, splits, sxg, sxn, syg, sys,  # type: ignore[no-untyped-def]
+                     BLOCK_N: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_R: tl.constexpr, USE_HEADS: tl.constexpr):
+        """Program (query block, head, split): best key of rows [split * chunk, (split + 1) * chunk).
+        USE_HEADS: query head g searches key head HEADS[g] (a subset of y's heads, read in place)."""
         pid, g, sp = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        if USE_HEADS:
+            gy = tl.load(HEADS + g)
+        else:
+            gy = g
         offs_n = pid * BLOCK_N + tl.arange(0, BLOCK_N)
         offs_r = tl.arange(0, BLOCK_R)
         x = tl.load(X + g * sxg + offs_n[:, None] * sxn + offs_r[None, :],
@@ -41,7 +46,7 @@ if _triton_ok:
         hi = tl.minimum(lo + chunk, S)
         for s0 in range(lo, hi, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
-            y = tl.load(Y + g * syg + offs_s[:, None] * sys + offs_r[None, :],
+            y = tl.load(Y + gy * syg + offs_s[:, None] * sys + offs_r[None, :],
                         mask=(offs_s[:, None] < hi) & (offs_r[None, :] < R), other=0.0)
             sc = tl.dot(x, tl.trans(y))                                        # (BLOCK_N, BLOCK_S) float32
             sc = tl.where(offs_s[None, :] < hi, sc, float("-inf"))
@@ -60,9 +65,10 @@ def available(device: torch.device) -> bool:
     return _triton_ok and device.type == "cuda"
 
 
-def top1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+def top1(x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
     """x (G, n, R), y (G, S, R), both bf16/fp16 on CUDA with unit last stride -> argmax_s <x[g, i], y[g, s]>
-    as (G, n) int64."""
+    as (G, n) int64. heads (G,) int64: x[g] searches y[heads[g]] instead (y then has any number of heads;
+    TempCache searches only in some layers, without copying those layers' rows out)."""
     G, n, R = x.shape
     S = y.shape[1]
     if x.stride(-1) != 1 or y.stride(-1) != 1:
@@ -76,7 +82,8 @@ def top1(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     idx = torch.empty(G, n, splits, dtype=torch.int64, device=x.device)
     block_r = max(16, triton.next_power_of_2(R))
     grid = (triton.cdiv(n, block_n), G, splits)
-    _top1_kernel[grid](x, y, val, idx, n, S, R, chunk, splits, x.stride(0), x.stride(1), y.stride(0), y.stride(1),
-                       BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_R=block_r)
+    _top1_kernel[grid](x, y, x if heads is None else heads, val, idx, n, S, R, chunk, splits, x.stride(0),
+                       x.stride(1), y.stride(0), y.stride(1), BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_R=block_r,
+                       USE_HEADS=heads is not None)
     # the best split; argmax takes the first of equal maxima, i.e. the lowest key index (splits are in order)
     return idx.gather(-1, val.argmax(-1, keepdim=True))[..., 0]

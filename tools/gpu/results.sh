@@ -14,7 +14,7 @@ commit=${1:-unknown}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
-python3 -m pytest -q -p no:cacheprovider -p no:warnings --tb=short tests/test_graphs.py tests/test_tempcache_merge.py \
+python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py \
   2>&1 | tail -40
 for m in dense window fastar; do
   python3 tools/profile_step.py --attention $m --frames 200 --no-profile $PROFILE_ARGS 2>&1 | grep -E "^(device|step)|Error"
