@@ -133,16 +133,22 @@ def _make_candidates(biased: bool) -> dict[str, Fn]:
     return c
 
 
+_SLEEP_CYCLES = 10_000_000   # ~5 ms of GPU clock: longer than the host needs to queue one round of calls
+
+
 def _time(fn: Callable[[], torch.Tensor], reps: int = 10, rounds: int = 3) -> float:
-    """ms per call: the best of `rounds` rounds of `reps` back-to-back calls (one noisy round picked cuDNN over
-    FA2 in one H100 run and not in the next). Back-to-back eager calls include launch gaps, so a candidate made
-    of several small kernels (the bias-channel padding) measures slower than it runs inside a CUDA graph:
-    candidates should be one kernel each where possible (KVCache's bias-channel layout is)."""
+    """GPU ms per call: the best of `rounds` rounds of `reps` back-to-back calls, queued behind a GPU sleep.
+    Why the sleep: timed back to back, a ~30 us kernel measured 80-90 us, the host's launch overhead (Python,
+    SDPA dispatch, the bias-channel padding's extra kernels), and the choice between FA2 and cuDNN then
+    followed host noise: one H100 run picked cuDNN for the window's shape by 0.083 against 0.092 ms and
+    played at 165 fps, the next picked FA2 and played at 246. With the GPU held by torch.cuda._sleep while
+    the host queues the round, the events time the kernels alone, which is what a CUDA-graph replay runs."""
     fn()
     torch.cuda.synchronize()
     best = float("inf")
     for _ in range(rounds):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        torch.cuda._sleep(_SLEEP_CYCLES)
         start.record()
         for _ in range(reps):
             fn()
