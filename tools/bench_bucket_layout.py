@@ -104,7 +104,7 @@ def main() -> None:
         vp = v.reshape(H * K, D)[k_order][:, None].contiguous()
         out = bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale)
         # exactness on the first two heads' first 32 queries: a masked dense reference
-        allowed = (kb[:2, None, :] == qb[:2, :32, :, None]).any(2)                   # (2, 32, K)
+        allowed = (kb[:2, None, None, :] == qb[:2, :32, :, None]).any(2)             # (2, 32, K)
         ref = F.scaled_dot_product_attention(q[:2, :32].float(), k[:2].float(), v[:2].float(),
                                              attn_mask=allowed, scale=scale)
         err = float((out.reshape(H, n, D)[:2, :32].float() - ref).abs().max())
