@@ -22,18 +22,23 @@ import torch
 import torch.nn.functional as F
 
 
-def pack(q: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, nb: int) -> tuple:
+def pack(q: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, nb: int, chunks: int = 1) -> tuple:
     """q (H, n, D), qb (H, n, P) probed buckets per query, kb (H, K) bucket per key ->
-    query rows sorted by (head, bucket), their source query ids, the key order, cu_seq_q, cu_seq_k, max_q, max_k."""
+    query rows sorted by (head, bucket, chunk), their source query ids, the key order, cu_seq_q, cu_seq_k,
+    max_q, max_k. chunks > 1 splits each bucket's keys into that many segments (split-KV by hand: a 256-query
+    frame makes only heads x buckets segments, too few programs to fill the GPU), each query repeated per chunk."""
     H, n, P = qb.shape
     K = kb.shape[1]
-    seg_q = (torch.arange(H, device=q.device)[:, None, None] * nb + qb).reshape(-1)     # (H*n*P,)
+    C, dev = chunks, q.device
+    c = torch.arange(C, device=dev)
+    seg_q = ((torch.arange(H, device=dev)[:, None, None, None] * nb + qb[..., None]) * C + c).reshape(-1)
     q_order = seg_q.argsort(stable=True)
-    src = torch.arange(H * n, device=q.device).repeat_interleave(P)[q_order]           # query id per row
-    seg_k = (torch.arange(H, device=q.device)[:, None] * nb + kb).reshape(-1)          # (H*K,)
+    src = torch.arange(H * n, device=dev).repeat_interleave(P * C)[q_order]            # query id per row
+    seg_k = ((torch.arange(H, device=dev)[:, None] * nb + kb) * C + torch.arange(K, device=dev) % C).reshape(-1)
     k_order = seg_k.argsort(stable=True)
-    cq = torch.bincount(seg_q, minlength=H * nb)
-    ck = torch.bincount(seg_k, minlength=H * nb)
+    seg_q = seg_q[q_order]
+    cq = torch.bincount(seg_q, minlength=H * nb * C)
+    ck = torch.bincount(seg_k, minlength=H * nb * C)
     cu_q = F.pad(cq.cumsum(0), (1, 0)).to(torch.int32)
     cu_k = F.pad(ck.cumsum(0), (1, 0)).to(torch.int32)
     return src, k_order, cu_q, cu_k, int(cq.max()), int(ck.max())
@@ -80,6 +85,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--buckets", type=int, default=16)
     ap.add_argument("--probes", type=int, default=4)
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -99,29 +105,33 @@ def main() -> None:
         kb = torch.randint(0, nb, (H, K), device=dev, generator=g)
         # P distinct buckets per query: its own and P - 1 others
         qb = torch.rand(H, n, nb, device=dev, generator=g).argsort(-1)[..., :P]
-        src, k_order, cu_q, cu_k, max_q, max_k = pack(q, qb, kb, nb)
-        kp = k.reshape(H * K, D)[k_order][:, None].contiguous()
-        vp = v.reshape(H * K, D)[k_order][:, None].contiguous()
-        out = bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale)
-        # exactness on the first two heads' first 32 queries: a masked dense reference
+        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
+            t_dense = timed(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale))
         allowed = (kb[:2, None, None, :] == qb[:2, :32, :, None]).any(2)             # (2, 32, K)
         ref = F.scaled_dot_product_attention(q[:2, :32].float(), k[:2].float(), v[:2].float(),
                                              attn_mask=allowed, scale=scale)
-        err = float((out.reshape(H, n, D)[:2, :32].float() - ref).abs().max())
-        t_sparse = timed(lambda: bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale))
-        with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            t_dense = timed(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale))
-        t_pack = timed(lambda: pack(q, qb, kb, nb)[0], reps=5)
-        pairs = int(((cu_q[1:] - cu_q[:-1]).long() * (cu_k[1:] - cu_k[:-1]).long()).sum())
-        density = pairs / (H * n * K)
-        tf_sparse = 4 * pairs * D / (t_sparse * 1e-3) / 1e12
-        tf_dense = 4 * H * n * K * D / (t_dense * 1e-3) / 1e12
-        row = {"frames": F_, "keys_per_head": K, "dense_fa2_ms": t_dense, "bucketed_ms": t_sparse,
-               "speedup": t_dense / t_sparse, "density": density, "tflops_dense": tf_dense,
-               "tflops_on_computed": tf_sparse, "max_abs_err_vs_masked": err,
-               "pack_ms_arrival_order_cache": t_pack}
-        rows.append(row)
-        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+        for C in a.chunks:
+            src, k_order, cu_q, cu_k, max_q, max_k = pack(q, qb, kb, nb, C)
+            kp = k.reshape(H * K, D)[k_order][:, None].contiguous()
+            vp = v.reshape(H * K, D)[k_order][:, None].contiguous()
+            out = bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale)
+            # exactness on the first two heads' first 32 queries: a masked dense reference
+            err = float((out.reshape(H, n, D)[:2, :32].float() - ref).abs().max())
+            t_sparse = timed(lambda: bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale))
+            qp = q.reshape(-1, D)[src][:, None]
+            from torch.nn.attention.varlen import varlen_attn
+            t_kernel = timed(lambda: varlen_attn(qp, kp, vp, cu_q, cu_k, max_q, max_k, scale=scale))
+            t_pack = timed(lambda: pack(q, qb, kb, nb, C)[0], reps=5)
+            pairs = int(((cu_q[1:] - cu_q[:-1]).long() * (cu_k[1:] - cu_k[:-1]).long()).sum())
+            density = pairs / (H * n * K)
+            tf_sparse = 4 * pairs * D / (t_kernel * 1e-3) / 1e12
+            tf_dense = 4 * H * n * K * D / (t_dense * 1e-3) / 1e12
+            row = {"frames": F_, "chunks": C, "keys_per_head": K, "dense_fa2_ms": t_dense, "bucketed_ms": t_sparse,
+                   "kernel_only_ms": t_kernel, "speedup": t_dense / t_sparse, "density": density,
+                   "tflops_dense": tf_dense, "tflops_on_computed_kernel": tf_sparse, "max_abs_err_vs_masked": err,
+                   "pack_ms_arrival_order_cache": t_pack}
+            rows.append(row)
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"device": torch.cuda.get_device_name(), "torch": torch.__version__, "varlen_signature": sig,
