@@ -68,7 +68,10 @@ def test_switch_dense_to_tempcache_compresses_exactly():
 @pytest.mark.parametrize("name,params", [
     ("annsa_quant", {"ann": {"centroids": 1, "probes": 1}}),
     ("annsa", {"ann": {"bits": 1, "probes": 2}}),               # both buckets probed: one bucket in effect
-    ("annsa_quant", {"ann": {"centroids": 1, "probes": 1}, "annsa": {"path": "sparse", "kernel": "loop"}}),
+    ("annsa_quant", {"ann": {"centroids": 1, "probes": 1},
+                     "annsa": {"path": "sparse", "kernel": "loop", "recent_frames": 0}}),
+    ("annsa_quant", {"ann": {"centroids": 1, "probes": 1},
+                     "annsa": {"path": "bucketed", "kernel": "loop", "recent_frames": 2, "chunks": 3}}),
 ])
 def test_annsa_one_bucket_equals_dense(name, params):
     dense = build_mode("dense")
@@ -102,6 +105,56 @@ def test_annsa_sparse_packing_equals_masked_reference(tables):
     assert ref.stats()["sa_density"] < 1.0
 
 
+@pytest.mark.parametrize("recent,chunks", [(0, 1), (3, 4), (2, 3)])
+def test_annsa_bucketed_path_equals_masked_reference(recent, chunks):
+    """The GPU default for AnnSA over a growing cache (annsa.py "bucketed": the cache kept in bucket order,
+    each query repeated per probed bucket and key chunk, rows combined by log-sum-exp; here its varlen call runs
+    segment by segment on the CPU) equals the masked reference, across bucket sorts, in two layers, with the
+    same pairs; a dense cache adopted mid-run is sorted and keeps giving the same outputs."""
+    common = dict(ann={"bits": 3, "probes": 2}, schedule={"dense_until": 0.0, "layers": None},
+                  metrics={"recall_every": 1})
+    ref = build_mode("annsa", annsa={"path": "masked", "recent_frames": recent}, **common)
+    buc = build_mode("annsa", annsa={"path": "bucketed", "kernel": "loop", "recent_frames": recent,
+                                     "chunks": chunks}, **common)
+    cr, cb = _cache(ref, 2), _cache(buc, 2)
+    g = torch.Generator().manual_seed(8)
+    for f in range(9):
+        if f == 5:   # switched in again over its own cache, as after a mode switch: everything sorted
+            dense = build_mode("dense")
+            for m, c in ((ref, cr), (buc, cb)):
+                dense.adopt(c, N)
+                m.adopt(c, N)
+        for layer in range(2):
+            q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+            a, b = _step(ref, cr, layer, f, q, k, v), _step(buc, cb, layer, f, q, k, v)
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+            assert float(buc.last_pairs) == float(ref.last_pairs)
+    assert buc._paths["self"].startswith("bucketed:") and ref._paths["self"].startswith("masked:")
+    assert ref.stats()["sa_density"] < 1.0 and buc.stats()["sa_recall"] == pytest.approx(ref.stats()["sa_recall"])
+    # the sort only permutes each head's slots: per-head key sums and the multiset of frames are unchanged
+    P = buc._sorted[0][0]
+    assert P > 0 and int(buc._sorted[0][1].sum()) == P * B * H
+    torch.testing.assert_close(cb.k[0, :, :, :cb.length[0]].sum(2), cr.k[0, :, :, :cr.length[0]].sum(2),
+                               rtol=0, atol=1e-9)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA")
+def test_annsa_bucketed_varlen_on_cuda_equals_masked_reference():
+    """The real kernel (torch's or flash-attn's varlen, with log-sum-exps) on bf16 against the masked path."""
+    common = dict(ann={"bits": 4, "probes": 4}, schedule={"dense_until": 0.0, "layers": None},
+                  metrics={"recall_every": 0})
+    Hc, Nc, Dc = 4, 64, 64
+    ref = build_mode("annsa", annsa={"path": "masked", "recent_frames": 3}, **common)
+    buc = build_mode("annsa", annsa={"path": "auto", "recent_frames": 3}, **common)
+    caches = [KVCache(1, 1, Hc, Dc, 16 * Nc, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
+    g = torch.Generator(device="cuda").manual_seed(9)
+    for f in range(12):
+        q, k, v = (torch.randn(1, Hc, Nc, Dc, generator=g, device="cuda").bfloat16() for _ in range(3))
+        a, b = _step(ref, caches[0], 0, f, q, k, v), _step(buc, caches[1], 0, f, q, k, v)
+        assert float((a.float() - b.float()).abs().max()) < 3e-2, f
+    assert buc._paths["self"].startswith("bucketed:") and buc._sorted[0][0] > 0
+
+
 def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():
     g = torch.Generator().manual_seed(4)
     q = torch.randn(B, H, N, D, generator=g, dtype=F64)
@@ -121,7 +174,8 @@ def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():
 def test_recall_one_without_drops_and_below_one_with_drops():
     g = torch.Generator().manual_seed(5)
     full = build_mode("annsa_quant", ann={"centroids": 1, "probes": 1}, schedule={"dense_until": 0.0})
-    part = build_mode("annsa", ann={"bits": 4, "probes": 1}, schedule={"dense_until": 0.0}, metrics={"recall_every": 1})
+    part = build_mode("annsa", ann={"bits": 4, "probes": 1}, schedule={"dense_until": 0.0}, metrics={"recall_every": 1},
+                      annsa={"recent_frames": 0})
     cf, cp = _cache(full), _cache(part)
     for f in range(5):
         q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
@@ -136,12 +190,15 @@ def _block_causal(frames: int, n: int) -> torch.Tensor:
     return f[:, None] >= f[None, :]
 
 
-@pytest.mark.parametrize("name", ["dense", "window", "annsa", "annsa_quant"])
+@pytest.mark.parametrize("name", ["dense", "window", "annsa", "annsa_quant", "annsa_recent"])
 def test_cached_decoding_equals_full_recomputation(name):
     frames, layers = 7, 2
     params = {"window": {"sinks": 1, "window": 2}}.get(name, {})
+    recent = 2 if name.endswith("_recent") else 0
+    name = name.removesuffix("_recent")
     if name.startswith("annsa"):
-        params = {"schedule": {"dense_until": 0.0, "layers": [0, 1]}, "ann": {"probes": 1}}
+        params = {"schedule": {"dense_until": 0.0, "layers": [0, 1]}, "ann": {"probes": 1},
+                  "annsa": {"recent_frames": recent}}
     mode = build_mode(name, **params)
     cache = _cache(mode, layers)
     g = torch.Generator().manual_seed(6)
@@ -162,7 +219,9 @@ def test_cached_decoding_equals_full_recomputation(name):
             probes = h.probe_codes(layer, qs[layer])                    # (B, H, L, T, P)
             share = (codes[:, :, None, :, :, None] == probes[:, :, :, None]).flatten(-2).any(-1)
             fr = torch.arange(frames).repeat_interleave(N)
-            mask = mask & (share | (fr[:, None] == fr[None, :]))
+            # keys committed since the last bucket sort (every `recent` frames) are read in full
+            recent_from = (fr[:, None] // max(recent, 1)) * max(recent, 1) if recent else fr[:, None]
+            mask = mask & (share | (fr[:, None] == fr[None, :]) | (fr[None, :] >= recent_from))
         ref = SequenceAttention(mask).self_attn(layer, qs[layer], ks[layer], vs[layer])
         assert torch.allclose(outs[layer], ref, atol=1e-10), (name, layer)
 

@@ -32,6 +32,7 @@ from typing import Any, Callable
 import torch
 
 from engine.attention import StepInfo, build_mode, kernels, sparse_kernels
+from engine.attention.annsa import allowed_mask
 from engine.attention.fastar import FastARAttention
 from engine.attention.metrics import grouped_recall, sample_queries
 from engine.cache import KVCache
@@ -122,9 +123,12 @@ def _recall(name: str, mode: Any, q: torch.Tensor, hist_k: torch.Tensor, cache: 
         h = mode.hasher
         probes = h.probe_codes(0, q[:, :, idx])
         own = torch.ones(*qs.shape[:3], n, dtype=torch.bool, device=q.device)
-        if mode.cfg.tempcache is None:   # AnnSA alone: kept keys of the dense history itself
-            allowed = (codes[:, :, None, :, :, None] == probes[:, :, :, None]).flatten(-2).any(-1)
-            p = (torch.einsum("bhsd,bhld->bhsl", qs, full_k.float()) / math.sqrt(q.shape[-1])).softmax(-1)
+        if mode.cfg.tempcache is None:   # AnnSA alone: kept keys of the dense history itself, in the cache's
+            # order (AnnSA keeps it sorted by bucket), the recent frames read in full
+            lay = mode._layout(cache, 0)
+            allowed = allowed_mask(probes, codes, None if lay is None else lay.sorted_len)
+            cache_k = torch.cat([K, k_own], 2)
+            p = (torch.einsum("bhsd,bhld->bhsl", qs, cache_k.float()) / math.sqrt(q.shape[-1])).softmax(-1)
             return float((p * torch.cat([allowed, own], -1)).sum(-1).mean())
         valid = bias > -1e3
         c = torch.where(valid[..., None], codes, torch.full_like(codes, h.n_buckets))
@@ -188,7 +192,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 stats = mode.stats()
                 pairs = float(mode.last_pairs) if isinstance(mode, FastARAttention) else n * (cache.length[0] + n) * H
                 kernel_ms = None
-                if cap and "args" in cap and "varlen" in str(stats.get("paths", {}).get("self", "")):
+                if cap and "args" in cap and any(w in str(stats.get("paths", {}).get("self", "")) for w in ("varlen", "bucketed")):
                     kernel_ms = timer(lambda: sparse_kernels._run(*cap["args"]), args.warmup, args.reps)
                 ann_ms = None
                 if isinstance(mode, FastARAttention) and mode.hasher is not None:

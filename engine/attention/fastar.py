@@ -33,6 +33,8 @@ from engine.attention.quant import QuantHasher
 from engine.attention.tempcache import CODES, TempCache, TempCacheConfig
 from engine.cache import NEG_BIAS, KVCache
 
+FRAME_H = "frame_by_head"   # AnnSA's bucket order: each slot's frame per head (the layer column cannot hold it)
+
 CROSS = 10_000   # hasher layer key offset for cross-attention (prompt keys live in another space)
 
 
@@ -66,8 +68,10 @@ class ScheduleConfig:
             raise ValueError(f"schedule.dense_until: must be in [0, 1], got {self.dense_until!r}")
 
     def active(self, layer: int, info: StepInfo, n_layers: int | None) -> bool:
-        if info.progress < self.dense_until:
-            return False
+        return info.progress >= self.dense_until and self.in_layers(layer, n_layers)
+
+    def in_layers(self, layer: int, n_layers: int | None) -> bool:
+        """Whether `layer` runs AnnSA/AnnCA at some step (the layer half of `active`)."""
         if self.layers is not None:
             return layer in self.layers
         if n_layers is None or n_layers <= 2:
@@ -145,6 +149,7 @@ class FastARAttention(AttentionMode):
         self._staged: dict[int, torch.Tensor | None] = {}   # commit pass: layers whose scratch awaits the commit
         self._fresh: dict[int, int] = {}        # layer -> commits since its fixed layout was made empty or adopted
         self._search_layers: list[int] = []     # TempCache: layers whose new keys search for repeats
+        self._sorted: dict[int, tuple[int, torch.Tensor, int]] = {}   # AnnSA bucket order per layer (_sort_buckets)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -158,6 +163,10 @@ class FastARAttention(AttentionMode):
             cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
         if self.tc is not None and cache.device.type == "cuda" and not cache.pad:
             cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
+        if self._bucket_order() and cache.pad:
+            cache.set_bias_channel(False)  # the bucketed path reads K/V in place: contiguous, no bias needed
+        if self._bucket_order():
+            cache.add_slot_tensor(FRAME_H, (), torch.long, fill=-1)
 
     def _needs_codes(self) -> bool:
         tc = self.cfg.tempcache
@@ -173,6 +182,7 @@ class FastARAttention(AttentionMode):
         self._frames.clear()
         self._staged.clear()
         self._fresh.clear()
+        self._sorted.clear()
         if self.tc is not None:
             self.tc.reset()
 
@@ -200,6 +210,14 @@ class FastARAttention(AttentionMode):
                     e = min(L, s + 4096)
                     cache.slot_data[CODES][layer, :, :, s:e] = self.hasher.codes(layer, cache.k[layer, :, :, s:e], True)  # type: ignore[union-attr]
         self._biased = self.tc is not None or (bool((cache.bias != 0).any()) if cache.tokens() else False)
+        self._sorted.clear()
+        if self._bucket_order():   # everything adopted counts as old: sorted by bucket now
+            self._setup(cache)
+            for layer in range(cache.n_layers):
+                L = cache.length[layer]
+                cache.slot_data[FRAME_H][layer, :, :, :L] = cache.frame[layer, :L]
+                if self.cfg.schedule.in_layers(layer, cache.n_layers):
+                    self._sort_buckets(cache, layer)
 
     # ---- the calls ---------------------------------------------------------------------------------------
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
@@ -227,7 +245,9 @@ class FastARAttention(AttentionMode):
         if self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers):
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             probes = hasher.probe_codes(layer, q)                                   # (B, H, n, T, P)
-            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probes, K, V, codes, bias, hasher.n_buckets)
+            layout = self._layout(cache, layer)
+            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probes, K, V, codes, bias, hasher.n_buckets,
+                                                     layout)
             self._paths["self"] = path
             self._pairs = pairs
             if measure:
@@ -237,7 +257,7 @@ class FastARAttention(AttentionMode):
                 idx = sample_queries(q, self.cfg.metrics.recall_queries)
                 c = codes if bias is None else torch.where(bias[:, :, :L0, None] > NEG_BIAS / 2, codes,
                                                            torch.full_like(codes, hasher.n_buckets))
-                kept = torch.cat([allowed_mask(probes[:, :, idx], c),
+                kept = torch.cat([allowed_mask(probes[:, :, idx], c, None if layout is None else layout.sorted_len),
                                   torch.ones(*q.shape[:2], idx.numel(), n, dtype=torch.bool, device=q.device)], -1)
                 self.meter.add(layer, "sa_recall", mass_recall(q[:, :, idx], K, bias, kept))
         else:
@@ -254,9 +274,59 @@ class FastARAttention(AttentionMode):
                     self.tc.commit(cache, layer, n, self.frame_tensor(info, k.device), q=q)
                 else:
                     cache.commit_scratch(layer, n, info.frame)
+                    if self._bucket_order() and self.cfg.schedule.in_layers(layer, self._n_layers):
+                        self._after_commit(cache, layer, n, info.frame)
             self._frames[layer] = self._frames.get(layer, 0) + 1
             self._fresh[layer] = self._fresh.get(layer, 0) + 1
         return out
+
+    # ---- AnnSA's bucket order (annsa.py: the bucketed path and the recent frames) -------------------------------
+    def _bucket_order(self) -> bool:
+        """Whether this mode keeps the cache in bucket order: AnnSA over a growing cache (no TempCache), one
+        hash table (buckets disjoint), no per-key bias."""
+        return self.cfg.annsa is not None and self.tc is None and self.hasher is not None and \
+            self.hasher.tables == 1 and not self._biased
+
+    def _layout(self, cache: KVCache, layer: int) -> sparse_kernels.BucketLayout | None:
+        if not self._bucket_order() or not self.cfg.schedule.in_layers(layer, self._n_layers):
+            return None
+        P, counts, max_count = self._sorted.get(layer) or self._unsorted(cache)
+        return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer],
+                                           self.hasher.n_buckets)  # type: ignore[union-attr]
+
+    def _unsorted(self, cache: KVCache) -> tuple[int, torch.Tensor, int]:
+        nb = self.hasher.n_buckets  # type: ignore[union-attr]
+        return 0, torch.zeros(cache.batch * cache.n_heads, nb, dtype=torch.long, device=cache.device), 0
+
+    def _after_commit(self, cache: KVCache, layer: int, n: int, frame: int) -> None:
+        """Record the frame per head for the committed slots; once `recent_frames` frames have come in since
+        the last sort (every frame with recent_frames 0), sort the layer again."""
+        L = cache.length[layer]
+        cache.slot_data[FRAME_H][layer, :, :, L - n:L] = frame
+        P = self._sorted.get(layer, (0,))[0]
+        if L - P >= max(1, self.cfg.annsa.recent_frames) * n:  # type: ignore[union-attr]
+            self._sort_buckets(cache, layer)
+
+    def _sort_buckets(self, cache: KVCache, layer: int) -> None:
+        """Order each head's slots [0, length) by (bucket, slot) in place (cache.gather_heads moves K, V, bias
+        and every slot tensor, the codes and the per-head frames with them) and count the keys per bucket.
+        One host sync (the largest count, a bound the varlen kernel takes as an int), once per recent_frames
+        frames; the gather reads and writes the layer's whole cache (~1 ms at 3000 frames on the H100).
+        The layer-level frame column gets each slot's newest frame over heads: after a sort the heads' slots
+        hold different frames, so a mode switched in later (window, TempCache adopt) reads that."""
+        L = cache.length[layer]
+        if L == 0:
+            self._sorted[layer] = self._unsorted(cache)
+            return
+        codes = cache.slot_data[CODES][layer, :, :, :L, 0]                      # (B, H, L), one table
+        perm = (codes * L + torch.arange(L, device=codes.device)).argsort(-1)
+        cache.gather_heads(layer, perm)
+        cache.frame[layer, :L] = cache.slot_data[FRAME_H][layer, :, :, :L].amax(dim=(0, 1))
+        nb = self.hasher.n_buckets  # type: ignore[union-attr]
+        codes = cache.slot_data[CODES][layer, :, :, :L, 0].reshape(-1, L)
+        counts = torch.zeros(codes.shape[0], nb, dtype=torch.long, device=codes.device)
+        counts.scatter_add_(1, codes, torch.ones_like(codes))
+        self._sorted[layer] = (L, counts, int(counts.max()))
 
     def _plain(self, layer: int) -> bool:
         """Whether `layer` attends with no bias at all (a plain head-dim-64 kernel instead of the bias-channel

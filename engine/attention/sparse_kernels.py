@@ -17,7 +17,9 @@ Host syncs: one per call (the packed sizes that varlen kernels take as ints), tw
 """
 from __future__ import annotations
 
+import math
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -46,7 +48,34 @@ def _loop(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-
     return out
 
 
+def _torch_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    from torch.nn.attention.varlen import AuxRequest, varlen_attn
+    out, lse = varlen_attn(q, k, v, cu_q, cu_k, max_q, max_k, scale=scale, return_aux=AuxRequest(lse=True))
+    return out, lse.reshape(-1)
+
+
+def _flash_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    out, lse, _ = _fa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale, return_attn_probs=True)
+    return out, lse.reshape(-1)
+
+
+def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    """One segment at a time with explicit scores: the CPU check of the bucketed path (one head per row)."""
+    out = torch.zeros_like(q)
+    lse = torch.full((q.shape[0],), -math.inf, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
+    cq, ck = cu_q.tolist(), cu_k.tolist()
+    for s in range(len(cq) - 1):
+        if cq[s + 1] == cq[s] or ck[s + 1] == ck[s]:
+            continue
+        qs, ks, vs = q[cq[s]:cq[s + 1], 0], k[ck[s]:ck[s + 1], 0], v[ck[s]:ck[s + 1], 0]
+        sc = (qs @ ks.transpose(0, 1)) * scale
+        out[cq[s]:cq[s + 1], 0] = sc.softmax(-1) @ vs
+        lse[cq[s]:cq[s + 1]] = torch.logsumexp(sc, -1).to(lse.dtype)
+    return out, lse
+
+
 BACKENDS = {"flash_attn_varlen": _flash_varlen, "torch_varlen": _torch_varlen, "loop": _loop}
+LSE_BACKENDS = {"flash_attn_varlen": _flash_varlen_lse, "torch_varlen": _torch_varlen_lse, "loop": _loop_lse}
 _last: dict[str, object] = {"kernel": "none", "errors": {}}
 capture: dict[str, tuple] | None = None   # the benchmark sets {} to keep the last packed call, to time the kernel alone
 
@@ -143,14 +172,14 @@ def bucket_attention(q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor, V: 
     return res.reshape(B, H, n, D), pairs
 
 
-def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel):  # type: ignore[no-untyped-def]
+def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel, table=BACKENDS):  # type: ignore[no-untyped-def]
     names = _auto_order(q.device) if kernel == "auto" else [kernel]
     errs: dict[str, str] = {}
     for name in names:
-        if name not in BACKENDS:
-            raise ValueError(f"annsa.kernel: unknown sparse kernel {name!r}; available: auto, {sorted(BACKENDS)}")
+        if name not in table:
+            raise ValueError(f"annsa.kernel: unknown sparse kernel {name!r}; available: auto, {sorted(table)}")
         try:
-            out = BACKENDS[name](q, k, v, cu_q, cu_k, max_q, max_k, scale)
+            out = table[name](q, k, v, cu_q, cu_k, max_q, max_k, scale)
             _last["kernel"], _last["errors"] = name, errs
             return out
         except Exception as e:  # report, then try the next real sparse kernel
@@ -158,3 +187,76 @@ def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel):  # type: ignore[no-u
             warnings.warn(f"sparse kernel {name} failed ({errs[name]}); trying the next one")
     _last["errors"] = errs
     raise RuntimeError(f"no sparse varlen kernel ran: {errs}")
+
+
+@dataclass
+class BucketLayout:
+    """How one layer's cache is ordered for the bucketed path (kept by the owning mode, FastARAttention):
+    per head, slots [0, sorted_len) hold the keys sorted by bucket, `counts` (B * H, n_buckets) of them in each
+    bucket in order (device), `max_count` the largest count (host); slots [sorted_len, length) are the keys
+    committed since the last sort, read in full. k, v: the layer's cache storage (B, H, capacity, D), which
+    must be contiguous (no bias channel) for the varlen kernel to read it in place."""
+    sorted_len: int
+    counts: torch.Tensor
+    max_count: int
+    k: torch.Tensor
+    v: torch.Tensor
+    n_buckets: int
+
+    @property
+    def usable(self) -> bool:
+        return self.k.is_contiguous() and self.v.is_contiguous()
+
+    @property
+    def why(self) -> str:
+        return "ok" if self.usable else "the cache's K/V are not contiguous (a bias-channel layout)"
+
+
+def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLayout, L: int, scale: float,
+                            chunks: int, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probes
+    (B, H, n, P) the buckets each query searches (one table); slots [0, L) cached, [L, L + n) the frame's own
+    keys (scratch). Per head g the varlen segments are, in slot order: its n_buckets x chunks (bucket, chunk)
+    ranges of the sorted part, one segment [sorted_len, L + n) (the recent keys and the frame itself, every
+    query), and one empty-query segment over the unused slots up to the next head's storage (varlen sequences
+    must tile the key rows). Each query has P x chunks + 1 rows; their outputs are combined by log-sum-exp
+    (exact: with one table the buckets are disjoint and chunks split them). Why chunks: with one segment per
+    (head, bucket) only 96 programs ran and FA2 reached 89 TFLOP/s on the computed pairs; 8 chunks gave 149
+    (tools/bench_bucket_layout.py). No host sync: the sizes the kernel takes as ints are bounds known on the
+    host (max_q = n, max_k from the sort). Returns out (B, H, n, D) and the query-key pairs computed."""
+    B, H, n, D = q.shape
+    P, C, nb, dev = probes.shape[-1], chunks, lay.n_buckets, q.device
+    G, cap, Ps, end = B * H, lay.k.shape[2], lay.sorted_len, L + n
+    nseg = nb * C + 2
+    # key segment starts, per head: bucket b's chunk c at start_b + floor(c * count_b / C)
+    cnt = lay.counts.reshape(G, nb)
+    start_b = cnt.cumsum(-1) - cnt                                               # (G, nb) within the head
+    cstart = start_b[..., None] + (cnt[..., None] * torch.arange(C, device=dev)) // C   # (G, nb, C)
+    tail = torch.tensor([Ps, end], device=dev).expand(G, 2)
+    starts = torch.cat([cstart.reshape(G, nb * C), tail], -1) + torch.arange(G, device=dev)[:, None] * cap
+    cu_k = torch.cat([starts.reshape(-1), torch.tensor([G * cap], device=dev)]).to(torch.int32)
+    klen = (cu_k[1:] - cu_k[:-1]).long()                                          # (G * nseg,)
+    # query rows: (query, probe, chunk) and one recent row per query, in query-major order
+    seg_b = (probes.reshape(G, n, P, 1) * C + torch.arange(C, device=dev)).reshape(G, n, P * C)
+    seg = torch.cat([seg_b, torch.full((G, n, 1), nb * C, device=dev, dtype=seg_b.dtype)], -1)
+    seg = seg + torch.arange(G, device=dev)[:, None, None] * nseg                # (G, n, R)
+    R = P * C + 1
+    flat = seg.reshape(-1)
+    order = flat.argsort(stable=True)
+    qp = q.reshape(G * n, D)[order // R][:, None]                                 # (rows, 1, D)
+    cu_q = torch.cat([torch.zeros(1, device=dev, dtype=torch.long),
+                      torch.bincount(flat, minlength=G * nseg).cumsum(0)]).to(torch.int32)
+    max_k = max(-(-lay.max_count // C), end - Ps, cap - end, 1)
+    kf, vf = lay.k.reshape(G * cap, 1, D), lay.v.reshape(G * cap, 1, D)
+    if capture is not None:   # the attention benchmark times the kernel alone (kTF/s)
+        capture["args"] = (qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel)
+    out, lse = _run(qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel, LSE_BACKENDS)
+    acc = torch.promote_types(q.dtype, torch.float32)                            # float64 in the CPU tests
+    lse = torch.where(klen[flat[order]] > 0, lse.to(acc), torch.full_like(lse, -math.inf, dtype=acc))
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=dev)
+    o = out[inv, 0].to(acc).reshape(G, n, R, D)
+    w = torch.softmax(lse[inv].reshape(G, n, R), -1)                              # the recent row is never empty
+    res = (w[..., None] * o).sum(2).to(q.dtype).reshape(B, H, n, D)
+    pairs = klen[flat].sum()
+    return res, pairs
