@@ -150,6 +150,7 @@ class FastARAttention(AttentionMode):
         self._fresh: dict[int, int] = {}        # layer -> commits since its fixed layout was made empty or adopted
         self._search_layers: list[int] = []     # TempCache: layers whose new keys search for repeats
         self._sorted: dict[int, tuple[int, torch.Tensor, int]] = {}   # AnnSA bucket order per layer (_sort_buckets)
+        self._memo: dict[int, dict] = {}        # per layer: the bucketed path's key segments (BucketLayout.memo)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -183,6 +184,7 @@ class FastARAttention(AttentionMode):
         self._staged.clear()
         self._fresh.clear()
         self._sorted.clear()
+        self._memo.clear()
         if self.tc is not None:
             self.tc.reset()
 
@@ -211,6 +213,7 @@ class FastARAttention(AttentionMode):
                     cache.slot_data[CODES][layer, :, :, s:e] = self.hasher.codes(layer, cache.k[layer, :, :, s:e], True)  # type: ignore[union-attr]
         self._biased = self.tc is not None or (bool((cache.bias != 0).any()) if cache.tokens() else False)
         self._sorted.clear()
+        self._memo.clear()
         if self._bucket_order():   # everything adopted counts as old: sorted by bucket now
             self._setup(cache)
             for layer in range(cache.n_layers):
@@ -292,7 +295,7 @@ class FastARAttention(AttentionMode):
             return None
         P, counts, max_count = self._sorted.get(layer) or self._unsorted(cache)
         return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer],
-                                           self.hasher.n_buckets)  # type: ignore[union-attr]
+                                           self.hasher.n_buckets, self._memo.setdefault(layer, {}))  # type: ignore[union-attr]
 
     def _unsorted(self, cache: KVCache) -> tuple[int, torch.Tensor, int]:
         nb = self.hasher.n_buckets  # type: ignore[union-attr]
@@ -315,6 +318,7 @@ class FastARAttention(AttentionMode):
         The layer-level frame column gets each slot's newest frame over heads: after a sort the heads' slots
         hold different frames, so a mode switched in later (window, TempCache adopt) reads that."""
         L = cache.length[layer]
+        self._memo.pop(layer, None)
         if L == 0:
             self._sorted[layer] = self._unsorted(cache)
             return

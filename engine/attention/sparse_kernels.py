@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +202,7 @@ class BucketLayout:
     k: torch.Tensor
     v: torch.Tensor
     n_buckets: int
+    memo: dict = field(default_factory=dict)   # the layer's key segments, kept while the cache is unchanged
 
     @property
     def usable(self) -> bool:
@@ -212,51 +213,107 @@ class BucketLayout:
         return "ok" if self.usable else "the cache's K/V are not contiguous (a bias-channel layout)"
 
 
+def _key_segments(counts: torch.Tensor, C: int, Ps: int, end: int, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts (G, nb) keys per bucket of each head's sorted part -> cu_seq_k (G * (nb * C + 2) + 1,) int32 over
+    the flattened (G * cap) key rows, and each segment's key count (long). Per head: its (bucket, chunk)
+    ranges, bucket b's chunk c starting at start_b + floor(c * count_b / C); then [Ps, end) (recent keys and
+    the frame itself); then [end, cap), the unused slots, a segment no query reads (varlen sequences must
+    tile the key rows). Built with device fills only: a host-to-device copy would wait for the GPU."""
+    G, nb = counts.shape
+    dev = counts.device
+    start_b = counts.cumsum(-1) - counts                                          # (G, nb) within the head
+    cstart = start_b[..., None] + (counts[..., None] * torch.arange(C, device=dev)) // C   # (G, nb, C)
+    tail = torch.full((G, 2), Ps, device=dev, dtype=torch.long)
+    tail[:, 1] = end
+    starts = torch.cat([cstart.reshape(G, nb * C), tail], -1) + torch.arange(G, device=dev)[:, None] * cap
+    cu_k = torch.cat([starts.reshape(-1), torch.full((1,), G * cap, device=dev, dtype=torch.long)]).to(torch.int32)
+    return cu_k, (cu_k[1:] - cu_k[:-1]).long()
+
+
+def _pack_queries(q: torch.Tensor, probes: torch.Tensor, C: int, nb: int) -> tuple[torch.Tensor, ...]:
+    """q (B, H, n, D), probes (B, H, n, P) -> the query rows sorted by segment (rows, 1, D): each query once
+    per (probed bucket, chunk) and once for the recent segment, R = P x C + 1 rows, plus flat (each row's
+    segment, query-major order), order (the sort), inv (its inverse) and cu_seq_q (int32). Pure and of fixed
+    shapes: compiled once on CUDA (sorted_bucket_attention)."""
+    B, H, n, D = q.shape
+    G, P, dev = B * H, probes.shape[-1], q.device
+    nseg, R = nb * C + 2, P * C + 1
+    seg_b = (probes.reshape(G, n, P, 1) * C + torch.arange(C, device=dev)).reshape(G, n, P * C)
+    seg = torch.cat([seg_b, torch.full((G, n, 1), nb * C, device=dev, dtype=seg_b.dtype)], -1)
+    flat = (seg + torch.arange(G, device=dev)[:, None, None] * nseg).reshape(-1)     # (G * n * R,)
+    order = flat.argsort(stable=True)
+    inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=dev))
+    qp = q.reshape(G * n, D)[order // R][:, None]
+    qcount = torch.zeros(G * nseg, device=dev, dtype=torch.long).scatter_add(0, flat, torch.ones_like(flat))
+    cu_q = torch.cat([torch.zeros(1, device=dev, dtype=torch.long), qcount.cumsum(0)]).to(torch.int32)
+    return qp, flat, order, inv, cu_q
+
+
+def _combine(out: torch.Tensor, lse: torch.Tensor, klen: torch.Tensor, flat: torch.Tensor, order: torch.Tensor,
+             inv: torch.Tensor, shape: tuple[int, int, int, int], R: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The R rows of each query, weighted by softmax of their log-sum-exps (a row whose segment has no key
+    weighs 0; the recent row never is empty: it holds the frame itself). Returns (B, H, n, D) and the pairs."""
+    B, H, n, D = shape
+    acc = torch.promote_types(out.dtype, torch.float32)                          # float64 in the CPU tests
+    lse = torch.where(klen[flat[order]] > 0, lse.to(acc), torch.full_like(lse, -math.inf, dtype=acc))
+    o = out[inv, 0].to(acc).reshape(B * H, n, R, D)
+    w = torch.softmax(lse[inv].reshape(B * H, n, R), -1)
+    return (w[..., None] * o).sum(2).to(out.dtype).reshape(B, H, n, D), klen[flat].sum()
+
+
+_FNS: dict[tuple[str, str], object] = {}
+
+
+def _fn(name: str, device: torch.device):  # type: ignore[no-untyped-def]
+    """_pack_queries / _combine, compiled once per process on CUDA (each is ~15 small kernels eagerly, and the
+    bucketed call was launch-bound: ~2 ms of a 2.6 ms call at 3000 frames on the H100), eager elsewhere."""
+    eager = {"pack": _pack_queries, "combine": _combine}[name]
+    if device.type != "cuda":
+        return eager
+    key = (name, device.type)
+    if key not in _FNS:
+        _FNS[key] = torch.compile(eager, dynamic=False)
+    return _FNS[key]
+
+
+def _call(name: str, device: torch.device, *args):  # type: ignore[no-untyped-def]
+    fn = _fn(name, device)
+    try:
+        return fn(*args)
+    except Exception as e:   # said, not silent: recorded beside the kernel errors, warned once, eager from then on
+        eager = {"pack": _pack_queries, "combine": _combine}[name]
+        if fn is eager:
+            raise
+        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        _last["errors"] = {**errors(), f"compile {name}": msg}
+        warnings.warn(f"bucketed AnnSA: compiling {name} failed ({msg}); running it eagerly")
+        _FNS[(name, device.type)] = eager
+        return eager(*args)
+
+
 def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLayout, L: int, scale: float,
                             chunks: int, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
     """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probes
     (B, H, n, P) the buckets each query searches (one table); slots [0, L) cached, [L, L + n) the frame's own
-    keys (scratch). Per head g the varlen segments are, in slot order: its n_buckets x chunks (bucket, chunk)
-    ranges of the sorted part, one segment [sorted_len, L + n) (the recent keys and the frame itself, every
-    query), and one empty-query segment over the unused slots up to the next head's storage (varlen sequences
-    must tile the key rows). Each query has P x chunks + 1 rows; their outputs are combined by log-sum-exp
-    (exact: with one table the buckets are disjoint and chunks split them). Why chunks: with one segment per
-    (head, bucket) only 96 programs ran and FA2 reached 89 TFLOP/s on the computed pairs; 8 chunks gave 149
-    (tools/bench_bucket_layout.py). No host sync: the sizes the kernel takes as ints are bounds known on the
-    host (max_q = n, max_k from the sort). Returns out (B, H, n, D) and the query-key pairs computed."""
+    keys (scratch). The varlen segments (_key_segments) are each head's (bucket, chunk) ranges of the sorted
+    part, its recent keys with the frame, and its unused slots; each query has P x chunks + 1 rows
+    (_pack_queries), combined by log-sum-exp (_combine; exact: with one table the buckets are disjoint and
+    chunks split them). Why chunks: with one segment per (head, bucket) only 96 programs ran and FA2 reached
+    89 TFLOP/s on the computed pairs; 8 chunks gave 149 (tools/bench_bucket_layout.py). No host sync: the
+    sizes the kernel takes as ints are bounds known on the host (max_q = n, max_k from the sort). The key
+    segments change only when the cache does, so they are kept for the frame's passes (lay.memo). Returns
+    out (B, H, n, D) and the query-key pairs computed."""
     B, H, n, D = q.shape
     P, C, nb, dev = probes.shape[-1], chunks, lay.n_buckets, q.device
     G, cap, Ps, end = B * H, lay.k.shape[2], lay.sorted_len, L + n
-    nseg = nb * C + 2
-    # key segment starts, per head: bucket b's chunk c at start_b + floor(c * count_b / C)
-    cnt = lay.counts.reshape(G, nb)
-    start_b = cnt.cumsum(-1) - cnt                                               # (G, nb) within the head
-    cstart = start_b[..., None] + (cnt[..., None] * torch.arange(C, device=dev)) // C   # (G, nb, C)
-    tail = torch.tensor([Ps, end], device=dev).expand(G, 2)
-    starts = torch.cat([cstart.reshape(G, nb * C), tail], -1) + torch.arange(G, device=dev)[:, None] * cap
-    cu_k = torch.cat([starts.reshape(-1), torch.tensor([G * cap], device=dev)]).to(torch.int32)
-    klen = (cu_k[1:] - cu_k[:-1]).long()                                          # (G * nseg,)
-    # query rows: (query, probe, chunk) and one recent row per query, in query-major order
-    seg_b = (probes.reshape(G, n, P, 1) * C + torch.arange(C, device=dev)).reshape(G, n, P * C)
-    seg = torch.cat([seg_b, torch.full((G, n, 1), nb * C, device=dev, dtype=seg_b.dtype)], -1)
-    seg = seg + torch.arange(G, device=dev)[:, None, None] * nseg                # (G, n, R)
-    R = P * C + 1
-    flat = seg.reshape(-1)
-    order = flat.argsort(stable=True)
-    qp = q.reshape(G * n, D)[order // R][:, None]                                 # (rows, 1, D)
-    cu_q = torch.cat([torch.zeros(1, device=dev, dtype=torch.long),
-                      torch.bincount(flat, minlength=G * nseg).cumsum(0)]).to(torch.int32)
+    key = (Ps, end, cap, C)   # the owner clears memo whenever it sorts or resets
+    if lay.memo.get("key") != key:
+        lay.memo["key"], lay.memo["seg"] = key, _key_segments(lay.counts.reshape(G, nb), C, Ps, end, cap)
+    cu_k, klen = lay.memo["seg"]
+    qp, flat, order, inv, cu_q = _call("pack", dev, q, probes, C, nb)
     max_k = max(-(-lay.max_count // C), end - Ps, cap - end, 1)
     kf, vf = lay.k.reshape(G * cap, 1, D), lay.v.reshape(G * cap, 1, D)
     if capture is not None:   # the attention benchmark times the kernel alone (kTF/s)
         capture["args"] = (qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel)
     out, lse = _run(qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel, LSE_BACKENDS)
-    acc = torch.promote_types(q.dtype, torch.float32)                            # float64 in the CPU tests
-    lse = torch.where(klen[flat[order]] > 0, lse.to(acc), torch.full_like(lse, -math.inf, dtype=acc))
-    inv = torch.empty_like(order)
-    inv[order] = torch.arange(order.numel(), device=dev)
-    o = out[inv, 0].to(acc).reshape(G, n, R, D)
-    w = torch.softmax(lse[inv].reshape(G, n, R), -1)                              # the recent row is never empty
-    res = (w[..., None] * o).sum(2).to(q.dtype).reshape(B, H, n, D)
-    pairs = klen[flat].sum()
-    return res, pairs
+    return _call("combine", dev, out, lse, klen, flat, order, inv, (B, H, n, D), P * C + 1)
