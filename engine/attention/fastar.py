@@ -318,7 +318,7 @@ class FastARAttention(AttentionMode):
         The layer-level frame column gets each slot's newest frame over heads: after a sort the heads' slots
         hold different frames, so a mode switched in later (window, TempCache adopt) reads that."""
         L = cache.length[layer]
-        self._memo.pop(layer, None)
+        self._memo.get(layer, {}).pop("key", None)   # the key segments change; a captured call stays valid
         if L == 0:
             self._sorted[layer] = self._unsorted(cache)
             return

@@ -299,10 +299,11 @@ def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLa
     part, its recent keys with the frame, and its unused slots; each query has P x chunks + 1 rows
     (_pack_queries), combined by log-sum-exp (_combine; exact: with one table the buckets are disjoint and
     chunks split them). Why chunks: with one segment per (head, bucket) only 96 programs ran and FA2 reached
-    89 TFLOP/s on the computed pairs; 8 chunks gave 149 (tools/bench_bucket_layout.py). No host sync: the
-    sizes the kernel takes as ints are bounds known on the host (max_q = n, max_k from the sort). The key
-    segments change only when the cache does, so they are kept for the frame's passes (lay.memo). Returns
-    out (B, H, n, D) and the query-key pairs computed."""
+    89 TFLOP/s on the computed pairs; 8 chunks gave 149 (tools/bench_bucket_layout.py). No host sync. The key
+    segments change only when the cache does, so they are kept for the frame's passes (lay.memo). On CUDA
+    the call replays one CUDA graph per layer and cache capacity (_BucketGraph): eagerly it was ~40 kernel
+    launches, ~1.3 ms of host time against ~0.2 ms of GPU work at 100 frames on the H100. Returns out
+    (B, H, n, D) and the query-key pairs computed."""
     B, H, n, D = q.shape
     P, C, nb, dev = probes.shape[-1], chunks, lay.n_buckets, q.device
     G, cap, Ps, end = B * H, lay.k.shape[2], lay.sorted_len, L + n
@@ -310,10 +311,70 @@ def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLa
     if lay.memo.get("key") != key:
         lay.memo["key"], lay.memo["seg"] = key, _key_segments(lay.counts.reshape(G, nb), C, Ps, end, cap)
     cu_k, klen = lay.memo["seg"]
-    qp, flat, order, inv, cu_q = _call("pack", dev, q, probes, C, nb)
-    max_k = max(-(-lay.max_count // C), end - Ps, cap - end, 1)
     kf, vf = lay.k.reshape(G * cap, 1, D), lay.v.reshape(G * cap, 1, D)
+    if dev.type == "cuda" and _GRAPHS["on"]:
+        gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale)
+        g = lay.memo.get("graph")
+        if g is None or g.key != gkey:
+            g = lay.memo["graph"] = _BucketGraph(gkey)
+        out = g(q, probes, cu_k, klen, kf, vf, scale, kernel)
+        if out is not None:
+            return out
+    return _bucketed_eager(q, probes, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+
+
+def _bucketed_eager(q: torch.Tensor, probes: torch.Tensor, cu_k: torch.Tensor, klen: torch.Tensor, kf: torch.Tensor,
+                    vf: torch.Tensor, scale: float, kernel: str, C: int, nb: int,
+                    max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The call itself. max_k: a bound on a segment's keys, the cache capacity (a constant, so that a captured
+    graph stays valid while the cache grows inside it; FA2 reads the real lengths from cu_seq_k)."""
+    B, H, n, D = q.shape
+    qp, flat, order, inv, cu_q = _call("pack", q.device, q, probes, C, nb)
     if capture is not None:   # the attention benchmark times the kernel alone (kTF/s)
         capture["args"] = (qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel)
     out, lse = _run(qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel, LSE_BACKENDS)
-    return _call("combine", dev, out, lse, klen, flat, order, inv, (B, H, n, D), P * C + 1)
+    return _call("combine", q.device, out, lse, klen, flat, order, inv, (B, H, n, D), probes.shape[-1] * C + 1)
+
+
+_GRAPHS = {"on": True}   # tests may turn the per-call graphs off to compare
+
+
+class _BucketGraph:
+    """The bucketed call (packing, varlen kernel, combine) captured once per layer storage and capacity, and
+    replayed with its inputs copied into static buffers: one launch instead of ~40. The first call runs
+    eagerly (compiles the packing and the combine, picks the kernel), the second captures. A capture that
+    fails is said once (warning, sparse_kernels.errors()) and the eager call runs from then on."""
+
+    def __init__(self, key: tuple) -> None:
+        self.key, self.calls = key, 0
+        self.graph: torch.cuda.CUDAGraph | None = None
+        self.failed = False
+
+    def __call__(self, q, probes, cu_k, klen, kf, vf, scale, kernel):  # type: ignore[no-untyped-def]
+        P, C, nb = self.key[5], self.key[6], self.key[7]
+        cap = self.key[2]
+        self.calls += 1
+        if self.failed or self.calls == 1:
+            return None if self.failed else _bucketed_eager(q, probes, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+        if self.graph is None:
+            from engine.graphs import capturing
+            self.q, self.probes, self.cu_k, self.klen = q.clone(), probes.clone(), cu_k.clone(), klen.clone()
+            g = torch.cuda.CUDAGraph()
+            try:
+                torch.cuda.synchronize()
+                with capturing(g, None):
+                    self.out = _bucketed_eager(self.q, self.probes, self.cu_k, self.klen, kf, vf, scale, kernel,
+                                               C, nb, cap)
+            except Exception as e:
+                self.failed = True
+                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                _last["errors"] = {**errors(), "capture bucketed": msg}
+                warnings.warn(f"bucketed AnnSA: CUDA graph capture failed ({msg}); running eagerly")
+                return None
+            self.graph = g
+        self.q.copy_(q)
+        self.probes.copy_(probes)
+        self.cu_k.copy_(cu_k)
+        self.klen.copy_(klen)
+        self.graph.replay()
+        return self.out[0].clone(), self.out[1].clone()
