@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -68,12 +69,14 @@ def masked_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, bias: to
     return torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=m, scale=scale)
 
 
-def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor,
-                          V: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None, n_buckets: int,
-                          layout: "sparse_kernels.BucketLayout | None" = None) -> tuple[torch.Tensor, torch.Tensor, str]:
-    """q (B, H, n, D); K, V (B, H, L+n, D) with the frame's own keys last; codes (B, H, L, T) for the cached L;
-    bias (B, H, L+n) or None; layout: the cache's bucket order (None: every cached key by bucket). Returns
-    out (B, H, n, D), pairs computed (device scalar), the path's name."""
+def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probe_fn: Callable[[torch.Tensor], torch.Tensor],
+                          K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None,
+                          n_buckets: int, layout: "sparse_kernels.BucketLayout | None" = None
+                          ) -> tuple[torch.Tensor, torch.Tensor, str]:
+    """q (B, H, n, D); probe_fn: queries (B, H, n, D) -> the buckets they search (B, H, n, T, P) (a function:
+    the bucketed path hashes inside its CUDA graph); K, V (B, H, L+n, D) with the frame's own keys last; codes
+    (B, H, L, T) for the cached L; bias (B, H, L+n) or None; layout: the cache's bucket order (None: every
+    cached key by bucket). Returns out (B, H, n, D), pairs computed (device scalar), the path's name."""
     n, L = q.shape[2], K.shape[2] - q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     if bias is not None:   # empty slots (NEG_BIAS) are in no bucket
@@ -85,9 +88,10 @@ def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probes: torch.Tenso
         if layout is None or not layout.usable:
             raise ValueError("annsa.path=bucketed needs AnnSA over a growing cache with one table and an unpadded "
                              f"cache (no TempCache); here: {'no bucket layout' if layout is None else layout.why}")
-        out, pairs = sparse_kernels.sorted_bucket_attention(q, probes[..., 0, :], layout, L, scale, cfg.chunks,
-                                                            cfg.kernel)
+        out, pairs = sparse_kernels.sorted_bucket_attention(q, lambda x: probe_fn(x)[..., 0, :], layout, L, scale,
+                                                            cfg.chunks, cfg.kernel)
         return out, pairs, "bucketed:" + sparse_kernels.last_kernel()
+    probes = probe_fn(q)                                                         # (B, H, n, T, P)
     if path == "sparse":
         if layout is not None and layout.sorted_len < L:
             raise ValueError("annsa.path=sparse reads every cached key by bucket; with recent_frames > 0 over a "

@@ -247,10 +247,9 @@ class FastARAttention(AttentionMode):
         self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
         if self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers):
             codes = cache.slot_data[CODES][layer, :, :, :L0]
-            probes = hasher.probe_codes(layer, q)                                   # (B, H, n, T, P)
             layout = self._layout(cache, layer)
-            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probes, K, V, codes, bias, hasher.n_buckets,
-                                                     layout)
+            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, lambda x: hasher.probe_codes(layer, x), K, V,
+                                                     codes, bias, hasher.n_buckets, layout)
             self._paths["self"] = path
             self._pairs = pairs
             if measure:
@@ -260,7 +259,8 @@ class FastARAttention(AttentionMode):
                 idx = sample_queries(q, self.cfg.metrics.recall_queries)
                 c = codes if bias is None else torch.where(bias[:, :, :L0, None] > NEG_BIAS / 2, codes,
                                                            torch.full_like(codes, hasher.n_buckets))
-                kept = torch.cat([allowed_mask(probes[:, :, idx], c, None if layout is None else layout.sorted_len),
+                probes = hasher.probe_codes(layer, q[:, :, idx])                   # (B, H, s, T, P)
+                kept = torch.cat([allowed_mask(probes, c, None if layout is None else layout.sorted_len),
                                   torch.ones(*q.shape[:2], idx.numel(), n, dtype=torch.bool, device=q.device)], -1)
                 self.meter.add(layer, "sa_recall", mass_recall(q[:, :, idx], K, bias, kept))
         else:
@@ -294,8 +294,10 @@ class FastARAttention(AttentionMode):
         if not self._bucket_order() or not self.cfg.schedule.in_layers(layer, self._n_layers):
             return None
         P, counts, max_count = self._sorted.get(layer) or self._unsorted(cache)
-        return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer],
-                                           self.hasher.n_buckets, self._memo.setdefault(layer, {}))  # type: ignore[union-attr]
+        h = self.hasher
+        assert h is not None
+        return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer], h.n_buckets,
+                                           h.probes, self._memo.setdefault(layer, {}))
 
     def _unsorted(self, cache: KVCache) -> tuple[int, torch.Tensor, int]:
         nb = self.hasher.n_buckets  # type: ignore[union-attr]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
@@ -202,6 +203,7 @@ class BucketLayout:
     k: torch.Tensor
     v: torch.Tensor
     n_buckets: int
+    probes: int                                 # buckets each query searches
     memo: dict = field(default_factory=dict)   # the layer's key segments, kept while the cache is unchanged
 
     @property
@@ -291,10 +293,10 @@ def _call(name: str, device: torch.device, *args):  # type: ignore[no-untyped-de
         return eager(*args)
 
 
-def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLayout, L: int, scale: float,
-                            chunks: int, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
-    """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probes
-    (B, H, n, P) the buckets each query searches (one table); slots [0, L) cached, [L, L + n) the frame's own
+def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]", lay: BucketLayout,
+                            L: int, scale: float, chunks: int, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+    """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probe_fn:
+    q -> (B, H, n, P) the buckets each query searches (one table; hashed inside the CUDA graph); slots [0, L) cached, [L, L + n) the frame's own
     keys (scratch). The varlen segments (_key_segments) are each head's (bucket, chunk) ranges of the sorted
     part, its recent keys with the frame, and its unused slots; each query has P x chunks + 1 rows
     (_pack_queries), combined by log-sum-exp (_combine; exact: with one table the buckets are disjoint and
@@ -305,7 +307,7 @@ def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLa
     launches, ~1.3 ms of host time against ~0.2 ms of GPU work at 100 frames on the H100. Returns out
     (B, H, n, D) and the query-key pairs computed."""
     B, H, n, D = q.shape
-    P, C, nb, dev = probes.shape[-1], chunks, lay.n_buckets, q.device
+    P, C, nb, dev = lay.probes, chunks, lay.n_buckets, q.device
     G, cap, Ps, end = B * H, lay.k.shape[2], lay.sorted_len, L + n
     key = (Ps, end, cap, C)   # the owner clears memo whenever it sorts or resets
     if lay.memo.get("key") != key:
@@ -317,18 +319,19 @@ def sorted_bucket_attention(q: torch.Tensor, probes: torch.Tensor, lay: BucketLa
         g = lay.memo.get("graph")
         if g is None or g.key != gkey:
             g = lay.memo["graph"] = _BucketGraph(gkey)
-        out = g(q, probes, cu_k, klen, kf, vf, scale, kernel)
+        out = g(q, probe_fn, cu_k, klen, kf, vf, scale, kernel)
         if out is not None:
             return out
-    return _bucketed_eager(q, probes, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+    return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
 
 
-def _bucketed_eager(q: torch.Tensor, probes: torch.Tensor, cu_k: torch.Tensor, klen: torch.Tensor, kf: torch.Tensor,
-                    vf: torch.Tensor, scale: float, kernel: str, C: int, nb: int,
+def _bucketed_eager(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]", cu_k: torch.Tensor,
+                    klen: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, scale: float, kernel: str, C: int, nb: int,
                     max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The call itself. max_k: a bound on a segment's keys, the cache capacity (a constant, so that a captured
     graph stays valid while the cache grows inside it; FA2 reads the real lengths from cu_seq_k)."""
     B, H, n, D = q.shape
+    probes = probe_fn(q)
     qp, flat, order, inv, cu_q = _call("pack", q.device, q, probes, C, nb)
     if capture is not None:   # the attention benchmark times the kernel alone (kTF/s)
         capture["args"] = (qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel)
@@ -350,20 +353,20 @@ class _BucketGraph:
         self.graph: torch.cuda.CUDAGraph | None = None
         self.failed = False
 
-    def __call__(self, q, probes, cu_k, klen, kf, vf, scale, kernel):  # type: ignore[no-untyped-def]
-        P, C, nb = self.key[5], self.key[6], self.key[7]
-        cap = self.key[2]
+    def __call__(self, q, probe_fn, cu_k, klen, kf, vf, scale, kernel):  # type: ignore[no-untyped-def]
+        C, nb, cap = self.key[6], self.key[7], self.key[2]
         self.calls += 1
         if self.failed or self.calls == 1:
-            return None if self.failed else _bucketed_eager(q, probes, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+            return None if self.failed else _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
         if self.graph is None:
             from engine.graphs import capturing
-            self.q, self.probes, self.cu_k, self.klen = q.clone(), probes.clone(), cu_k.clone(), klen.clone()
+            self.q, self.cu_k, self.klen = q.clone(), cu_k.clone(), klen.clone()
+            self.seg = cu_k
             g = torch.cuda.CUDAGraph()
             try:
                 torch.cuda.synchronize()
                 with capturing(g, None):
-                    self.out = _bucketed_eager(self.q, self.probes, self.cu_k, self.klen, kf, vf, scale, kernel,
+                    self.out = _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
                                                C, nb, cap)
             except Exception as e:
                 self.failed = True
@@ -373,8 +376,9 @@ class _BucketGraph:
                 return None
             self.graph = g
         self.q.copy_(q)
-        self.probes.copy_(probes)
-        self.cu_k.copy_(cu_k)
-        self.klen.copy_(klen)
+        if cu_k is not self.seg:   # new key segments (a new frame or a sort): once a frame, not once a call
+            self.cu_k.copy_(cu_k)
+            self.klen.copy_(klen)
+            self.seg = cu_k
         self.graph.replay()
-        return self.out[0].clone(), self.out[1].clone()
+        return self.out[0].clone(), self.out[1]   # the pairs: read later by stats, always the last call's
