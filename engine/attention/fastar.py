@@ -296,8 +296,10 @@ class FastARAttention(AttentionMode):
         P, counts, max_count = self._sorted.get(layer) or self._unsorted(cache)
         h = self.hasher
         assert h is not None
+        # slots from sorted_len to the scratch's end: < recent_frames frames since the sort, plus the frame
+        recent = (max(1, self.cfg.annsa.recent_frames) + 1) * self._n  # type: ignore[union-attr]
         return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer], h.n_buckets,
-                                           h.probes, self._memo.setdefault(layer, {}))
+                                           h.probes, recent, self._memo.setdefault(layer, {}))
 
     def _unsorted(self, cache: KVCache) -> tuple[int, torch.Tensor, int]:
         nb = self.hasher.n_buckets  # type: ignore[union-attr]

@@ -204,6 +204,7 @@ class BucketLayout:
     v: torch.Tensor
     n_buckets: int
     probes: int                                 # buckets each query searches
+    recent_bound: int                           # >= slots from sorted_len to the end of the scratch
     memo: dict = field(default_factory=dict)   # the layer's key segments, kept while the cache is unchanged
 
     @property
@@ -314,22 +315,25 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
         lay.memo["key"], lay.memo["seg"] = key, _key_segments(lay.counts.reshape(G, nb), C, Ps, end, cap)
     cu_k, klen = lay.memo["seg"]
     kf, vf = lay.k.reshape(G * cap, 1, D), lay.v.reshape(G * cap, 1, D)
+    # max_k bounds the keys of every segment that has queries (FA2 sizes its split-KV work by it: the capacity
+    # itself ran the kernel ~2x slower), rounded up to a power of two so that it changes rarely (graph key)
+    max_k = 1 << max(-(-lay.max_count // C), lay.recent_bound, 1).bit_length()
     if dev.type == "cuda" and _GRAPHS["on"]:
-        gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale)
+        gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale, max_k)
         g = lay.memo.get("graph")
         if g is None or g.key != gkey:
             g = lay.memo["graph"] = _BucketGraph(gkey)
         out = g(q, probe_fn, cu_k, klen, kf, vf, scale, kernel)
         if out is not None:
             return out
-    return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+    return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k)
 
 
 def _bucketed_eager(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]", cu_k: torch.Tensor,
                     klen: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, scale: float, kernel: str, C: int, nb: int,
                     max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The call itself. max_k: a bound on a segment's keys, the cache capacity (a constant, so that a captured
-    graph stays valid while the cache grows inside it; FA2 reads the real lengths from cu_seq_k)."""
+    """The call itself. max_k: a bound on the keys of every segment with queries (FA2 reads the real lengths
+    from cu_seq_k; the unused-slot segments have no queries, so their length is never read)."""
     B, H, n, D = q.shape
     probes = probe_fn(q)
     qp, flat, order, inv, cu_q = _call("pack", q.device, q, probes, C, nb)
@@ -354,10 +358,10 @@ class _BucketGraph:
         self.failed = False
 
     def __call__(self, q, probe_fn, cu_k, klen, kf, vf, scale, kernel):  # type: ignore[no-untyped-def]
-        C, nb, cap = self.key[6], self.key[7], self.key[2]
+        C, nb, max_k = self.key[6], self.key[7], self.key[-1]
         self.calls += 1
         if self.failed or self.calls == 1:
-            return None if self.failed else _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, cap)
+            return None if self.failed else _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k)
         if self.graph is None:
             from engine.graphs import capturing
             self.q, self.cu_k, self.klen = q.clone(), cu_k.clone(), klen.clone()
@@ -367,7 +371,7 @@ class _BucketGraph:
                 torch.cuda.synchronize()
                 with capturing(g, None):
                     self.out = _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
-                                               C, nb, cap)
+                                               C, nb, max_k)
             except Exception as e:
                 self.failed = True
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
