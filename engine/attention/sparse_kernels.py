@@ -78,6 +78,7 @@ def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-unty
 BACKENDS = {"flash_attn_varlen": _flash_varlen, "torch_varlen": _torch_varlen, "loop": _loop}
 LSE_BACKENDS = {"flash_attn_varlen": _flash_varlen_lse, "torch_varlen": _torch_varlen_lse, "loop": _loop_lse}
 _last: dict[str, object] = {"kernel": "none", "errors": {}}
+_fallbacks: dict[str, str] = {}   # compile / capture failures of the bucketed path: kept for the process
 capture: dict[str, tuple] | None = None   # the benchmark sets {} to keep the last packed call, to time the kernel alone
 
 
@@ -86,7 +87,8 @@ def last_kernel() -> str:
 
 
 def errors() -> dict[str, str]:
-    return dict(_last["errors"])  # type: ignore[arg-type]
+    """The last call's kernel failures, plus every compile or capture that fell back to eager so far."""
+    return {**_last["errors"], **_fallbacks}  # type: ignore[dict-item]
 
 
 def _auto_order(device: torch.device) -> list[str]:
@@ -288,7 +290,7 @@ def _call(name: str, device: torch.device, *args):  # type: ignore[no-untyped-de
         if fn is eager:
             raise
         msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-        _last["errors"] = {**errors(), f"compile {name}": msg}
+        _fallbacks[f"compile {name}"] = msg
         warnings.warn(f"bucketed AnnSA: compiling {name} failed ({msg}); running it eagerly")
         _FNS[(name, device.type)] = eager
         return eager(*args)
@@ -375,7 +377,7 @@ class _BucketGraph:
             except Exception as e:
                 self.failed = True
                 msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
-                _last["errors"] = {**errors(), "capture bucketed": msg}
+                _fallbacks["capture bucketed"] = msg
                 warnings.warn(f"bucketed AnnSA: CUDA graph capture failed ({msg}); running eagerly")
                 return None
             self.graph = g
