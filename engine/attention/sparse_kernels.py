@@ -289,7 +289,7 @@ def _call(name: str, device: torch.device, *args):  # type: ignore[no-untyped-de
         eager = {"pack": _pack_queries, "combine": _combine}[name]
         if fn is eager:
             raise
-        msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+        msg = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
         _fallbacks[f"compile {name}"] = msg
         warnings.warn(f"bucketed AnnSA: compiling {name} failed ({msg}); running it eagerly")
         _FNS[(name, device.type)] = eager
@@ -376,7 +376,7 @@ class _BucketGraph:
                                                C, nb, max_k)
             except Exception as e:
                 self.failed = True
-                msg = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}"
+                msg = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
                 _fallbacks["capture bucketed"] = msg
                 warnings.warn(f"bucketed AnnSA: CUDA graph capture failed ({msg}); running eagerly")
                 return None
