@@ -370,6 +370,10 @@ class _BucketGraph:
             self.seg = cu_k
             g = torch.cuda.CUDAGraph()
             try:
+                # once eagerly on the static buffers: their strides can differ from the first call's inputs
+                # (the model's q is a view), and torch.compile recompiling inside the capture fails (it copies
+                # constants from the host: seen in the engine on the H100)
+                _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel, C, nb, max_k)
                 torch.cuda.synchronize()
                 with capturing(g, None):
                     self.out = _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
