@@ -243,3 +243,20 @@ def test_bf16_fastar_takes_the_triton_search_inside_whole_pass_graphs() -> None:
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     assert all(torch.isfinite(x).all() for x in a)
     assert max(float((x - y).abs().max()) for x, y in zip(a[:2], eager[:2])) < 0.1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bucketed AnnSA path runs on CUDA")
+def test_bucketed_annsa_inside_the_engine_compiles_and_captures() -> None:
+    """AnnSA's bucketed call in a bf16 rollout with compiled, graphed pieces: its packing compiles, its own CUDA
+    graph captures and replays, nothing falls back (on the H100 a recompile inside the capture once did)."""
+    from engine.attention import sparse_kernels
+    m = random_model(torch.float32).cast_for_inference(torch.bfloat16).cuda()
+    mode = build_mode("annsa", schedule={"dense_until": 0.0, "layers": [0, 1]}, annsa={"recent_frames": 2})
+    s = Sampler(m, mode, steps=3, graphs="cuda", compile=True)
+    s.reset(seed=3, prompt="night stone")
+    out = [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device="cuda"))
+           for k, dx in (ACTIONS * 2)[:8]]
+    assert all(torch.isfinite(x).all() for x in out)
+    assert mode.stats()["paths"]["self"].startswith("bucketed:")
+    assert not any(k.startswith(("compile", "capture")) for k in sparse_kernels.errors()), sparse_kernels.errors()
+    assert all(memo["graph"].graph is not None for memo in mode._memo.values())
