@@ -346,6 +346,7 @@ class FastARAttention(AttentionMode):
         tc = self.tc
         return tc is not None and not tc.searches(layer) and tc.cfg.overflow == "evict" and \
             self._fresh.get(layer, 0) >= tc.cfg.capacity_frames
+
     # ---- TempCache's commit, all layers at once -------------------------------------------------------------
     def _batched_commit(self) -> bool:
         """Whether the commit pass stages each layer and commits all of them after the last one

@@ -14,6 +14,11 @@ the packing, slow). "auto" tries them in that order on CUDA and records every fa
 a masked dense kernel silently (the caller reports the path that ran).
 
 Host syncs: one per call (the packed sizes that varlen kernels take as ints), two with several tables.
+
+`sorted_bucket_attention` (AnnSA's "bucketed" path, the CUDA default over a growing cache with one table)
+avoids the packing: the owning mode keeps the cache itself in bucket order, each query is repeated per probed
+bucket and key chunk, one varlen call reads K/V in place and returns log-sum-exps that combine a query's rows
+exactly; no host sync, one CUDA graph replay per call (details at the function).
 """
 from __future__ import annotations
 
