@@ -30,8 +30,9 @@ Choices the paper leaves open, and why (defaults in `TempCacheConfig`):
   model: a model trained on longer contexts can take a larger one.
 - layers (default None: every layer; the shipped configs [0, 4, 5, 6, 7]): where new keys search for a repeat.
   On the bundled model merges at 0.99 are rare and sit in a few layers: 0.6-0.7% of layer 0's groups and
-  0.1-0.3% of layers 4-7's over frames 1-100 (CPU), layers 1-3 none; in a 3000-frame H100 run only layers 0
-  and 6 held merged groups at the end. A layer left out skips the search (the commit's largest kernel) and,
+  0.1-0.3% of layers 4-7's over frames 1-100 (CPU), layers 1-3 none; in a 3000-frame H100 run with every
+  layer searching (session 6), layers 1-3 peaked at 0.006% of groups merged and layers 0, 4-7 at 0.6-4.5%
+  (docs/BENCHMARKS.md). A layer left out skips the search (the commit's largest kernel) and,
   with evict, holds exactly the last capacity_frames frames, every group of one key: once full its bias is all
   zero and its attention runs a plain head-dim-64 kernel instead of the bias-channel layout (FastARAttention
   `_plain`). So it is a window of capacity_frames, which is what a layer that never merges was anyway.
