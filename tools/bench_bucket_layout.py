@@ -21,6 +21,8 @@ import math
 import torch
 import torch.nn.functional as F
 
+from engine.attention.kernels import _time as gpu_time   # GPU time of back-to-back calls behind a GPU sleep
+
 
 def pack(q: torch.Tensor, qb: torch.Tensor, kb: torch.Tensor, nb: int, chunks: int = 1) -> tuple:
     """q (H, n, D), qb (H, n, P) probed buckets per query, kb (H, K) bucket per key ->
@@ -61,22 +63,6 @@ def bucketed(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor, src: torch.Ten
     return (num / den[:, None]).to(q.dtype)
 
 
-def timed(fn, reps: int = 20) -> float:  # type: ignore[no-untyped-def]
-    fn()
-    torch.cuda.synchronize()
-    best = math.inf
-    for _ in range(3):
-        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        torch.cuda._sleep(20_000_000)   # the host queues the round while the GPU waits: GPU time only
-        a.record()
-        for _ in range(reps):
-            fn()
-        b.record()
-        torch.cuda.synchronize()
-        best = min(best, a.elapsed_time(b) / reps)
-    return best
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--frames", type=int, nargs="+", default=[100, 1000, 3000])
@@ -106,7 +92,7 @@ def main() -> None:
         # P distinct buckets per query: its own and P - 1 others
         qb = torch.rand(H, n, nb, device=dev, generator=g).argsort(-1)[..., :P]
         with sdpa_kernel([SDPBackend.FLASH_ATTENTION]):
-            t_dense = timed(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale))
+            t_dense = gpu_time(lambda: F.scaled_dot_product_attention(q[None], k[None], v[None], scale=scale), reps=20)
         allowed = (kb[:2, None, None, :] == qb[:2, :32, :, None]).any(2)             # (2, 32, K)
         ref = F.scaled_dot_product_attention(q[:2, :32].float(), k[:2].float(), v[:2].float(),
                                              attn_mask=allowed, scale=scale)
@@ -117,11 +103,11 @@ def main() -> None:
             out = bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale)
             # exactness on the first two heads' first 32 queries: a masked dense reference
             err = float((out.reshape(H, n, D)[:2, :32].float() - ref).abs().max())
-            t_sparse = timed(lambda: bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale))
+            t_sparse = gpu_time(lambda: bucketed(q, kp, vp, src, cu_q, cu_k, max_q, max_k, P, scale), reps=20)
             qp = q.reshape(-1, D)[src][:, None]
             from torch.nn.attention.varlen import varlen_attn
-            t_kernel = timed(lambda: varlen_attn(qp, kp, vp, cu_q, cu_k, max_q, max_k, scale=scale))
-            t_pack = timed(lambda: pack(q, qb, kb, nb, C)[0], reps=5)
+            t_kernel = gpu_time(lambda: varlen_attn(qp, kp, vp, cu_q, cu_k, max_q, max_k, scale=scale), reps=20)
+            t_pack = gpu_time(lambda: pack(q, qb, kb, nb, C)[0], reps=5)
             pairs = int(((cu_q[1:] - cu_q[:-1]).long() * (cu_k[1:] - cu_k[:-1]).long()).sum())
             density = pairs / (H * n * K)
             tf_sparse = 4 * pairs * D / (t_kernel * 1e-3) / 1e12

@@ -325,12 +325,12 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     # max_k bounds the keys of every segment that has queries (FA2 sizes its split-KV work by it: the capacity
     # itself ran the kernel ~2x slower), rounded up to a power of two so that it changes rarely (graph key)
     max_k = 1 << max(-(-lay.max_count // C), lay.recent_bound, 1).bit_length()
-    if dev.type == "cuda" and _GRAPHS["on"]:
+    if dev.type == "cuda":
         gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale, max_k)
         g = lay.memo.get("graph")
         if g is None or g.key != gkey:
-            g = lay.memo["graph"] = _BucketGraph(gkey)
-        out = g(q, probe_fn, cu_k, klen, kf, vf, scale, kernel)
+            g = lay.memo["graph"] = _BucketGraph(gkey, q, probe_fn, cu_k, klen, kf, vf, scale, kernel)
+        out = g(q, cu_k, klen)
         if out is not None:
             return out
     return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k)
@@ -350,50 +350,43 @@ def _bucketed_eager(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.T
     return _call("combine", q.device, out, lse, klen, flat, order, inv, (B, H, n, D), probes.shape[-1] * C + 1)
 
 
-_GRAPHS = {"on": True}   # tests may turn the per-call graphs off to compare
-
-
 class _BucketGraph:
-    """The bucketed call (packing, varlen kernel, combine) captured once per layer storage and capacity, and
-    replayed with its inputs copied into static buffers: one launch instead of ~40. The first call runs
-    eagerly (compiles the packing and the combine, picks the kernel), the second captures. A capture that
-    fails is said once (warning, sparse_kernels.errors()) and the eager call runs from then on."""
+    """The bucketed call (hashing, packing, varlen kernel, combine) as one CUDA graph per layer storage,
+    capacity and max_k bound (engine.graphs.Graphed: one eager call, then capture and replay), over static
+    copies of its inputs: one launch instead of ~40. The eager call runs on the static buffers too, so
+    torch.compile compiles the packing for their strides before the capture (the model's q is a view; a
+    recompile inside the capture failed in the engine on the H100: it copies constants from the host). A
+    failure is said once (warning, sparse_kernels.errors()) and the caller runs the call eagerly from then on."""
 
-    def __init__(self, key: tuple) -> None:
-        self.key, self.calls = key, 0
-        self.graph: torch.cuda.CUDAGraph | None = None
-        self.failed = False
+    def __init__(self, key: tuple, q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]",
+                 cu_k: torch.Tensor, klen: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, scale: float,
+                 kernel: str) -> None:
+        from engine.graphs import Graphed
+        C, nb, max_k = key[6], key[7], key[-1]
+        self.key, self.failed = key, False
+        self.q, self.cu_k, self.klen, self.seg = q.clone(), cu_k.clone(), klen.clone(), cu_k
+        self.g = Graphed(lambda: _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
+                                                 C, nb, max_k), torch.cuda.graph_pool_handle(), True, warmup=1)
 
-    def __call__(self, q, probe_fn, cu_k, klen, kf, vf, scale, kernel):  # type: ignore[no-untyped-def]
-        C, nb, max_k = self.key[6], self.key[7], self.key[-1]
-        self.calls += 1
-        if self.failed or self.calls == 1:
-            return None if self.failed else _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k)
-        if self.graph is None:
-            from engine.graphs import capturing
-            self.q, self.cu_k, self.klen = q.clone(), cu_k.clone(), klen.clone()
-            self.seg = cu_k
-            g = torch.cuda.CUDAGraph()
-            try:
-                # once eagerly on the static buffers: their strides can differ from the first call's inputs
-                # (the model's q is a view), and torch.compile recompiling inside the capture fails (it copies
-                # constants from the host: seen in the engine on the H100)
-                _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel, C, nb, max_k)
-                torch.cuda.synchronize()
-                with capturing(g, None):
-                    self.out = _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
-                                               C, nb, max_k)
-            except Exception as e:
-                self.failed = True
-                msg = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
-                _fallbacks["capture bucketed"] = msg
-                warnings.warn(f"bucketed AnnSA: CUDA graph capture failed ({msg}); running eagerly")
-                return None
-            self.graph = g
+    @property
+    def graph(self) -> "torch.cuda.CUDAGraph | None":
+        return self.g.graph
+
+    def __call__(self, q: torch.Tensor, cu_k: torch.Tensor,
+                 klen: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        if self.failed:
+            return None
         self.q.copy_(q)
         if cu_k is not self.seg:   # new key segments (a new frame or a sort): once a frame, not once a call
             self.cu_k.copy_(cu_k)
             self.klen.copy_(klen)
             self.seg = cu_k
-        self.graph.replay()
-        return self.out[0].clone(), self.out[1]   # the pairs: read later by stats, always the last call's
+        try:
+            res, pairs = self.g()
+        except Exception as e:
+            self.failed = True
+            msg = f"{type(e).__name__}: {' '.join(str(e).split())[:600]}"
+            _fallbacks["capture bucketed"] = msg
+            warnings.warn(f"bucketed AnnSA: CUDA graph capture failed ({msg}); running eagerly")
+            return None
+        return res.clone(), pairs   # the pairs: read later by stats, always the last call's
