@@ -17,7 +17,7 @@ commit=${1:-unknown}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
-python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py \
+python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py tests/test_attention_fastar.py \
   2>&1 | tail -40
 python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
   "modes=${MODES:-[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]}" "$@"
