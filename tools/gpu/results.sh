@@ -4,7 +4,7 @@
 #   e.g. MODES='[dense,window,fastar]' bash tools/gpu/results.sh COMMIT compile=true \
 #          +mode_params.fastar.tempcache.overflow=evict
 #   WAIT=540 bash tools/gpu/poll.sh results 'runs/results/*'
-# EVAL=0 skips the evaluation; PROFILE_ARGS='--compile' passes options to the speed probes; ATTN=1 also runs
+# TESTS=0 skips the CUDA tests; EVAL=0 skips the evaluation; PROFILE_ARGS='--compile' passes options to the speed probes; ATTN=1 also runs
 # the per-layer attention benchmark (engine.attention.bench, synthetic inputs) into runs/results/attention_h100.json;
 # PROFILE_PARAMS='{"tempcache": {"layers": null}}' adds a fastar speed probe with those params. Order: the CUDA
 # tests, the benchmark, the speed probes, the attention benchmark, the evaluation (the benchmark is what a lost
@@ -17,7 +17,7 @@ commit=${1:-unknown}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
-python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py tests/test_attention_fastar.py \
+[ "${TESTS:-1}" = 0 ] || python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py tests/test_attention_fastar.py \
   2>&1 | tail -40
 python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
   "modes=${MODES:-[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]}" "$@"
