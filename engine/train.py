@@ -73,6 +73,8 @@ class DiTTrainConfig:
     revisit_pos_tol: float = 0.15  # cells
     revisit_yaw_tol: float = 6.0   # degrees
     revisit_lead: float = 0.75     # share of a revisit clip's second half before the return (0: it opens with it)
+    revisit_max_gap: int = 0       # > 0: only pairs at most this far apart, each in one contiguous clip (needs
+                                   # < clip): the actions between the visits stay in (train_data.revisit_clip)
     novelty_weight: float = 0.0    # loss weight 1 + w x (how much each latent differs from the previous frame's,
                                    # relative to the frame's mean): where the last frame does not explain the
                                    # target (newly revealed views, memory), the loss counts more; 0: plain MSE
@@ -122,6 +124,10 @@ class Trainer:
         if not 0.0 <= cfg.dit.revisit_lead <= 1.0 or cfg.dit.novelty_weight < 0 or not 0.0 <= cfg.dit.revisit_prob <= 1.0:
             raise ValueError(f"dit.revisit_prob and dit.revisit_lead must be in [0, 1] and dit.novelty_weight >= 0; "
                              f"got {cfg.dit.revisit_prob}, {cfg.dit.revisit_lead}, {cfg.dit.novelty_weight}")
+        if cfg.dit.revisit_max_gap > 0 and not cfg.dit.revisit_min_gap <= cfg.dit.revisit_max_gap < cfg.dit.clip:
+            raise ValueError(f"dit.revisit_max_gap must be 0 (off) or in [dit.revisit_min_gap, dit.clip): contiguous "
+                             f"revisit clips hold both visits; got {cfg.dit.revisit_max_gap} with revisit_min_gap "
+                             f"{cfg.dit.revisit_min_gap}, clip {cfg.dit.clip}")
         self.own_stats = [0, 0, 0.0]   # since the last log: samples with own context, samples, seconds spent
         self.t0 = time.time()
         self.deadline = self.t0 + 60 * (cfg.time_budget_min - cfg.reserve_min)
@@ -231,6 +237,8 @@ class Trainer:
         self.revisits = (revisit_pairs(self.train_store, r.revisit_min_gap, r.revisit_pos_tol, r.revisit_yaw_tol)
                          if r.revisit_prob > 0 else np.zeros((0, 3), np.int64))
         self.revisits = self.revisits[self.train_store.length[self.revisits[:, 0]] >= r.clip]
+        if r.revisit_max_gap > 0:
+            self.revisits = self.revisits[self.revisits[:, 2] - self.revisits[:, 1] <= r.revisit_max_gap]
         if r.revisit_prob > 0 and len(self.revisits) == 0:
             raise ValueError(f"dit.revisit_prob={r.revisit_prob} but no pair of frames in {d.dir} revisits a "
                              f"place within {r.revisit_pos_tol} cells / {r.revisit_yaw_tol} deg at a gap >= "
@@ -338,7 +346,7 @@ class Trainer:
             if d.revisit_prob > 0 and self.rng.random() < d.revisit_prob:
                 e, i, j = (int(v) for v in self.revisits[self.rng.integers(len(self.revisits))])
                 eps[b] = e
-                idx[b] = revisit_clip(int(st.length[e]), T, i, j, d.revisit_lead)
+                idx[b] = revisit_clip(int(st.length[e]), T, i, j, d.revisit_lead, d.revisit_max_gap > 0)
             elif self.rng.random() < d.gap_prob and gap_room > 0:
                 s0 = int(self.rng.integers(0, gap_room + 1))
                 s1 = int(self.rng.integers(s0 + h + d.min_gap, n - (T - h) + 1))

@@ -96,11 +96,21 @@ def revisit_pairs(store: FrameStore, min_gap: int, pos_tol: float, yaw_tol_deg: 
     return np.concatenate(out).astype(np.int64) if out else np.zeros((0, 3), np.int64)
 
 
-def revisit_clip(n: int, T: int, i: int, j: int, lead: float = 0.75) -> np.ndarray:
+def revisit_clip(n: int, T: int, i: int, j: int, lead: float = 0.75, contiguous: bool = False) -> np.ndarray:
     """Frame indices (T,), increasing, within [0, n), containing i and j (i < j): a first half around i,
     then a second half in which `lead` of the frames before the end lead up to j (0.75, the default: 11 of
     16, then j and 4 more; 0: the second half opens with j, so the returning view has no recent frames that
-    show it and can only come from far back). Halves that would overlap become one contiguous clip around j."""
+    show it and can only come from far back). Halves that would overlap become one contiguous clip around j.
+    contiguous (needs j - i < T): every frame from i to j, with a quarter of the spare frames before i and the
+    rest after j. Why: the cut between two halves drops the actions that carry the view from i to j, so the
+    model cannot tell that j is a return; a whole spin (60 frames) in a 64-frame clip keeps them, and its
+    last frames show edges last seen 50-60 frames back, beyond the 32-frame window."""
+    if contiguous:
+        spare = T - (j - i + 1)
+        if spare < 0:
+            raise ValueError(f"a contiguous revisit clip of {T} frames cannot hold frames {i} and {j}")
+        s = min(max(0, i - spare // 4), n - T)
+        return np.arange(s, s + T)
     h = T // 2
     before = int(round(lead * (T - h - 1)))                # second-half frames before j
     tail = T - h - 1 - before                               # and after it

@@ -164,6 +164,32 @@ def test_revisit_clip_lead_zero_returns_at_once() -> None:
     assert list(c[16:]) == list(range(600, 616)) and 100 in c
 
 
+def test_contiguous_revisit_clip_keeps_every_frame_between_the_visits() -> None:
+    from engine.train_data import revisit_clip
+    c = revisit_clip(1000, 64, 100, 160, contiguous=True)     # a spin: 3 spare frames, none before i
+    assert list(c) == list(range(100, 164))
+    c = revisit_clip(1000, 64, 100, 140, contiguous=True)     # 23 spare: 5 before i, 18 after j
+    assert list(c) == list(range(95, 159))
+    assert list(revisit_clip(150, 64, 100, 140, contiguous=True)) == list(range(86, 150))   # the episode's end
+    with pytest.raises(ValueError, match="cannot hold"):
+        revisit_clip(1000, 64, 100, 170, contiguous=True)
+
+
+def test_revisit_clips_train_contiguous(trained: Path) -> None:
+    train(tiny_config(trained, out=trained / "run_rev_c", **{"dit.revisit_prob": 1.0, "dit.steps": 2,
+                                                            "dit.revisit_min_gap": 4, "dit.revisit_max_gap": 6, "dit.clip": 8,
+                                                            "dit.revisit_pos_tol": 0.5, "dit.revisit_yaw_tol": 30.0}))
+    data = [r for r in _log(trained / "run_rev_c") if r.get("event") == "data"]
+    train(tiny_config(trained, out=trained / "run_rev_all", **{"dit.revisit_prob": 1.0, "dit.steps": 1, "dit.clip": 8,
+                                                              "dit.revisit_min_gap": 4, "dit.revisit_pos_tol": 0.5,
+                                                              "dit.revisit_yaw_tol": 30.0}))
+    every = [r for r in _log(trained / "run_rev_all") if r.get("event") == "data"][-1]["revisit_pairs"]
+    assert data and 0 < data[-1]["revisit_pairs"] < every      # the far pairs are left out
+    with pytest.raises(ValueError, match="dit.revisit_max_gap"):
+        train(tiny_config(trained, out=trained / "run_rev_x", **{"dit.revisit_prob": 1.0, "dit.revisit_min_gap": 4,
+                                                                "dit.revisit_max_gap": 64}))
+
+
 def test_novelty_weights_follow_what_the_previous_frame_does_not_explain() -> None:
     import types
 
