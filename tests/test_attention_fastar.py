@@ -139,13 +139,16 @@ def test_annsa_bucketed_path_equals_masked_reference(recent, chunks):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA")
-def test_annsa_bucketed_varlen_on_cuda_equals_masked_reference():
-    """The real kernel (torch's or flash-attn's varlen, with log-sum-exps) on bf16 against the masked path."""
+@pytest.mark.parametrize("kernel", ["auto", "torch_varlen", "triton_varlen"])
+def test_annsa_bucketed_varlen_on_cuda_equals_masked_reference(kernel):
+    """The real kernels (Triton's, torch's or flash-attn's varlen, with log-sum-exps) on bf16 against the masked path."""
+    if kernel == "triton_varlen":
+        pytest.importorskip("triton")
     common = dict(ann={"bits": 4, "probes": 4}, schedule={"dense_until": 0.0, "layers": None},
                   metrics={"recall_every": 0})
     Hc, Nc, Dc = 4, 64, 64
     ref = build_mode("annsa", annsa={"path": "masked", "recent_frames": 3}, **common)
-    buc = build_mode("annsa", annsa={"path": "auto", "recent_frames": 3}, **common)
+    buc = build_mode("annsa", annsa={"path": "auto", "kernel": kernel, "recent_frames": 3}, **common)
     caches = [KVCache(1, 1, Hc, Dc, 16 * Nc, device="cuda", dtype=torch.bfloat16) for _ in range(2)]
     g = torch.Generator(device="cuda").manual_seed(9)
     for f in range(12):
@@ -158,6 +161,28 @@ def test_annsa_bucketed_varlen_on_cuda_equals_masked_reference():
     from engine.attention import sparse_kernels
     assert not any(k.startswith(("compile", "capture")) for k in sparse_kernels.errors()), sparse_kernels.errors()
     assert buc._memo[0]["graph"].graph is not None   # the call replayed its CUDA graph
+    if kernel != "auto":
+        assert buc._paths["self"] == f"bucketed:{kernel}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton runs on CUDA")
+@pytest.mark.parametrize("block", [16, 32, 64])
+def test_triton_varlen_equals_segment_loop(block):
+    """The Triton varlen kernel against explicit per-segment softmax: empty segments (no queries, no keys),
+    segments longer than a tile, bf16 inputs; out and log-sum-exps."""
+    pytest.importorskip("triton")
+    from engine.attention import sparse_kernels, triton_varlen
+    g = torch.Generator(device="cuda").manual_seed(3)
+    lens_q, lens_k = [5, 0, 40, 17, 130, 3, 64], [100, 30, 0, 7, 1029, 64, 1]
+    cu = lambda x: torch.tensor([0] + torch.tensor(x).cumsum(0).tolist(), dtype=torch.int32, device="cuda")  # noqa: E731
+    q = torch.randn(sum(lens_q), 1, 64, generator=g, device="cuda").bfloat16()
+    k, v = (torch.randn(sum(lens_k), 1, 64, generator=g, device="cuda").bfloat16() for _ in range(2))
+    out, lse = triton_varlen.varlen_attention_lse(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), 0.125, block)
+    ref, ref_lse = sparse_kernels._loop_lse(q.float(), k.float(), v.float(), cu(lens_q), cu(lens_k), 0, 0, 0.125)
+    assert float((out.float() - ref).abs().max()) < 2e-2
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse), empty) and int(empty.sum()) == 40    # the 40 queries of the keyless segment
+    assert float((lse - ref_lse)[~empty].abs().max()) < 2e-2
 
 
 def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():

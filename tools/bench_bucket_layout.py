@@ -21,6 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
+from engine.attention import triton_varlen
 from engine.attention.kernels import _time as gpu_time   # GPU time of back-to-back calls behind a GPU sleep
 
 
@@ -71,7 +72,7 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--buckets", type=int, default=16)
     ap.add_argument("--probes", type=int, default=4)
-    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--chunks", type=int, nargs="+", default=[1, 4, 8, 16])
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
     from torch.nn.attention import sdpa_kernel, SDPBackend
@@ -110,12 +111,19 @@ def main() -> None:
             t_pack = gpu_time(lambda: pack(q, qb, kb, nb, C)[0], reps=5)
             pairs = int(((cu_q[1:] - cu_q[:-1]).long() * (cu_k[1:] - cu_k[:-1]).long()).sum())
             density = pairs / (H * n * K)
-            tf_sparse = 4 * pairs * D / (t_kernel * 1e-3) / 1e12
+            tf = lambda ms: 4 * pairs * D / (ms * 1e-3) / 1e12   # noqa: E731
             tf_dense = 4 * H * n * K * D / (t_dense * 1e-3) / 1e12
             row = {"frames": F_, "chunks": C, "keys_per_head": K, "dense_fa2_ms": t_dense, "bucketed_ms": t_sparse,
                    "kernel_only_ms": t_kernel, "speedup": t_dense / t_sparse, "density": density,
-                   "tflops_dense": tf_dense, "tflops_on_computed_kernel": tf_sparse, "max_abs_err_vs_masked": err,
+                   "tflops_dense": tf_dense, "tflops_on_computed_kernel": tf(t_kernel), "max_abs_err_vs_masked": err,
                    "pack_ms_arrival_order_cache": t_pack}
+            if triton_varlen.available(dev):   # the small-tile Triton kernel on the same segments
+                ref_o = varlen_attn(qp, kp, vp, cu_q, cu_k, max_q, max_k, scale=scale)
+                for bm in (16, 32, 64):
+                    run = lambda: triton_varlen.varlen_attention_lse(qp, kp, vp, cu_q, cu_k, max_q, scale, bm)  # noqa: E731
+                    t = gpu_time(run, reps=20)
+                    row[f"triton_b{bm}_ms"], row[f"triton_b{bm}_tflops"] = t, tf(t)
+                    row[f"triton_b{bm}_err_vs_torch"] = float((run()[0].float() - ref_o.float()).abs().max())
             rows.append(row)
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
     if a.out:

@@ -36,7 +36,7 @@ from engine.cache import NEG_BIAS
 @dataclass
 class AnnSAConfig:
     path: str = "auto"      # auto (bucketed where it applies, else sparse, on CUDA; masked on CPU) | bucketed | sparse | masked
-    kernel: str = "auto"    # sparse kernel: auto | flash_attn_varlen | torch_varlen | loop
+    kernel: str = "auto"    # sparse kernel: auto | triton_varlen | flash_attn_varlen | torch_varlen | loop
     recent_frames: int = 32  # growing cache: the last 1..recent_frames frames in full, older keys by bucket (0: all by bucket)
     chunks: int = 8         # bucketed: key chunks per (head, bucket) segment (split-KV by hand: 8 was fastest on the H100)
 

@@ -8,7 +8,8 @@ then one contiguous range (searchsorted), and the segment is the concatenation o
 tables a key can fall in two ranges; it is kept only in the first table that matches (no double counting).
 All heads and buckets go into one kernel call, so 256 queries per frame x heads fill the GPU.
 
-Back-ends (`kernel`): "flash_attn_varlen" (flash_attn.flash_attn_varlen_func), "torch_varlen"
+Back-ends (`kernel`): "triton_varlen" (triton_varlen.py: query tiles of 16-64 rows for segments of few
+queries), "flash_attn_varlen" (flash_attn.flash_attn_varlen_func), "torch_varlen"
 (torch.nn.attention.varlen.varlen_attn, torch >= 2.10, CUDA), "loop" (one SDPA per segment: the CPU check of
 the packing, slow). "auto" tries them in that order on CUDA and records every failure; it never falls back to
 a masked dense kernel silently (the caller reports the path that ran).
@@ -43,6 +44,17 @@ def _torch_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-
 
 def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
     return _fa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale)
+
+
+def _triton_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    from engine.attention import triton_varlen
+    if not triton_varlen.available(q.device):
+        raise RuntimeError("triton_varlen needs CUDA and triton")
+    return triton_varlen.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, scale)
+
+
+def _triton_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+    return _triton_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale)[0]
 
 
 def _loop(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
@@ -80,8 +92,10 @@ def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-unty
     return out, lse
 
 
-BACKENDS = {"flash_attn_varlen": _flash_varlen, "torch_varlen": _torch_varlen, "loop": _loop}
-LSE_BACKENDS = {"flash_attn_varlen": _flash_varlen_lse, "torch_varlen": _torch_varlen_lse, "loop": _loop_lse}
+BACKENDS = {"triton_varlen": _triton_varlen, "flash_attn_varlen": _flash_varlen, "torch_varlen": _torch_varlen,
+            "loop": _loop}
+LSE_BACKENDS = {"triton_varlen": _triton_varlen_lse, "flash_attn_varlen": _flash_varlen_lse,
+                "torch_varlen": _torch_varlen_lse, "loop": _loop_lse}
 _last: dict[str, object] = {"kernel": "none", "errors": {}}
 _fallbacks: dict[str, str] = {}   # compile / capture failures of the bucketed path: kept for the process
 capture: dict[str, tuple] | None = None   # the benchmark sets {} to keep the last packed call, to time the kernel alone
@@ -99,7 +113,9 @@ def errors() -> dict[str, str]:
 def _auto_order(device: torch.device) -> list[str]:
     if device.type != "cuda":
         return ["loop"]
-    return (["flash_attn_varlen"] if _fa_varlen is not None else []) + ["torch_varlen"]
+    from engine.attention import triton_varlen
+    return ((["triton_varlen"] if triton_varlen.available(device) else [])
+            + (["flash_attn_varlen"] if _fa_varlen is not None else []) + ["torch_varlen"])
 
 
 def bucket_attention(q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor,
