@@ -105,17 +105,17 @@ def test_annsa_sparse_packing_equals_masked_reference(tables):
     assert ref.stats()["sa_density"] < 1.0
 
 
-@pytest.mark.parametrize("recent,chunks", [(0, 1), (3, 4), (2, 3)])
-def test_annsa_bucketed_path_equals_masked_reference(recent, chunks):
+@pytest.mark.parametrize("recent,chunks,min_frames", [(0, 1, 0), (3, 4, 0), (2, 3, 0), (2, 3, 4)])
+def test_annsa_bucketed_path_equals_masked_reference(recent, chunks, min_frames):
     """The GPU default for AnnSA over a growing cache (annsa.py "bucketed": the cache kept in bucket order,
     each query repeated per probed bucket and key chunk, rows combined by log-sum-exp; here its varlen call runs
     segment by segment on the CPU) equals the masked reference, across bucket sorts, in two layers, with the
     same pairs; a dense cache adopted mid-run is sorted and keeps giving the same outputs."""
     common = dict(ann={"bits": 3, "probes": 2}, schedule={"dense_until": 0.0, "layers": None},
                   metrics={"recall_every": 1})
-    ref = build_mode("annsa", annsa={"path": "masked", "recent_frames": recent}, **common)
+    ref = build_mode("annsa", annsa={"path": "masked", "recent_frames": recent, "min_frames": min_frames}, **common)
     buc = build_mode("annsa", annsa={"path": "bucketed", "kernel": "loop", "recent_frames": recent,
-                                     "chunks": chunks}, **common)
+                                     "chunks": chunks, "min_frames": min_frames}, **common)
     cr, cb = _cache(ref, 2), _cache(buc, 2)
     g = torch.Generator().manual_seed(8)
     for f in range(9):
@@ -136,6 +136,29 @@ def test_annsa_bucketed_path_equals_masked_reference(recent, chunks):
     assert P > 0 and int(buc._sorted[0][1].sum()) == P * B * H
     torch.testing.assert_close(cb.k[0, :, :, :cb.length[0]].sum(2), cr.k[0, :, :, :cr.length[0]].sum(2),
                                rtol=0, atol=1e-9)
+
+
+def test_annsa_is_dense_until_min_frames_and_says_so():
+    """annsa.min_frames: while the cache holds fewer frames, AnnSA attends densely (equal to the dense mode,
+    density and recall 1 in its stats, no bucket sort); from then on it restricts keys (density < 1)."""
+    common = dict(ann={"bits": 3, "probes": 1}, schedule={"dense_until": 0.0, "layers": None},
+                  metrics={"recall_every": 1})
+    sparse = build_mode("annsa", annsa={"path": "masked", "recent_frames": 1, "min_frames": 3}, **common)
+    dense = build_mode("dense")
+    cs, cd = _cache(sparse), _cache(dense)
+    g = torch.Generator().manual_seed(4)
+    for f in range(6):
+        q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+        a, b = _step(dense, cd, 0, f, q, k, v), _step(sparse, cs, 0, f, q, k, v)
+        if f < 3:   # 0, 1, 2 frames cached before the call
+            torch.testing.assert_close(b, a, rtol=0, atol=1e-12)
+            assert sparse.stats()["sa_density"] == 1.0 and sparse.stats()["sa_recall"] == 1.0
+            assert (0 in sparse._sorted) == (f == 2)   # sorted once the commit brings the cache to 3 frames
+        else:
+            assert not torch.allclose(b, a)
+    assert sparse.stats()["sa_density"] < 1.0 and sparse._sorted[0][0] > 0
+    with pytest.raises(ValueError, match="annsa.min_frames"):
+        build_mode("annsa", annsa={"min_frames": -1})
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA")

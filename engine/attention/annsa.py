@@ -39,10 +39,14 @@ class AnnSAConfig:
     kernel: str = "auto"    # sparse kernel: auto | triton_varlen | flash_attn_varlen | torch_varlen | loop
     recent_frames: int = 32  # growing cache: the last 1..recent_frames frames in full, older keys by bucket (0: all by bucket)
     chunks: int = 8         # bucketed: key chunks per (head, bucket) segment (split-KV by hand: 8 was fastest on the H100)
+    min_frames: int = 0     # growing cache: dense attention (density 1) until it holds this many frames, where the
+                            # sparse call's fixed costs (hashing, packing, combine, host work) outweigh what it skips
 
     def __post_init__(self) -> None:
         if self.path not in ("auto", "bucketed", "sparse", "masked"):
             raise ValueError(f"annsa.path: must be auto|bucketed|sparse|masked, got {self.path!r}")
+        if self.min_frames < 0:
+            raise ValueError(f"annsa.min_frames must be >= 0, got {self.min_frames}")
         if self.recent_frames < 0 or self.chunks < 1:
             raise ValueError(f"annsa.recent_frames must be >= 0 and annsa.chunks >= 1, got {self.recent_frames}, "
                              f"{self.chunks}")

@@ -245,7 +245,14 @@ class FastARAttention(AttentionMode):
         measure = self.cfg.metrics.recall_every > 0
         recall_now = self._recall_now(info)
         self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
-        if self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers):
+        annsa = self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers)
+        if annsa and not self._annsa_ready(L0, n):   # a short cache: dense, and measured as such
+            annsa = False
+            if measure:
+                self.meter.add(layer, "sa_density", 1.0)
+            if recall_now:
+                self.meter.add(layer, "sa_recall", 1.0)
+        if annsa:
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             layout = self._layout(cache, layer)
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, lambda x: hasher.probe_codes(layer, x), K, V,
@@ -290,6 +297,12 @@ class FastARAttention(AttentionMode):
         return self.cfg.annsa is not None and self.tc is None and self.hasher is not None and \
             self.hasher.tables == 1 and not self._biased
 
+    def _annsa_ready(self, cached: int, n: int) -> bool:
+        """Whether AnnSA runs over `cached` slots: a growing cache (annsa modes) of at least annsa.min_frames
+        frames. Below it the bucketed call costs more than dense attention over those keys (annsa.min_frames,
+        conf/attention/annsa.yaml says what was measured). A bounded cache (TempCache) is always ready."""
+        return self.tc is not None or cached >= self.cfg.annsa.min_frames * n  # type: ignore[union-attr]
+
     def _layout(self, cache: KVCache, layer: int) -> sparse_kernels.BucketLayout | None:
         if not self._bucket_order() or not self.cfg.schedule.in_layers(layer, self._n_layers):
             return None
@@ -311,8 +324,8 @@ class FastARAttention(AttentionMode):
         L = cache.length[layer]
         cache.slot_data[FRAME_H][layer, :, :, L - n:L] = frame
         P = self._sorted.get(layer, (0,))[0]
-        if L - P >= max(1, self.cfg.annsa.recent_frames) * n:  # type: ignore[union-attr]
-            self._sort_buckets(cache, layer)
+        if L - P >= max(1, self.cfg.annsa.recent_frames) * n and self._annsa_ready(L, n):  # type: ignore[union-attr]
+            self._sort_buckets(cache, layer)   # (no sorting while AnnSA waits for min_frames: dense reads any order)
 
     def _sort_buckets(self, cache: KVCache, layer: int) -> None:
         """Order each head's slots [0, length) by (bucket, slot) in place (cache.gather_heads moves K, V, bias
