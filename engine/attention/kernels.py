@@ -26,6 +26,11 @@ try:  # optional GPU kernels: used when importable, never required
 except Exception:  # pragma: no cover - depends on the machine
     _flash_attn_func = None
 
+try:  # optional: flashinfer's single-request prefill kernel, one more candidate for the measurement
+    from flashinfer import single_prefill_with_kv_cache as _fi_prefill  # type: ignore
+except Exception:  # pragma: no cover - depends on the machine
+    _fi_prefill = None
+
 if TYPE_CHECKING:
     from engine.cache import KVCache
 
@@ -91,6 +96,15 @@ def _flash_attn(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return o.transpose(1, 2)
 
 
+def _flashinfer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
+    """One request (B = 1): q as (n, H, D), the cache read in place as HND (H, L, D). A shape or layout it
+    refuses raises, and the measurement records the candidate as failed (kernel_timings)."""
+    if q.shape[0] != 1:
+        raise ValueError("flashinfer single prefill: batch 1 only")
+    o = _fi_prefill(q[0].transpose(0, 1).contiguous(), k[0], v[0], causal=False, kv_layout="HND", sm_scale=scale)
+    return o.transpose(0, 1)[None]
+
+
 def _plain() -> dict[str, Callable[..., torch.Tensor]]:
     from torch.nn.attention import SDPBackend
     c: dict[str, Callable[..., torch.Tensor]] = {
@@ -100,6 +114,8 @@ def _plain() -> dict[str, Callable[..., torch.Tensor]]:
     }
     if _flash_attn_func is not None:
         c["flash_attn"] = _flash_attn
+    if _fi_prefill is not None:
+        c["flashinfer"] = _flashinfer
     return c
 
 
