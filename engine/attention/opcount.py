@@ -31,6 +31,8 @@ SYNC_OPS = ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "ate
 # named variants: the GPU paths' packing/ops run on the CPU too ("loop" stands in for the varlen kernel)
 VARIANTS: dict[str, dict[str, Any]] = {
     "annsa:sparse": {"annsa": {"path": "sparse", "kernel": "loop"}},
+    "annsa:bucketed": {"annsa": {"path": "bucketed", "kernel": "loop"}},
+    "annsa:below_min": {"annsa": {"min_frames": 1 << 20}},   # dense until min_frames: what AnnSA adds around it
     "fastar:sparse": {"annsa": {"path": "sparse", "kernel": "loop"}},
     "fastar:annsa_on": {"schedule": {"layers": None}},
 }
