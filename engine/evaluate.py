@@ -15,6 +15,8 @@ Metrics (PSNR in dB over uint8 frames, engine.metrics):
   rollout16_psnr_db / curve        16 true frames primed, then 16 (64) generated frames with the true actions
   revisit_psnr_db_{dense,window}   two full turns in place (120 x turn_right): second turn vs first turn,
                                    both generated; memory shows as a high number, forgetting as a low one
+  revisit_motion_{dense,window}    mean change between consecutive frames in each turn: a rollout that froze
+                                   (~0) also scores high on revisit, without any memory
   stability_by_mode                per mode, per 100 frames of a long rollout: colour mean/std of generated vs
                                    true, motion (mean change between frames: ~0 when the rollout froze) and
                                    `collapsed` (std, motion or layout far below the truth's); `stability` is
@@ -191,6 +193,11 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
         env.prime(e.frames[:1], e.actions[:1])
         gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(turns)])
         res[f"revisit_psnr_db_{mode}"] = mean_psnr(gen[turns // 2:], gen[:turns // 2])
+        # the view turns 6 degrees a frame, so a rollout that stops moving matches its own first turn: its
+        # motion per turn says whether a high revisit number is memory or a still image
+        step = np.abs(np.diff(gen.astype(np.float64), axis=0)).mean((1, 2, 3))
+        res[f"revisit_motion_{mode}"] = [round(float(step[:turns // 2 - 1].mean()), 2),
+                                         round(float(step[turns // 2 - 1:].mean()), 2)]
     env.set_attention("dense")
 
     # stability: a long rollout per mode, driven by the explorer on the true simulator (same actions, prompt)

@@ -32,6 +32,9 @@ def test_evaluate_quick(tmp_path: Path) -> None:
                for rows in res["stability_by_mode"].values() for c in rows)
     assert set(res["stability_first_collapse"]) == set(res["stability_by_mode"])
     assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
+    for mode in ("dense", "window"):   # per turn; a random model's frames do change
+        m = res[f"revisit_motion_{mode}"]
+        assert len(m) == 2 and all(math.isfinite(x) and x > 0 for x in m), m
     json.dumps(res)
 
 
