@@ -40,9 +40,11 @@ class RecallAttention(AttentionMode):
 
     name = "recall"
 
-    def __init__(self, recent: int = 16, block: int = 16, sinks: int = 1, grid: int = 16, oracle: int = 0) -> None:
+    def __init__(self, recent: int = 16, block: int = 16, sinks: int = 1, grid: int = 16, oracle: int = 0,
+                 boost: float = 0.0) -> None:
         self.recent, self.block, self.sinks, self.grid = recent, block, sinks, grid
         self.oracle = oracle                        # > 0: the matched frame is simply now - 1 - oracle
+        self.boost = boost                          # logit bias on the retrieved block's keys (0: none)
         self.desc: list[torch.Tensor] = []          # per committed frame: unit descriptor (B, d)
         self.chosen: list[int] = []                 # frames of the current block
         self.log: list[tuple[int, int, float]] = []  # (frame, matched frame, similarity)
@@ -92,7 +94,13 @@ class RecallAttention(AttentionMode):
         idx = torch.cat([torch.arange(f * n, (f + 1) * n) for f in frames] + [torch.arange(end - n, end)])
         idx = idx.to(q.device)
         K, V = cache.k[layer][:, :, idx], cache.v[layer][:, :, idx]
-        out = kernels.attention(q, K, V)
+        bias = None
+        if self.boost and self.chosen:   # push attention toward the retrieved place: does the model copy then?
+            older = max(0, info.frame - self.recent)                        # frames before the recent window
+            per_frame = [self.boost if (f in self.chosen and f < older) else 0.0 for f in frames]
+            b = torch.cat([torch.tensor(per_frame).repeat_interleave(n), torch.zeros(n)])   # + the frame itself
+            bias = b.to(q.device)[None, None].expand(q.shape[0], q.shape[1], -1)
+        out = kernels.attention(q, K, V, bias=bias)
         if info.commit:
             assert cache.length[layer] == info.frame * n, "recall_probe expects frame f at slots [f*n, (f+1)*n)"
             cache.commit_scratch(layer, n, info.frame)
@@ -112,11 +120,14 @@ def main() -> None:
     p.add_argument("--turns", type=int, default=120, help="turn_right steps (60 = one full turn)")
     p.add_argument("--oracle", type=int, default=0, help="recall: retrieve the frame this many back instead of "
                    "searching (60: a full turn; the upper bound of retrieval for this test)")
+    p.add_argument("--boost", type=float, default=0.0, help="recall: add this to the logits of the retrieved "
+                   "block's keys in every layer (does the model copy the place when pushed to look at it?)")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.mode == "recall":
-        MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle)
+        MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle,
+                                                       boost=a.boost)
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
@@ -130,7 +141,7 @@ def main() -> None:
            "seconds": round(time.perf_counter() - t0, 1)}
     mode = env.sampler.mode
     if isinstance(mode, RecallAttention):
-        res["recent"], res["block"], res["oracle"] = a.recent, a.block, a.oracle
+        res["recent"], res["block"], res["oracle"], res["boost"] = a.recent, a.block, a.oracle, a.boost
         res["matches"] = mode.log[half - 1:half + 11]          # around the start of the second turn
         res["match_offsets_second_turn"] = [now - j for now, j, _ in mode.log if now > half]
     print(json.dumps({k: v for k, v in res.items() if k != "match_offsets_second_turn"}))
