@@ -122,6 +122,9 @@ def main() -> None:
                    "searching (60: a full turn; the upper bound of retrieval for this test)")
     p.add_argument("--boost", type=float, default=0.0, help="recall: add this to the logits of the retrieved "
                    "block's keys in every layer (does the model copy the place when pushed to look at it?)")
+    p.add_argument("--true-first-turn", action="store_true", help="prime the first turn with the simulator's "
+                   "true frames, generate only the second, and score it against them: can the model redraw a "
+                   "place it saw exactly (no drift in a generated first turn to copy)?")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -133,9 +136,16 @@ def main() -> None:
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
     t0 = time.perf_counter()
-    gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
     half = a.turns // 2
+    if a.true_first_turn:   # the simulator turns in place from the same start: its first turn, as context
+        turn = make_action(("turn_right",))
+        true_turn = np.stack([e.env.step(turn) for _ in range(half)])
+        env.prime(list(true_turn), [turn] * half)
+        gen = np.concatenate([true_turn, np.stack([env.step(turn) for _ in range(a.turns - half)])])
+    else:
+        gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
+           "true_first_turn": a.true_first_turn,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            "first_turn_motion": round(float(np.abs(np.diff(gen[:half].astype(np.int16), axis=0)).mean()), 2),
            "seconds": round(time.perf_counter() - t0, 1)}
