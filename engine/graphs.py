@@ -122,8 +122,9 @@ class GraphedPass:
         rdt = torch.float64 if dt == torch.float64 else torch.float32
         self.x = torch.zeros(batch, 1, latent_ch, latent_size, latent_size, device=dev, dtype=dt)
         self.c = torch.zeros(batch, 1, D, device=dev, dtype=dt)
-        self.rope = (torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt),
-                     torch.zeros(batch, N, 1, 1, Dh, device=dev, dtype=rdt))
+        rh = H if dit.cfg.rope_time_free_heads else 1                        # per-head rotary (Rotary.forward)
+        self.rope = (torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt),
+                     torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt))
         self.o = torch.zeros(batch, H, N, Dh, device=dev, dtype=dt)          # the last attention call's output
         self.buf: dict[str, Any] = {}       # what the last piece run or replayed wrote (graph pool memory)
         pool = _pool(capture)

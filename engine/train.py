@@ -23,7 +23,7 @@ import json
 import math
 import signal
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -110,6 +110,8 @@ class TrainConfig:
     preview_frames: int = 32
     resume: bool = True
     init: str | None = None      # start from these weights (e.g. the fp16 bundle) with a fresh optimizer
+    rope_time_free_heads: int | None = None  # override the preset's dit.rope_time_free_heads (same weights'
+                                             # shapes, so a fine-tune from `init` may change it)
     progress: bool = True
     bf16: bool = True            # autocast on CUDA
     data: DataConfig = field(default_factory=DataConfig)
@@ -142,7 +144,10 @@ class Trainer:
         signal.signal(signal.SIGTERM, self._on_sigterm)
         self.log_file = open(self.out / "log.jsonl", "a")
         self.state: dict[str, Any] = {"phase": "ae", "ae_step": 0, "dit_step": 0, "latent_stats": False}
-        self.model = WorldModel(preset(cfg.preset)).to(self.device)
+        model_cfg = preset(cfg.preset)
+        if cfg.rope_time_free_heads is not None:
+            model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, rope_time_free_heads=cfg.rope_time_free_heads))
+        self.model = WorldModel(model_cfg).to(self.device)
         self.optim_tensors: dict[str, torch.Tensor] = {}
         self.optim_groups: Any = None
         self._load_start()
@@ -186,14 +191,17 @@ class Trainer:
         self._ema_init = None
         if self.cfg.init:
             manifest, model, _ = load_checkpoint(self.cfg.init)
-            self._check_config(manifest, Path(self.cfg.init))
+            self._check_config(manifest, Path(self.cfg.init), init=True)
             load_state_into(self.model, model, self.cfg.init)
             self.state.update(phase="dit", latent_stats=True)
             self.log({"event": "init", "from": self.cfg.init})
 
-    def _check_config(self, manifest: dict[str, Any], path: Path) -> None:
+    def _check_config(self, manifest: dict[str, Any], path: Path, init: bool = False) -> None:
+        """The checkpoint's network must be this run's. From `init` (fresh optimizer) the rotary choice of
+        time-free heads may differ: it has no weights, so the fine-tune starts from the same tensors."""
         mine = ModelConfig.from_dict(manifest["config"])
-        if mine.dit != self.model.cfg.dit or mine.ae != self.model.cfg.ae:
+        dit = replace(mine.dit, rope_time_free_heads=self.model.cfg.dit.rope_time_free_heads) if init else mine.dit
+        if dit != self.model.cfg.dit or mine.ae != self.model.cfg.ae:
             raise CheckpointError(f"{path}: its model config differs from preset={self.cfg.preset!r}; use the "
                                   f"matching preset, another out= directory, or resume=false")
 

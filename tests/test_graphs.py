@@ -9,7 +9,7 @@ from engine.attention import build_mode
 from engine.env import make_action
 from engine.sampler import Sampler
 from engine.world_model import NeuralEnv
-from tests.test_model_core import random_model
+from tests.test_model_core import random_model, time_free_model
 
 ACTIONS = [((), 0.0), (("forward",), 0.3), (("turn_left", "run"), -0.5), (("back",), 0.0), (("strafe_right",), 0.9)]
 
@@ -39,6 +39,14 @@ def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_t
 def test_pieced_pass_equals_run(mode: str) -> None:
     m = random_model(torch.float32)
     ref, got = _roll(m, mode, "off"), _roll(m, mode, "pieces")
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+
+
+def test_pieced_pass_with_time_free_heads_equals_run() -> None:
+    """Per-head rotary (dit.rope_time_free_heads) through the pieces' static rope buffers."""
+    m = time_free_model(torch.float32)
+    ref, got = _roll(m, "window", "off"), _roll(m, "window", "pieces")
     for a, b in zip(ref, got):
         assert torch.equal(a, b)
 

@@ -51,17 +51,15 @@ def test_cached_generation_equals_full_recomputation() -> None:
         ctx.append(0.95 * x + 0.05 * eps)
 
 
-def test_training_sequence_matches_cached_inference() -> None:
+def _training_matches_cache(m: WorldModel, frames: torch.Tensor) -> None:
     """[clean | noisy] with frame_mask gives each noisy frame exactly what the cache + current frame give."""
-    m = random_model()
-    T, C, h, N = 4, m.cfg.ae.latent_ch, m.cfg.ae.latent_size, m.tokens_per_frame
+    T, C, h, N = frames.shape[1], m.cfg.ae.latent_ch, m.cfg.ae.latent_size, m.tokens_per_frame
     g = torch.Generator().manual_seed(1)
     clean = torch.randn((1, T, C, h, h), generator=g).double()
     noisy = torch.randn((1, T, C, h, h), generator=g).double()
     s_ctx = torch.rand((1, T), generator=g).double() * 0.1
     s_noisy = torch.rand((1, T), generator=g).double()
     acts = torch.rand((1, T, 8), generator=g).double()
-    frames = torch.tensor([[3, 4, 900, 901]])                                  # a long gap, as in training
     prompt = m.encode_prompt(["wood dusk"])
     order = torch.arange(T)
     mask = frame_mask(torch.cat([torch.ones(T, dtype=torch.bool), torch.zeros(T, dtype=torch.bool)]),
@@ -80,6 +78,10 @@ def test_training_sequence_matches_cached_inference() -> None:
               FrameAttention(mode, cache, StepInfo(f, 4, 4, True)))
 
 
+def test_training_sequence_matches_cached_inference() -> None:
+    _training_matches_cache(random_model(), torch.tensor([[3, 4, 900, 901]]))   # a long gap, as in training
+
+
 def test_rotary_far_frames_relative() -> None:
     """Scores depend on frame distance only: shifting every index by 3000 changes nothing (to fp64 noise)."""
     m = random_model()
@@ -90,6 +92,50 @@ def test_rotary_far_frames_relative() -> None:
     a = m.dit(x, *args, torch.tensor([[0, 5]]), pr, SequenceAttention(mask))
     b = m.dit(x, *args, torch.tensor([[3000, 3005]]), pr, SequenceAttention(mask))
     torch.testing.assert_close(a, b, rtol=0, atol=1e-8)
+
+
+def test_time_free_heads_match_across_any_time_distance() -> None:
+    """dit.rope_time_free_heads: those heads' q.k does not depend on the frame index at all (a view seen 60 or
+    3000 frames ago scores as if it were the last frame), the other heads' depends on it; 0 is the old rope."""
+    from dataclasses import replace
+
+    from engine.model.dit import Rotary, apply_rotary
+    base = preset("base").dit
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 1, 1, base.heads, base.head_dim, generator=g, dtype=torch.float64) for _ in range(2))
+
+    def score(rot: Rotary, tq: int, tk: int) -> torch.Tensor:   # (H,) q of frame tq against k of frame tk
+        rq = rot(torch.tensor([[tq]]), torch.float64)
+        rk = rot(torch.tensor([[tk]]), torch.float64)
+        return (apply_rotary(q, (rq[0][:, :1], rq[1][:, :1])) * apply_rotary(k, (rk[0][:, :1], rk[1][:, :1]))).sum(-1)[0, 0, 0]
+
+    plain = Rotary(base, 16)
+    free = Rotary(replace(base, rope_time_free_heads=2), 16)
+    assert plain(torch.tensor([[5]]), torch.float64)[0].shape[-2] == 1                 # unchanged layout
+    torch.testing.assert_close(free(torch.tensor([[5]]), torch.float64)[0][..., :-2, :],
+                               plain(torch.tensor([[5]]), torch.float64)[0].expand(-1, -1, -1, base.heads, -1)[..., :-2, :])
+    near, far = score(free, 100, 99), score(free, 100, 40)
+    torch.testing.assert_close(near[-2:], far[-2:], rtol=0, atol=1e-12)                 # time-free: same score
+    assert (near[:-2] - far[:-2]).abs().min() > 1e-6                                     # the others: distance counts
+    with pytest.raises(ValueError, match="rope_time_free_heads"):
+        Rotary(replace(base, rope_time_free_heads=base.heads + 1), 16)
+
+
+def time_free_model(dtype: torch.dtype = torch.float64) -> WorldModel:
+    """Tiny random model with two heads, the second without time rotation (dit.rope_time_free_heads=1)."""
+    from dataclasses import replace
+    torch.manual_seed(3)
+    cfg = preset("tiny")
+    m = WorldModel(replace(cfg, dit=replace(cfg.dit, heads=2, head_dim=32, rope_time_dims=16, rope_time_free_heads=1)))
+    with torch.no_grad():
+        for p in m.dit.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m.to(dtype).eval()
+
+
+def test_cached_generation_with_time_free_heads_equals_training_sequence() -> None:
+    """The training sequence and cached inference agree with time-free heads too (per-head rotary)."""
+    _training_matches_cache(time_free_model(), torch.tensor([[2, 70, 71]]))
 
 
 def test_window_never_exceeds_capacity() -> None:

@@ -57,6 +57,20 @@ def test_checkpoint_plays_and_resume(trained: Path) -> None:
     assert state["dit_step"] == 1 and state["ae_step"] == 0
 
 
+def test_fine_tune_switches_time_free_heads(trained: Path) -> None:
+    """rope_time_free_heads may change on a fine-tune from `init` (no weights change shape) and travels in the
+    export's config; resuming a run with another value is a clear error."""
+    from engine.checkpoint import CheckpointError, read_manifest
+    out = trained / "run_free"
+    train(tiny_config(trained, out=out, init=trained / "run" / "export", rope_time_free_heads=1, **{"dit.steps": 1}))
+    assert read_manifest(out / "export")["config"]["dit"]["rope_time_free_heads"] == 1
+    env = NeuralEnv(checkpoint=str(out / "export"), device="cpu", steps=1)
+    env.reset(1_000_000, "night")
+    assert env.step(make_action(("turn_left",))).shape == (128, 128, 3)
+    with pytest.raises(CheckpointError, match="model config differs"):
+        train(tiny_config(trained, out=out, rope_time_free_heads=0, **{"dit.steps": 2}))
+
+
 def test_own_context_off_takes_no_path(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """own_context_prob=0 (the default): the prediction pass never runs and training is bit-identical."""
     import engine.train as tr

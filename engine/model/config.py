@@ -38,6 +38,9 @@ class DiTConfig:
     rope_time_dims: int = 32      # head-dim channels rotated by the frame index (relative distances to 1000s)
     rope_time_theta: float = 10000.0
     rope_space_theta: float = 100.0  # remaining channels split evenly between height and width
+    rope_time_free_heads: int = 0  # the last this many heads of every block: no rotation by the frame index,
+                                   # so a key matches by content and 2-D position at any time distance
+                                   # (retrieval of a place seen long ago); 0: every head rotates with time
 
 
 @dataclass

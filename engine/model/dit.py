@@ -67,11 +67,15 @@ class Rotary(nn.Module):
         self.ns = (half - self.nt) // 2
         assert self.nt + 2 * self.ns == half, "head_dim - rope_time_dims must split evenly between height and width"
         self.grid, self.theta_t, self.theta_s = grid, cfg.rope_time_theta, cfg.rope_space_theta
+        self.heads, self.free = cfg.heads, cfg.rope_time_free_heads
+        if not 0 <= self.free <= cfg.heads:
+            raise ValueError(f"dit.rope_time_free_heads must be in [0, heads={cfg.heads}], got {self.free}")
 
     def forward(self, frames: torch.Tensor, dtype: torch.dtype) -> Rope:
         """frames (B, T) int64 -> cos, sin (B, T*N, 1, 1, head_dim) in float32 (float64 for a float64 model),
         laid out for q/k as (B, L, 2, H, Dh) and already in the rotate-half form of `apply_rotary`
         (cos = [cos, cos], sin = [-sin, sin]). Computed once per frame; shared by every layer and pass.
+        With rope_time_free_heads > 0: (B, T*N, 1, H, head_dim), the last heads' time angles zero.
 
         Angles are computed in float64 on every call (no buffers, so casting the model to bf16/fp16 cannot
         degrade them): at frame 3000 a float32 angle would already be off by ~2e-4 rad."""
@@ -87,6 +91,11 @@ class Rotary(nn.Module):
         ang = torch.cat([t[:, :, None, :].expand(B, T, N, -1),
                          space[None, None].expand(B, T, N, -1)], dim=-1)         # (B, T, N, half)
         ang = ang.reshape(B, T * N, 1, 1, -1)
+        if self.free:   # time-free heads: their time channels stay put (cos 1, sin 0), space as every head
+            keep_t = (torch.arange(self.heads, device=dev) < self.heads - self.free).to(f64)        # (H,)
+            scale = torch.cat([keep_t[:, None].expand(-1, self.nt), torch.ones(self.heads, 2 * self.ns,
+                                                                               device=dev, dtype=f64)], -1)
+            ang = ang * scale                                                   # (B, T*N, 1, H, half)
         out = torch.float64 if dtype == torch.float64 else torch.float32
         cos, sin = ang.cos().to(out), ang.sin().to(out)
         return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
