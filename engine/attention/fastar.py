@@ -164,9 +164,9 @@ class FastARAttention(AttentionMode):
             cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
         if self.tc is not None and cache.device.type == "cuda" and not cache.pad:
             cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
-        if self._bucket_order() and cache.pad:
-            cache.set_bias_channel(False)  # the bucketed path reads K/V in place: contiguous, no bias needed
         if self._bucket_order():
+            if cache.pad:
+                cache.set_bias_channel(False)  # the bucketed path reads K/V in place: contiguous, no bias needed
             cache.add_slot_tensor(FRAME_H, (), torch.long, fill=-1)
 
     def _needs_codes(self) -> bool:
@@ -306,7 +306,9 @@ class FastARAttention(AttentionMode):
     def _layout(self, cache: KVCache, layer: int) -> sparse_kernels.BucketLayout | None:
         if not self._bucket_order() or not self.cfg.schedule.in_layers(layer, self._n_layers):
             return None
-        P, counts, max_count = self._sorted.get(layer) or self._unsorted(cache)
+        if layer not in self._sorted:   # nothing sorted yet: every key is recent (counts all zero, kept)
+            self._sorted[layer] = self._unsorted(cache)
+        P, counts, max_count = self._sorted[layer]
         h = self.hasher
         assert h is not None
         # slots from sorted_len to the scratch's end: < recent_frames frames since the sort, plus the frame

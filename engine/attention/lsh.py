@@ -86,7 +86,15 @@ class LSHHasher:
         return torch.einsum("lbhnd,tdk->lbhntk", xf, self._planes_on(x))
 
     def _weights(self, device: torch.device) -> torch.Tensor:
-        return (1 << torch.arange(self.bits, device=device, dtype=torch.int64))
+        """Bit weights (bits,), made once per device: code_of runs at every commit and every probe. Not kept
+        when first made inside a CUDA graph capture (its values would exist only in replays)."""
+        key = ("weights", device)
+        w = self._dev.get(key)
+        if w is None:
+            w = 1 << torch.arange(self.bits, device=device, dtype=torch.int64)
+            if not (torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()):
+                self._dev[key] = w
+        return w
 
     def code_of(self, p: torch.Tensor) -> torch.Tensor:
         """Projections (..., T, bits) -> bucket per table (..., T)."""
