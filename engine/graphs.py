@@ -122,7 +122,7 @@ class GraphedPass:
         rdt = torch.float64 if dt == torch.float64 else torch.float32
         self.x = torch.zeros(batch, 1, latent_ch, latent_size, latent_size, device=dev, dtype=dt)
         self.c = torch.zeros(batch, 1, D, device=dev, dtype=dt)
-        rh = H if dit.cfg.rope_time_free_heads else 1                        # per-head rotary (Rotary.forward)
+        rh = H if dit.rotary.per_head else 1                                  # per-head rotary (Rotary.forward)
         self.rope = (torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt),
                      torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt))
         self.o = torch.zeros(batch, H, N, Dh, device=dev, dtype=dt)          # the last attention call's output
@@ -274,17 +274,24 @@ class GraphedFrameInputs:
         self.dit = dit
         self.action = torch.zeros(batch, 1, num_actions, device=device)
         self.frames = torch.zeros(batch, 1, dtype=torch.long, device=device)
+        self.heading = torch.zeros(batch, 1, dtype=torch.float64, device=device)   # the last committed frame's
         self.pool: torch.Tensor | None = None
         self._pool_src: torch.Tensor | None = None
         self.capture = capture
         self.g = Graphed(self._compute, _pool(capture), capture)
 
-    def _compute(self) -> tuple[torch.Tensor, Rope]:
+    def _compute(self) -> tuple[torch.Tensor, Rope, torch.Tensor | None]:
         assert self.pool is not None
-        return self.dit.frame_condition(self.action, self.pool), self.dit.rope(self.frames)
+        turn = self.dit.turn(self.action)
+        heading = None if turn is None else self.heading + turn                 # (B, 1)
+        return (self.dit.frame_condition(self.action, self.pool), self.dit.rope(self.frames, heading),
+                None if heading is None else heading[:, 0])
 
-    def __call__(self, action: torch.Tensor, frame: int, pool: torch.Tensor) -> tuple[torch.Tensor, Rope]:
-        """action (B, A) on the device, frame: the frame index, pool (B, D): the prompt's pooled vector."""
+    def __call__(self, action: torch.Tensor, frame: int, pool: torch.Tensor,
+                 heading: torch.Tensor) -> tuple[torch.Tensor, Rope, torch.Tensor | None]:
+        """action (B, A) on the device, frame: the frame index, pool (B, D): the prompt's pooled vector,
+        heading (B,) the last committed frame's (Sampler.heading). Returns cond, rope and this frame's
+        heading (a static buffer: the sampler copies it at the commit)."""
         if pool is not self._pool_src:   # a new prompt context (every reset): into the static buffer
             if self.pool is None or self.pool.shape != pool.shape or self.pool.dtype != pool.dtype:
                 self.pool = pool.clone()
@@ -294,8 +301,9 @@ class GraphedFrameInputs:
             self._pool_src = pool
         self.action.copy_(action[:, None])
         self.frames.fill_(frame)
-        cond, rope = self.g()
-        return cond, (rope[0], rope[1])
+        self.heading.copy_(heading[:, None])
+        cond, rope, turned = self.g()
+        return cond, (rope[0], rope[1]), turned
 
 
 class GraphedDecode:

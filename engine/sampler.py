@@ -38,9 +38,11 @@ GRAPHS = ("off", "pieces", "cuda")   # how a pass runs: dit.run eagerly | in pie
 
 
 class FrameInputs(NamedTuple):
-    """What every pass of one frame shares: action + prompt conditioning (B, 1, D) and rotary tables."""
+    """What every pass of one frame shares: action + prompt conditioning (B, 1, D), rotary tables, and the
+    frame's heading (B,) radians float64 (None for a model without heading heads), kept at its commit."""
     cond: torch.Tensor
     rope: Rope
+    heading: torch.Tensor | None = None
 
 
 class Sampler:
@@ -80,6 +82,9 @@ class Sampler:
                                                                      self.device, capture=graphs == "cuda")
         self.gen = torch.Generator(device=self.device)
         self.frame = 0
+        # heading heads (dit.rope_heading_heads): the last committed frame's heading, the running sum of
+        # dit.turn over every committed frame's action since reset (a device scalar per stream: no host read)
+        self.heading = torch.zeros(batch, dtype=torch.float64, device=self.device)
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self.ctx: PromptContext | None = None
         self.sig_emb: torch.Tensor | None = None    # (steps + 1, D): the schedule's levels, then context_sigma
@@ -101,6 +106,7 @@ class Sampler:
         self.cache.resize(self._capacity(self.mode))
         self.mode.reset()
         self.frame = 0
+        self.heading.zero_()
 
     def set_mode(self, mode: AttentionMode) -> None:
         """Switch attention mode mid-episode: the new mode brings the cache to its own rules."""
@@ -113,10 +119,14 @@ class Sampler:
         if self.ctx is None:
             raise RuntimeError("Sampler used before reset(seed, prompt)")
         if self.inputs is not None:
-            return FrameInputs(*self.inputs(action.to(self.device), self.frame, self.ctx.pool))
+            return FrameInputs(*self.inputs(action.to(self.device), self.frame, self.ctx.pool, self.heading))
         dit = self.model.dit
+        a = action.to(self.device)[:, None]                                     # (B, 1, A)
         frames = torch.full((self.batch, 1), self.frame, dtype=torch.long, device=self.device)
-        return FrameInputs(dit.frame_condition(action.to(self.device)[:, None], self.ctx.pool), dit.rope(frames))
+        turn = dit.turn(a)
+        heading = None if turn is None else self.heading[:, None] + turn        # (B, 1)
+        return FrameInputs(dit.frame_condition(a, self.ctx.pool), dit.rope(frames, heading),
+                           None if heading is None else heading[:, 0])
 
     def _pass(self, x: torch.Tensor, level: int, f: FrameInputs, commit: bool) -> torch.Tensor:
         """One DiT pass over the current frame at sigma_emb[level]. x (B, C, h, w) -> v (B, C, h, w), xdtype."""
@@ -137,6 +147,8 @@ class Sampler:
             eps = torch.randn(x.shape, generator=self.gen, device=self.device).to(self.xdtype)
             x = (1 - self.context_sigma) * x + self.context_sigma * eps
         self._pass(x, self.steps, f, commit=True)
+        if f.heading is not None:
+            self.heading.copy_(f.heading)
         self.frame += 1
 
     @torch.no_grad()

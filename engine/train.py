@@ -112,11 +112,40 @@ class TrainConfig:
     init: str | None = None      # start from these weights (e.g. the fp16 bundle) with a fresh optimizer
     rope_time_free_heads: int | None = None  # override the preset's dit.rope_time_free_heads (same weights'
                                              # shapes, so a fine-tune from `init` may change it)
+    rope_heading_heads: int | None = None    # override dit.rope_heading_heads likewise; its heading_per_action
+                                             # comes from the world (worlds/<world>/physics.HEADING_PER_ACTION)
     progress: bool = True
     bf16: bool = True            # autocast on CUDA
     data: DataConfig = field(default_factory=DataConfig)
     ae: AETrainConfig = field(default_factory=AETrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+
+
+def world_heading(world: str) -> tuple[float, ...]:
+    """The world's degrees of yaw per unit of each action entry (worlds/<world>/physics.HEADING_PER_ACTION)."""
+    import importlib
+    try:
+        return tuple(float(x) for x in importlib.import_module(f"worlds.{world}.physics").HEADING_PER_ACTION)
+    except (ImportError, AttributeError) as e:
+        raise ValueError(f"train.rope_heading_heads: world {world!r} defines no HEADING_PER_ACTION in "
+                         f"worlds/{world}/physics.py ({e}); heading heads need the world's turn rates") from e
+
+
+def episode_headings(dit: Any, store: Any) -> torch.Tensor | None:
+    """Each store row's heading (radians, float64, on dit's device): the running sum of dit.turn over its
+    episode's actions from the episode's first frame, which is what the sampler keeps at inference (its
+    reset starts at 0; only differences matter). Gap and revisit clips read it per row, so the frames they
+    skip still count. None when the model has no heading heads."""
+    acts = torch.from_numpy(np.asarray(store.actions)).to(dit.out.weight.device)
+    inc = dit.turn(acts[None])
+    if inc is None:
+        return None
+    inc = inc[0]                                                                 # (rows,)
+    ep = torch.repeat_interleave(torch.arange(len(store.length), device=inc.device),
+                                 torch.as_tensor(store.length, device=inc.device))
+    total = inc.cumsum(0)
+    base = total[torch.as_tensor(store.start, device=inc.device)] - inc[torch.as_tensor(store.start, device=inc.device)]
+    return total - base[ep]
 
 
 class Trainer:
@@ -147,6 +176,10 @@ class Trainer:
         model_cfg = preset(cfg.preset)
         if cfg.rope_time_free_heads is not None:
             model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, rope_time_free_heads=cfg.rope_time_free_heads))
+        if cfg.rope_heading_heads is not None:
+            model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, rope_heading_heads=cfg.rope_heading_heads,
+                                                       heading_per_action=world_heading(model_cfg.world)
+                                                       if cfg.rope_heading_heads else ()))
         self.model = WorldModel(model_cfg).to(self.device)
         self.optim_tensors: dict[str, torch.Tensor] = {}
         self.optim_groups: Any = None
@@ -198,9 +231,11 @@ class Trainer:
 
     def _check_config(self, manifest: dict[str, Any], path: Path, init: bool = False) -> None:
         """The checkpoint's network must be this run's. From `init` (fresh optimizer) the rotary choice of
-        time-free heads may differ: it has no weights, so the fine-tune starts from the same tensors."""
+        time-free and heading heads may differ: it has no weights, so the fine-tune starts from the same tensors."""
         mine = ModelConfig.from_dict(manifest["config"])
-        dit = replace(mine.dit, rope_time_free_heads=self.model.cfg.dit.rope_time_free_heads) if init else mine.dit
+        own = self.model.cfg.dit
+        dit = replace(mine.dit, rope_time_free_heads=own.rope_time_free_heads, rope_heading_heads=own.rope_heading_heads,
+                      heading_per_action=own.heading_per_action) if init else mine.dit
         if dit != self.model.cfg.dit or mine.ae != self.model.cfg.ae:
             raise CheckpointError(f"{path}: its model config differs from preset={self.cfg.preset!r}; use the "
                                   f"matching preset, another out= directory, or resume=false")
@@ -332,6 +367,7 @@ class Trainer:
         self.latents = ((z - m.latent_mean.view(1, -1, 1, 1)) / m.latent_std.view(1, -1, 1, 1)).to(
             torch.bfloat16 if self.amp else torch.float32)
         self.actions = torch.from_numpy(self.train_store.actions).to(self.device)
+        self.headings = episode_headings(self.model.dit, self.train_store)
         self.prompt_ids = m.prompt.tokenize(self.train_store.prompts, self.device)
         self.log({"event": "encoded", "frames": len(z), "latent_mean": m.latent_mean.tolist(),
                   "latent_std": m.latent_std.tolist()})
@@ -371,6 +407,7 @@ class Trainer:
         eps_i, frames, rows = self.sample_clips(B, T)
         z = self.latents[rows].float()                                             # (B, T, C, h, w)
         acts = self.actions[rows]                                                   # (B, T, 8)
+        heading = None if self.headings is None else self.headings[rows]           # (B, T) radians
         dev = self.device
         t = torch.sigmoid(d.t_mean + d.t_std * torch.randn(B, T, device=dev))      # noisy levels (B, T)
         tc = torch.rand(B, T, device=dev) * d.ctx_sigma_max
@@ -378,12 +415,13 @@ class Trainer:
         e1, e2 = torch.randn_like(z), torch.randn_like(z)
         bc = lambda s: s[:, :, None, None, None]  # noqa: E731
         prompt = m.prompt(self.prompt_ids[eps_i])
-        z_ctx = self.own_context(z, acts, frames, prompt, attn)                    # z unless own_context_prob
+        z_ctx = self.own_context(z, acts, frames, prompt, attn, heading)           # z unless own_context_prob
         x_clean = (1 - bc(tc)) * z_ctx + bc(tc) * e1
         x_noisy = (1 - bc(t)) * z + bc(t) * e2                                     # targets stay the true z
         with self.ctx():
             v = m.dit(torch.cat([x_clean, x_noisy], 1), torch.cat([tc, t], 1), torch.cat([acts, acts], 1),
-                      torch.cat([frames, frames], 1), prompt, attn)[:, T:]
+                      torch.cat([frames, frames], 1), prompt, attn,
+                      None if heading is None else torch.cat([heading, heading], 1))[:, T:]
         if d.novelty_weight <= 0:
             return F.mse_loss(v.float(), e2 - z)
         w = self.novelty(z, rows, frames, d.novelty_weight)
@@ -400,7 +438,8 @@ class Trainer:
         return 1.0 + weight * rel
 
     def own_context(self, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
-                    prompt: tuple[torch.Tensor, torch.Tensor], attn: Any) -> torch.Tensor:
+                    prompt: tuple[torch.Tensor, torch.Tensor], attn: Any,
+                    heading: torch.Tensor | None = None) -> torch.Tensor:
         """Clean-half latents: z, with a picked share of the samples replaced by the model's own no-grad
         predictions (frame 0 kept true). Nothing is drawn from any RNG when own_context_prob == 0."""
         d = self.cfg.dit
@@ -413,7 +452,8 @@ class Trainer:
         t0 = time.perf_counter()
         x_hat = predict_clip(self.model.dit, z[idx], acts[idx], frames[idx],
                              (prompt[0][idx].detach(), prompt[1][idx].detach()), attn, d.own_context_steps,
-                             d.shift, d.context_sigma, d.own_context_rounds, self.ctx)
+                             d.shift, d.context_sigma, d.own_context_rounds, self.ctx,
+                             None if heading is None else heading[idx])
         z = z.index_copy(0, idx, x_hat)
         if self.device.type == "cuda":
             torch.cuda.synchronize()

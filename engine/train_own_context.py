@@ -48,10 +48,12 @@ def sigma_grid(steps: int, shift: float, device: torch.device) -> torch.Tensor:
 def predict_clip(dit: Any, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
                  prompt: tuple[torch.Tensor, torch.Tensor], attn: Any, steps: int, shift: float,
                  context_sigma: float, rounds: int = 1,
-                 autocast: Callable[[], Any] | None = None) -> torch.Tensor:
+                 autocast: Callable[[], Any] | None = None, heading: torch.Tensor | None = None) -> torch.Tensor:
     """z (B, T, C, h, w) true normalised latents (float32); acts (B, T, A); frames (B, T) -> x_hat (B, T, C, h, w)
     float32, no grad: frame 0 = z[:, 0], frame i = the model's `steps`-step sample given the past (true past in
-    round 1, the previous round's x_hat in round 2). The DiT is put in eval mode for the pass and restored."""
+    round 1, the previous round's x_hat in round 2); heading (B, T) radians for a model with heading heads
+    (None: the running sum over the clip's actions, CausalDiT.forward). The DiT is put in eval mode for the pass
+    and restored."""
     was_training = dit.training
     dit.eval()
     try:
@@ -60,6 +62,9 @@ def predict_clip(dit: Any, z: torch.Tensor, acts: torch.Tensor, frames: torch.Te
         sig = sigma_grid(steps, shift, dev)
         cs = torch.full((B, T), float(context_sigma), device=dev)
         a2, f2 = torch.cat([acts, acts], 1), torch.cat([frames, frames], 1)
+        if heading is None and dit.cfg.rope_heading_heads:
+            heading = dit.turn(acts).cumsum(1)
+        h2 = None if heading is None else torch.cat([heading, heading], 1)
         past = z
         for _ in range(rounds):
             x_ctx = (1 - context_sigma) * past + context_sigma * torch.randn_like(past) if context_sigma > 0 else past
@@ -67,7 +72,7 @@ def predict_clip(dit: Any, z: torch.Tensor, acts: torch.Tensor, frames: torch.Te
             for i in range(steps):
                 s = sig[i].expand(B, T)
                 with autocast() if autocast is not None else torch.autocast("cpu", enabled=False):
-                    v = dit(torch.cat([x_ctx, x], 1), torch.cat([cs, s], 1), a2, f2, prompt, attn)[:, T:]
+                    v = dit(torch.cat([x_ctx, x], 1), torch.cat([cs, s], 1), a2, f2, prompt, attn, h2)[:, T:]
                 x = x + (sig[i + 1] - sig[i]) * v.float()
             past = torch.cat([z[:, :1], x[:, 1:]], 1)
         return past.detach()

@@ -9,7 +9,7 @@ from engine.attention import build_mode
 from engine.env import make_action
 from engine.sampler import Sampler
 from engine.world_model import NeuralEnv
-from tests.test_model_core import random_model, time_free_model
+from tests.test_model_core import heading_model, random_model, time_free_model
 
 ACTIONS = [((), 0.0), (("forward",), 0.3), (("turn_left", "run"), -0.5), (("back",), 0.0), (("strafe_right",), 0.9)]
 
@@ -51,6 +51,16 @@ def test_pieced_pass_with_time_free_heads_equals_run() -> None:
         assert torch.equal(a, b)
 
 
+def test_pieced_pass_with_heading_heads_equals_run() -> None:
+    """Heading heads: the graphed frame inputs carry the running heading like the eager path (the actions turn)."""
+    m = heading_model(torch.float32, free=1)
+    keep: list = []
+    ref, got = _roll(m, "window", "off"), _roll(m, "window", "pieces", out_sampler=keep)
+    for a, b in zip(ref, got):
+        assert torch.equal(a, b)
+    assert float(keep[0].heading) != 0.0
+
+
 def test_pieced_pass_survives_a_mode_switch() -> None:
     m = random_model(torch.float32)
     ref, got = _roll(m, "dense", "off", switch_to="tempcache"), _roll(m, "dense", "pieces", switch_to="tempcache")
@@ -89,6 +99,17 @@ def test_compiled_pieces_equal_eager(mode: str) -> None:
     again = _roll(m, mode, "cuda", frames=16, compile=True)
     assert all(torch.equal(a, b) for a, b in zip(got, again)), \
         f"compiled run twice, max |a - b| per frame: {[float((a - b).abs().max()) for a, b in zip(got, again)]}"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_graphs_with_heading_heads_equal_eager() -> None:
+    """The captured frame inputs (GraphedFrameInputs) carry the heading: replays equal the eager frames."""
+    m = heading_model(torch.float32, free=1).cuda()
+    keep: list = []
+    ref, got = _roll(m, "window", "off", frames=16), _roll(m, "window", "cuda", frames=16, out_sampler=keep)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert keep[0].run.captured and float(keep[0].heading) != 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")

@@ -25,7 +25,16 @@ def random_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> WorldMode
 
 
 def test_cached_generation_equals_full_recomputation() -> None:
-    m = random_model()
+    _cached_equals_full(random_model())
+
+
+def test_cached_generation_with_heading_heads_equals_full_recomputation() -> None:
+    """Heading heads: the sampler's running heading (from reset, over each committed frame's action) is the
+    running sum the whole-sequence reference takes over the clip's actions, frame by frame (turns included)."""
+    _cached_equals_full(heading_model())
+
+
+def _cached_equals_full(m: WorldModel) -> None:
     s = Sampler(m, build_mode("dense"), steps=3, context_sigma=0.05, shift=2.0)
     s.reset(seed=7, prompt="night stone")
     actions = [torch.tensor([make_action(k, dx)], dtype=torch.float64)
@@ -52,7 +61,8 @@ def test_cached_generation_equals_full_recomputation() -> None:
 
 
 def _training_matches_cache(m: WorldModel, frames: torch.Tensor) -> None:
-    """[clean | noisy] with frame_mask gives each noisy frame exactly what the cache + current frame give."""
+    """[clean | noisy] with frame_mask gives each noisy frame exactly what the cache + current frame give
+    (heading heads: each frame's heading passed explicitly, as training passes the episode's)."""
     T, C, h, N = frames.shape[1], m.cfg.ae.latent_ch, m.cfg.ae.latent_size, m.tokens_per_frame
     g = torch.Generator().manual_seed(1)
     clean = torch.randn((1, T, C, h, h), generator=g).double()
@@ -64,18 +74,21 @@ def _training_matches_cache(m: WorldModel, frames: torch.Tensor) -> None:
     order = torch.arange(T)
     mask = frame_mask(torch.cat([torch.ones(T, dtype=torch.bool), torch.zeros(T, dtype=torch.bool)]),
                       torch.cat([order, order]), N)
+    head = None if not m.cfg.dit.rope_heading_heads else torch.rand((1, T), generator=g).double() * 40 - 20
     v_train = m.dit(torch.cat([clean, noisy], 1), torch.cat([s_ctx, s_noisy], 1), torch.cat([acts, acts], 1),
-                    torch.cat([frames, frames], 1), prompt, SequenceAttention(mask))[:, T:]
+                    torch.cat([frames, frames], 1), prompt, SequenceAttention(mask),
+                    None if head is None else torch.cat([head, head], 1))[:, T:]
     cache = KVCache(m.cfg.dit.depth, 1, m.cfg.dit.heads, m.cfg.dit.head_dim, 0, dtype=torch.float64)
     mode = build_mode("dense")
     for i in range(T):
         f = int(frames[0, i])
         sl = slice(i, i + 1)
+        hs = None if head is None else head[:, sl]
         v = m.dit(noisy[:, sl], s_noisy[:, sl], acts[:, sl], frames[:, sl], prompt,
-                  FrameAttention(mode, cache, StepInfo(f, 0, 4, False)))
+                  FrameAttention(mode, cache, StepInfo(f, 0, 4, False)), hs)
         torch.testing.assert_close(v, v_train[:, sl], rtol=0, atol=1e-9)
         m.dit(clean[:, sl], s_ctx[:, sl], acts[:, sl], frames[:, sl], prompt,
-              FrameAttention(mode, cache, StepInfo(f, 4, 4, True)))
+              FrameAttention(mode, cache, StepInfo(f, 4, 4, True)), hs)
 
 
 def test_training_sequence_matches_cached_inference() -> None:
@@ -136,6 +149,76 @@ def time_free_model(dtype: torch.dtype = torch.float64) -> WorldModel:
 def test_cached_generation_with_time_free_heads_equals_training_sequence() -> None:
     """The training sequence and cached inference agree with time-free heads too (per-head rotary)."""
     _training_matches_cache(time_free_model(), torch.tensor([[2, 70, 71]]))
+
+
+def heading_model(dtype: torch.dtype = torch.float64, free: int = 0) -> WorldModel:
+    """Tiny random model with two heads, the last rotating with the maze's heading (dit.rope_heading_heads=1)."""
+    from dataclasses import replace
+
+    from worlds.maze.physics import HEADING_PER_ACTION
+    torch.manual_seed(4)
+    cfg = preset("tiny")
+    m = WorldModel(replace(cfg, dit=replace(cfg.dit, heads=2 + free, head_dim=32, width=32 * (2 + free), rope_time_dims=16,
+                                            rope_time_free_heads=free, rope_heading_heads=1,
+                                            heading_per_action=HEADING_PER_ACTION)))
+    with torch.no_grad():
+        for p in m.dit.parameters():
+            p.add_(0.2 * torch.randn_like(p))
+    return m.to(dtype).eval()
+
+
+def test_cached_generation_with_heading_heads_equals_training_sequence() -> None:
+    _training_matches_cache(heading_model(), torch.tensor([[2, 70, 71]]))
+    _training_matches_cache(heading_model(free=1), torch.tensor([[0, 1, 300]]))   # time-free, heading and plain
+
+
+def test_heading_heads_match_by_direction() -> None:
+    """dit.rope_heading_heads: those heads' q.k depends on the heading difference only, and is the same a full
+    turn (2 pi) later at any frame distance; the other heads ignore the heading. Bad settings are errors."""
+    import math
+    from dataclasses import replace
+
+    from engine.model.dit import Rotary, apply_rotary
+    from worlds.maze.physics import HEADING_PER_ACTION
+    base = replace(preset("base").dit, rope_heading_heads=2, heading_per_action=HEADING_PER_ACTION)
+    g = torch.Generator().manual_seed(0)
+    q, k = (torch.randn(1, 1, 1, base.heads, base.head_dim, generator=g, dtype=torch.float64) for _ in range(2))
+    rot = Rotary(base, 16)
+
+    def score(tq: int, hq: float, tk: int, hk: float) -> torch.Tensor:   # (H,)
+        rq = rot(torch.tensor([[tq]]), torch.float64, torch.tensor([[hq]], dtype=torch.float64))
+        rk = rot(torch.tensor([[tk]]), torch.float64, torch.tensor([[hk]], dtype=torch.float64))
+        return (apply_rotary(q, (rq[0][:, :1], rq[1][:, :1])) * apply_rotary(k, (rk[0][:, :1], rk[1][:, :1]))).sum(-1)[0, 0, 0]
+
+    same = score(100, 0.3, 99, 0.3)
+    turned = score(100, 0.3 + 2 * math.pi, 40, 0.3)                     # a full turn later, 60 frames apart
+    torch.testing.assert_close(same[-2:], turned[-2:], rtol=0, atol=1e-9)
+    assert (same[:-2] - turned[:-2]).abs().min() > 1e-6                  # time heads: the distance counts
+    off = score(100, 0.3 + math.pi / 2, 99, 0.3)                         # a quarter turn off
+    assert (same[-2:] - off[-2:]).abs().min() > 1e-6
+    torch.testing.assert_close(same[:-2], off[:-2], rtol=0, atol=1e-12)  # time heads ignore the heading
+    with pytest.raises(ValueError, match="needs heading"):
+        rot(torch.tensor([[5]]), torch.float64)
+    with pytest.raises(ValueError, match="heading_per_action"):
+        Rotary(replace(base, heading_per_action=()), 16)
+    with pytest.raises(ValueError, match="rope_heading_heads"):
+        Rotary(replace(base, rope_time_free_heads=base.heads - 1), 16)
+
+
+def test_sampler_heading_is_the_running_turn() -> None:
+    """The sampler's heading: 0 at reset, + 6 degrees per turn_right frame, - 15 per mouse_dx -1; a prediction
+    without commit (teacher forcing) does not move it."""
+    import math
+    env = NeuralEnv(model=heading_model(torch.float32), device="cpu", steps=1)
+    env.reset(0, "")
+    assert float(env.sampler.heading) == 0.0                           # reset primes one frame with no action
+    for _ in range(3):
+        env.step(make_action(("turn_right",)))
+    env.step(make_action((), -1.0))
+    env.predict(make_action(("turn_left",)))
+    assert math.isclose(float(env.sampler.heading), math.radians(3 * 6.0 - 15.0), abs_tol=1e-9)
+    env.reset(1, "")
+    assert float(env.sampler.heading) == 0.0
 
 
 def test_window_never_exceeds_capacity() -> None:

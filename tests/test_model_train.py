@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from omegaconf import OmegaConf
 
 from engine.env import make_action
@@ -69,6 +70,38 @@ def test_fine_tune_switches_time_free_heads(trained: Path) -> None:
     assert env.step(make_action(("turn_left",))).shape == (128, 128, 3)
     with pytest.raises(CheckpointError, match="model config differs"):
         train(tiny_config(trained, out=out, rope_time_free_heads=0, **{"dit.steps": 2}))
+
+
+def test_fine_tune_switches_heading_heads(trained: Path) -> None:
+    """rope_heading_heads on a fine-tune from `init`: the world's turn rates travel in the export's config, and
+    the trained export plays (its sampler keeps a heading)."""
+    from engine.checkpoint import read_manifest
+    from worlds.maze.physics import HEADING_PER_ACTION
+    out = trained / "run_heading"
+    train(tiny_config(trained, out=out, init=trained / "run" / "export", rope_heading_heads=1, **{"dit.steps": 1}))
+    dit = read_manifest(out / "export")["config"]["dit"]
+    assert dit["rope_heading_heads"] == 1 and tuple(dit["heading_per_action"]) == HEADING_PER_ACTION
+    env = NeuralEnv(checkpoint=str(out / "export"), device="cpu", steps=1)
+    env.reset(1_000_000, "night")
+    assert env.step(make_action(("turn_left",))).shape == (128, 128, 3)
+    assert float(env.sampler.heading) < 0
+
+
+def test_episode_headings_run_per_episode() -> None:
+    """Each row's heading is the running turn over its own episode from that episode's first frame."""
+    from types import SimpleNamespace
+
+    from engine.train import episode_headings
+    from tests.test_model_core import heading_model, random_model
+    acts = np.zeros((5, 8), np.float32)
+    acts[[0, 1], 5] = 1.0        # episode 0 (rows 0-1): two turn_right frames
+    acts[[2, 4], 7] = -1.0       # episode 1 (rows 2-4): mouse left, nothing, mouse left
+    h = episode_headings(heading_model(torch.float32).dit, SimpleNamespace(actions=acts, start=np.array([0, 2]),
+                                                                           length=np.array([2, 3])))
+    want = [math.radians(x) for x in (6, 12, -15, -15, -30)]
+    assert h is not None and np.allclose(h.numpy(), want)
+    assert episode_headings(random_model(torch.float32).dit, SimpleNamespace(actions=acts, start=np.array([0]),
+                                                                             length=np.array([5]))) is None
 
 
 def test_own_context_off_takes_no_path(trained: Path, monkeypatch: pytest.MonkeyPatch) -> None:

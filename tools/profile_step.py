@@ -72,10 +72,42 @@ def count_ops(frames: int = 5, context: int = 8, steps: int = 4, attention: str 
     return len(top) / frames, len(work) / frames, casts / frames, best
 
 
+def _host_ms(env: NeuralEnv, it, n: int) -> float:
+    """Host ms per frame to queue one frame's sampler work (no decode, no sync): what the GPU waits on when
+    the step is host-bound. Synchronised around, not inside."""
+    s = env.sampler
+    total = 0.0
+    for _ in range(n):
+        act = torch.as_tensor(np.asarray(next(it), np.float32)[None]).to(env.device)
+        _sync(env.device)
+        t = time.perf_counter()
+        s.step(act)
+        total += time.perf_counter() - t
+        _sync(env.device)
+    return total * 1e3 / n
+
+
+SYNCS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpyAsync", "cudaMemcpy",
+         "cudaMalloc", "cudaFree", "cudaGraphLaunch", "cudaLaunchKernel", "cuLaunchKernel", "cuLaunchKernelEx")
+
+
+def _runtime_calls(prof, frames: int) -> None:
+    """CUDA runtime calls per frame: syncs and device-to-host copies stall the host's queue, mallocs/frees
+    may sync, launches are the host's per-kernel cost."""
+    counts: dict[str, tuple[int, float]] = {}
+    for e in prof.key_averages():
+        if e.key in SYNCS:
+            counts[e.key] = (e.count, e.cpu_time_total / 1e3)
+    print("runtime calls per frame: " + ", ".join(f"{k} {c / frames:.1f} ({ms / frames:.2f} ms)"
+                                                 for k, (c, ms) in sorted(counts.items())))
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--attention", default="dense")
     p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--context", type=int, default=10, help="frames generated before timing (cache size)")
+    p.add_argument("--trace", default="", help="write the profiler's chrome trace here (.json)")
     p.add_argument("--steps", type=int, default=4)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=1_000_003)
@@ -107,13 +139,14 @@ def main() -> None:
     assert sim.map is not None
     ex = Explorer(sim.map, a.seed)
     acts = []
-    for _ in range(a.frames + 40):
+    for _ in range(a.context + a.frames + 40):
         acts.append(ex.act(sim.pose))
         sim.step(acts[-1])
     it = iter(acts)
-    for _ in range(10):                                   # warm-up: kernel choice, allocator
+    for _ in range(a.context):                            # warm-up: kernel choice, allocator, cache size
         env.step(next(it))
     step_ms = _ms(lambda: env.step(next(it)), dev, a.frames)
+    host_ms = _host_ms(env, it, min(a.frames, 20))
     act = torch.as_tensor(acts[0][None])
     s = env.sampler
     sample_ms = _ms(lambda: s.sample(act), dev, 10)
@@ -125,6 +158,8 @@ def main() -> None:
           + "".join(f" {k} {v}" for k, v in env.info()["mode_stats"].items() if k in ("merge", "top1")))
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
           f"commit pass {commit_ms:.2f} | decode {decode_ms:.2f}")
+    print(f"host: {host_ms:.2f} ms/frame to queue the sampler's work (no sync); a step slower than that by "
+          f"little is host-bound")
     if a.cprofile:
         import cProfile
         import pstats
@@ -147,8 +182,11 @@ def main() -> None:
         for x in acts_prof:
             env.step(x)
         _sync(dev)
+    if a.trace:
+        prof.export_chrome_trace(a.trace)
     if dev.type == "cuda":
         print(prof.key_averages().table(sort_by="cuda_time_total", row_limit=22, max_name_column_width=60))
+        _runtime_calls(prof, len(acts_prof))
     print(prof.key_averages().table(sort_by="cpu_time_total", row_limit=22, max_name_column_width=60))
 
 

@@ -41,6 +41,14 @@ class DiTConfig:
     rope_time_free_heads: int = 0  # the last this many heads of every block: no rotation by the frame index,
                                    # so a key matches by content and 2-D position at any time distance
                                    # (retrieval of a place seen long ago); 0: every head rotates with time
+    rope_heading_heads: int = 0   # the last this many heads: their time channels rotate with the view's heading
+                                  # instead of the frame index (integer multiples 1..n of the yaw angle, so a
+                                  # full turn returns the same rotation): a key matches a query that looks the
+                                  # same way, however long ago (docs/MODEL.md, heading rotary); after the
+                                  # time-free heads, never overlapping them
+    heading_per_action: tuple[float, ...] = ()  # degrees of yaw per unit of each action entry (the world's
+                                  # turn rates, e.g. worlds/maze/physics.HEADING_PER_ACTION); the heading is
+                                  # their running sum over the frames' actions
 
 
 @dataclass
@@ -77,8 +85,9 @@ class ModelConfig:
                 raise ValueError(f"checkpoint config for {cls.__name__} has unknown fields {sorted(extra)}; "
                                  f"this engine version cannot build it")
             kw = dict(sub)
-            if "channels" in kw:
-                kw["channels"] = tuple(kw["channels"])
+            for name in ("channels", "heading_per_action"):
+                if name in kw:
+                    kw[name] = tuple(kw[name])
             return cls(**kw)
         d = dict(d)
         return build(ModelConfig, {**d, "ae": build(AEConfig, d.get("ae", {})), "dit": build(DiTConfig, d.get("dit", {})),

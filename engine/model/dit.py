@@ -67,15 +67,29 @@ class Rotary(nn.Module):
         self.ns = (half - self.nt) // 2
         assert self.nt + 2 * self.ns == half, "head_dim - rope_time_dims must split evenly between height and width"
         self.grid, self.theta_t, self.theta_s = grid, cfg.rope_time_theta, cfg.rope_space_theta
-        self.heads, self.free = cfg.heads, cfg.rope_time_free_heads
+        self.heads, self.free, self.turn = cfg.heads, cfg.rope_time_free_heads, cfg.rope_heading_heads
         if not 0 <= self.free <= cfg.heads:
             raise ValueError(f"dit.rope_time_free_heads must be in [0, heads={cfg.heads}], got {self.free}")
+        if self.turn < 0 or self.free + self.turn > cfg.heads:
+            raise ValueError(f"dit.rope_heading_heads must be >= 0 and, with rope_time_free_heads "
+                             f"({self.free}), at most heads={cfg.heads}; got {self.turn}")
+        if self.turn and not any(cfg.heading_per_action):
+            raise ValueError("dit.rope_heading_heads > 0 needs dit.heading_per_action (the world's degrees of yaw "
+                             "per unit of each action entry, e.g. worlds/maze/physics.HEADING_PER_ACTION)")
 
-    def forward(self, frames: torch.Tensor, dtype: torch.dtype) -> Rope:
+    @property
+    def per_head(self) -> bool:
+        """Whether heads rotate differently (time-free or heading heads): tables (..., H, head_dim)."""
+        return bool(self.free or self.turn)
+
+    def forward(self, frames: torch.Tensor, dtype: torch.dtype, heading: torch.Tensor | None = None) -> Rope:
         """frames (B, T) int64 -> cos, sin (B, T*N, 1, 1, head_dim) in float32 (float64 for a float64 model),
         laid out for q/k as (B, L, 2, H, Dh) and already in the rotate-half form of `apply_rotary`
         (cos = [cos, cos], sin = [-sin, sin]). Computed once per frame; shared by every layer and pass.
-        With rope_time_free_heads > 0: (B, T*N, 1, H, head_dim), the last heads' time angles zero.
+        With time-free or heading heads: (B, T*N, 1, H, head_dim). Heads [H - heading - free, H - heading)
+        have time angles zero; the last `rope_heading_heads` heads have time angles m x heading (B, T)
+        (radians, float64), m = 1..time_dims/2: integer multiples, so headings 2 pi apart rotate alike and a
+        query meets a key seen from the same direction at any distance in frames.
 
         Angles are computed in float64 on every call (no buffers, so casting the model to bf16/fp16 cannot
         degrade them): at frame 3000 a float32 angle would already be off by ~2e-4 rad."""
@@ -91,11 +105,22 @@ class Rotary(nn.Module):
         ang = torch.cat([t[:, :, None, :].expand(B, T, N, -1),
                          space[None, None].expand(B, T, N, -1)], dim=-1)         # (B, T, N, half)
         ang = ang.reshape(B, T * N, 1, 1, -1)
-        if self.free:   # time-free heads: their time channels stay put (cos 1, sin 0), space as every head
-            keep_t = (torch.arange(self.heads, device=dev) < self.heads - self.free).to(f64)        # (H,)
+        if self.per_head:   # time-free heads: time channels stay put (cos 1, sin 0); heading heads: see above
+            h = torch.arange(self.heads, device=dev)
+            keep_t = (h < self.heads - self.free - self.turn).to(f64)                            # (H,)
             scale = torch.cat([keep_t[:, None].expand(-1, self.nt), torch.ones(self.heads, 2 * self.ns,
                                                                                device=dev, dtype=f64)], -1)
             ang = ang * scale                                                   # (B, T*N, 1, H, half)
+            if self.turn:
+                if heading is None or heading.shape != frames.shape:
+                    raise ValueError(f"rotary: rope_heading_heads={self.turn} needs heading (B, T) = "
+                                     f"{tuple(frames.shape)} in radians, got "
+                                     f"{None if heading is None else tuple(heading.shape)}")
+                m = torch.arange(1, self.nt + 1, device=dev, dtype=f64)                         # (nt,)
+                turn = (heading.to(f64)[:, :, None] * m).repeat_interleave(N, 1)                # (B, T*N, nt)
+                is_turn = (h >= self.heads - self.turn).to(f64)                                  # (H,)
+                pad = torch.zeros(B, T * N, 1, self.heads, 2 * self.ns, device=dev, dtype=f64)
+                ang = ang + torch.cat([turn[:, :, None, None, :] * is_turn[:, None], pad], -1)
         out = torch.float64 if dtype == torch.float64 else torch.float32
         cos, sin = ang.cos().to(out), ang.sin().to(out)
         return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
@@ -212,6 +237,7 @@ class CausalDiT(nn.Module):
         self.prompt_pool = nn.Linear(prompt_width, D)
         self.ada = nn.Sequential(nn.SiLU(), nn.Linear(D, 6 * D))               # shared by every block
         self.rotary = Rotary(cfg, self.grid)
+        self._turn_w: dict[torch.device, torch.Tensor] = {}   # heading_per_action in radians, per device (turn)
         self.blocks = nn.ModuleList(Block(cfg, i, i % cfg.cross_every == 0) for i in range(cfg.depth))
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.table_out = nn.Parameter(torch.zeros(2, D))
@@ -252,19 +278,36 @@ class CausalDiT(nn.Module):
         """Noise-level part of the conditioning vector. sigma (...) -> (..., D)."""
         return self.t_embed(timestep_embedding(sigma).to(self.dtype))
 
-    def rope(self, frames: torch.Tensor) -> Rope:
-        return self.rotary(frames, self.dtype)
+    def rope(self, frames: torch.Tensor, heading: torch.Tensor | None = None) -> Rope:
+        return self.rotary(frames, self.dtype, heading)
+
+    def turn(self, actions: torch.Tensor) -> torch.Tensor | None:
+        """actions (B, T, A) -> each frame's change of heading (B, T) in radians, float64 (the world's
+        heading_per_action), or None when no head rotates with the heading."""
+        if not self.cfg.rope_heading_heads:
+            return None
+        w = self._turn_w.get(actions.device)
+        if w is None:   # made once per device, outside any CUDA graph capture (the graphs warm up eagerly)
+            w = torch.tensor(self.cfg.heading_per_action, dtype=torch.float64, device=actions.device) * (math.pi / 180)
+            self._turn_w[actions.device] = w
+        if w.numel() != actions.shape[-1]:
+            raise ValueError(f"dit.heading_per_action has {w.numel()} entries, the actions {actions.shape[-1]}")
+        return actions.to(torch.float64) @ w
 
     def forward(self, x: torch.Tensor, sigma: torch.Tensor, actions: torch.Tensor, frames: torch.Tensor,
-                prompt: tuple[torch.Tensor, torch.Tensor], attn: Attn) -> torch.Tensor:
+                prompt: tuple[torch.Tensor, torch.Tensor], attn: Attn, heading: torch.Tensor | None = None
+                ) -> torch.Tensor:
         """Velocity prediction for flow matching.
 
         x (B, T, C, h, w) latents at noise levels sigma (B, T); actions (B, T, A): the action that produced
         each frame; frames (B, T) int64 absolute frame indices (rotary); prompt = (tokens (B, P, Pw),
-        pooled (B, Pw)) from PromptEncoder. Returns (B, T, C, h, w)."""
+        pooled (B, Pw)) from PromptEncoder; heading (B, T) radians for heading heads (None: the running sum
+        of turn(actions) over the clip, right for a contiguous clip). Returns (B, T, C, h, w)."""
         ctx = self.prompt_context(prompt)
         c = self.sigma_embedding(sigma) + self.frame_condition(actions, ctx.pool)
-        return self.run(x, c, self.rope(frames), ctx.kv, attn)
+        if heading is None and self.cfg.rope_heading_heads:
+            heading = self.turn(actions).cumsum(1)  # type: ignore[union-attr]
+        return self.run(x, c, self.rope(frames, heading), ctx.kv, attn)
 
     def run(self, x: torch.Tensor, c: torch.Tensor, rope: Rope,
             ckv: list[tuple[torch.Tensor, torch.Tensor] | None], attn: Attn) -> torch.Tensor:

@@ -27,6 +27,9 @@ import numpy as np
 
 TURN_DEG = 6.0          # per frame, turn keys
 MOUSE_DEG = 15.0        # per frame at |mouse_dx| = 1
+# degrees of yaw per unit of each action entry (engine.env layout: forward, back, strafe_left, strafe_right,
+# turn_left, turn_right, run, mouse_dx): the world model's heading rotary integrates these (docs/MODEL.md)
+HEADING_PER_ACTION = (0.0, 0.0, 0.0, 0.0, -TURN_DEG, TURN_DEG, 0.0, MOUSE_DEG)
 WALK = 0.08             # cells per frame
 STRAFE = 0.06
 RUN_FACTOR = 2.0
