@@ -433,3 +433,62 @@ def test_hot_path_has_no_host_sync_and_fixed_shapes(monkeypatch, name, params):
         with monkeypatch.context() as m:
             _no_sync(m)
             cache.valid(0).sum().item()
+
+
+def test_kernel_agreement_check_catches_a_wrong_result():
+    """The dense-kernel chooser checks each candidate against a float32 reference before timing it: a
+    relative error of ~1 (wrong layout or scale) fails, bf16 rounding passes."""
+    from engine.attention import kernels
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=g) for _ in range(3))
+    ref = kernels._reference(q, k, v, None, 0.125)
+    assert kernels.relative_error(ref.bfloat16(), ref) <= kernels.tolerance(torch.bfloat16)
+    assert kernels.relative_error(kernels._reference(q, k, v, None, 0.25).bfloat16(), ref) > \
+        kernels.tolerance(torch.bfloat16)                        # the scale of the padded head dim, say
+    assert kernels.relative_error(kernels._reference(q, v, k, None, 0.125), ref) > kernels.tolerance(torch.float32)
+
+
+def test_kernel_chooser_skips_fast_wrong_and_failing_candidates():
+    """choose(): the fastest candidate that agrees with the reference wins; a faster wrong one (or a NaN one)
+    is listed as wrong, one that raises as failed; with only bf16 rounding everywhere nothing is ruled out."""
+    import torch.nn.functional as F
+
+    from engine.attention import kernels
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=g).bfloat16() for _ in range(3))
+    sdpa = lambda q, k, v, b, s: F.scaled_dot_product_attention(q, k, v, scale=s)   # noqa: E731
+
+    def boom(q, k, v, b, s):
+        raise RuntimeError("shape not supported")
+    cands = {"slow": sdpa, "ok": sdpa, "wrong": lambda q, k, v, b, s: v[:, :, :q.shape[2]],
+             "nan": lambda q, k, v, b, s: sdpa(q, k, v, b, s) * float("nan"), "boom": boom}
+    speed = iter([3.0, 2.0])          # ms the fake timer reports, in call order: only slow and ok are timed
+    best, timings = kernels.choose(cands, q, k, v, None, 0.125, timer=lambda fn: (fn(), next(speed))[1])
+    assert best == "ok" and timings["slow"] == 3.0 and timings["ok"] == 2.0
+    assert "boom (failed)" in timings
+    assert any(n.startswith("wrong (wrong") for n in timings) and any(n.startswith("nan (wrong") for n in timings)
+    with pytest.raises(RuntimeError, match="no attention kernel"):
+        kernels.choose({"boom": boom}, q, k, v, None, 0.125, timer=lambda fn: 1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the kernel chooser measures on CUDA")
+def test_kernel_chooser_never_picks_a_wrong_candidate(monkeypatch):
+    """A candidate that runs fast but computes something else is listed as wrong and never chosen; every real
+    candidate agrees with the reference at a bf16 frame shape, with and without a bias."""
+    from engine.attention import kernels
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 6, 256, 64, device="cuda", generator=g).bfloat16()
+    k, v = (torch.randn(1, 6, 3000, 64, device="cuda", generator=g).bfloat16() for _ in range(2))
+    bias = torch.rand(1, 6, 3000, device="cuda", generator=g)
+    for biased in (False, True):
+        real = dict(kernels._candidates(biased))
+        monkeypatch.setitem(kernels._cands, biased, {**real, "bogus": lambda q, k, v, b, s: v[:, :, :q.shape[2]]})
+        monkeypatch.setattr(kernels, "_choice", {})
+        monkeypatch.setattr(kernels, "_timings", {})
+        out = kernels.attention(q, k, v, bias if biased else None)
+        chosen = kernels.kernel_name()
+        timings = next(iter(kernels._timings.values()))
+        assert chosen != "bogus" and any(n.startswith("bogus (wrong") for n in timings)
+        assert not [n for n in timings if "(wrong" in n and not n.startswith("bogus")], timings
+        ref = kernels._reference(q, k, v, bias if biased else None, 0.125)
+        assert kernels.relative_error(out, ref) <= kernels.tolerance(torch.bfloat16)
