@@ -301,7 +301,8 @@ class GraphedFrameInputs:
             self._pool_src = pool
         self.action.copy_(action[:, None])
         self.frames.fill_(frame)
-        self.heading.copy_(heading[:, None])
+        if self.dit.cfg.rope_heading_heads:   # only heading heads read it: no copy per frame otherwise
+            self.heading.copy_(heading[:, None])
         cond, rope, turned = self.g()
         return cond, (rope[0], rope[1]), turned
 

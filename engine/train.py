@@ -140,12 +140,11 @@ def episode_headings(dit: Any, store: Any) -> torch.Tensor | None:
     inc = dit.turn(acts[None])
     if inc is None:
         return None
-    inc = inc[0]                                                                 # (rows,)
-    ep = torch.repeat_interleave(torch.arange(len(store.length), device=inc.device),
-                                 torch.as_tensor(store.length, device=inc.device))
-    total = inc.cumsum(0)
-    base = total[torch.as_tensor(store.start, device=inc.device)] - inc[torch.as_tensor(store.start, device=inc.device)]
-    return total - base[ep]
+    total = inc[0].cumsum(0)                                                     # (rows,)
+    start = torch.as_tensor(store.start, device=total.device)
+    ep = torch.repeat_interleave(torch.arange(len(start), device=total.device),
+                                 torch.as_tensor(store.length, device=total.device))
+    return total - (total[start] - inc[0, start])[ep]       # minus the sum before each episode's first frame
 
 
 class Trainer:

@@ -14,10 +14,13 @@ from engine.sampler import Sampler
 from engine.world_model import NeuralEnv
 
 
-def random_model(dtype: torch.dtype = torch.float64, seed: int = 0) -> WorldModel:
-    """Tiny model with every weight random: adaLN-Zero init would make most paths trivially zero."""
+def random_model(dtype: torch.dtype = torch.float64, seed: int = 0, **dit: object) -> WorldModel:
+    """Tiny model with every weight random: adaLN-Zero init would make most paths trivially zero. `dit`:
+    DiTConfig fields to change (the per-head rotary variants below)."""
+    from dataclasses import replace
     torch.manual_seed(seed)
-    m = WorldModel(preset("tiny"))
+    cfg = preset("tiny")
+    m = WorldModel(replace(cfg, dit=replace(cfg.dit, **dit)) if dit else cfg)
     with torch.no_grad():
         for p in m.dit.parameters():
             p.add_(0.2 * torch.randn_like(p))
@@ -136,14 +139,7 @@ def test_time_free_heads_match_across_any_time_distance() -> None:
 
 def time_free_model(dtype: torch.dtype = torch.float64) -> WorldModel:
     """Tiny random model with two heads, the second without time rotation (dit.rope_time_free_heads=1)."""
-    from dataclasses import replace
-    torch.manual_seed(3)
-    cfg = preset("tiny")
-    m = WorldModel(replace(cfg, dit=replace(cfg.dit, heads=2, head_dim=32, rope_time_dims=16, rope_time_free_heads=1)))
-    with torch.no_grad():
-        for p in m.dit.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return m.to(dtype).eval()
+    return random_model(dtype, 3, heads=2, head_dim=32, rope_time_dims=16, rope_time_free_heads=1)
 
 
 def test_cached_generation_with_time_free_heads_equals_training_sequence() -> None:
@@ -153,18 +149,9 @@ def test_cached_generation_with_time_free_heads_equals_training_sequence() -> No
 
 def heading_model(dtype: torch.dtype = torch.float64, free: int = 0) -> WorldModel:
     """Tiny random model with two heads, the last rotating with the maze's heading (dit.rope_heading_heads=1)."""
-    from dataclasses import replace
-
     from worlds.maze.physics import HEADING_PER_ACTION
-    torch.manual_seed(4)
-    cfg = preset("tiny")
-    m = WorldModel(replace(cfg, dit=replace(cfg.dit, heads=2 + free, head_dim=32, width=32 * (2 + free), rope_time_dims=16,
-                                            rope_time_free_heads=free, rope_heading_heads=1,
-                                            heading_per_action=HEADING_PER_ACTION)))
-    with torch.no_grad():
-        for p in m.dit.parameters():
-            p.add_(0.2 * torch.randn_like(p))
-    return m.to(dtype).eval()
+    return random_model(dtype, 4, heads=2 + free, head_dim=32, width=32 * (2 + free), rope_time_dims=16,
+                        rope_time_free_heads=free, rope_heading_heads=1, heading_per_action=HEADING_PER_ACTION)
 
 
 def test_cached_generation_with_heading_heads_equals_training_sequence() -> None:

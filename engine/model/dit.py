@@ -102,25 +102,24 @@ class Rotary(nn.Module):
                            (r[None, :, None] * f_s).expand(self.grid, -1, -1)], -1).reshape(-1, 2 * self.ns)
         N = space.shape[0]
         t = frames.to(f64)[:, :, None] * f_t                                      # (B, T, nt)
-        ang = torch.cat([t[:, :, None, :].expand(B, T, N, -1),
-                         space[None, None].expand(B, T, N, -1)], dim=-1)         # (B, T, N, half)
-        ang = ang.reshape(B, T * N, 1, 1, -1)
-        if self.per_head:   # time-free heads: time channels stay put (cos 1, sin 0); heading heads: see above
-            h = torch.arange(self.heads, device=dev)
-            keep_t = (h < self.heads - self.free - self.turn).to(f64)                            # (H,)
-            scale = torch.cat([keep_t[:, None].expand(-1, self.nt), torch.ones(self.heads, 2 * self.ns,
-                                                                               device=dev, dtype=f64)], -1)
-            ang = ang * scale                                                   # (B, T*N, 1, H, half)
+        if not self.per_head:
+            ang = torch.cat([t[:, :, None, :].expand(B, T, N, -1),
+                             space[None, None].expand(B, T, N, -1)], dim=-1)     # (B, T, N, half)
+            ang = ang.reshape(B, T * N, 1, 1, -1)
+        else:   # time angles per head (B, T, H, nt): 0 in time-free heads, m x heading in heading heads
+            H = self.heads
+            h = torch.arange(H, device=dev)
+            t = t[:, :, None, :] * (h < H - self.free - self.turn).to(f64)[:, None]
             if self.turn:
                 if heading is None or heading.shape != frames.shape:
                     raise ValueError(f"rotary: rope_heading_heads={self.turn} needs heading (B, T) = "
                                      f"{tuple(frames.shape)} in radians, got "
                                      f"{None if heading is None else tuple(heading.shape)}")
                 m = torch.arange(1, self.nt + 1, device=dev, dtype=f64)                         # (nt,)
-                turn = (heading.to(f64)[:, :, None] * m).repeat_interleave(N, 1)                # (B, T*N, nt)
-                is_turn = (h >= self.heads - self.turn).to(f64)                                  # (H,)
-                pad = torch.zeros(B, T * N, 1, self.heads, 2 * self.ns, device=dev, dtype=f64)
-                ang = ang + torch.cat([turn[:, :, None, None, :] * is_turn[:, None], pad], -1)
+                t = torch.where((h >= H - self.turn)[:, None], heading.to(f64)[:, :, None, None] * m, t)
+            ang = torch.cat([t[:, :, None].expand(B, T, N, H, -1),
+                             space[None, None, :, None].expand(B, T, N, H, -1)], dim=-1)  # (B, T, N, H, half)
+            ang = ang.reshape(B, T * N, 1, H, -1)
         out = torch.float64 if dtype == torch.float64 else torch.float32
         cos, sin = ang.cos().to(out), ang.sin().to(out)
         return torch.cat([cos, cos], -1), torch.cat([-sin, sin], -1)
