@@ -10,6 +10,13 @@ Layout, per layer l (all layers share one capacity, lengths are per layer):
                                       TempCache group of m keys, NEG_BIAS for a slot a head has emptied
     frame[l]     (capacity,)          int64 absolute frame index of the newest key in the slot (-1 if none)
 
+Temporal decay (a model with dit.temporal_decay; set_decay): slopes (L, H) float32 and `now`, the frame being
+generated (a device scalar, so captured graphs read it at replay). What the attention reads is `attn_bias`:
+bias + max(slope x (frame - now), DECAY_FLOOR) over the committed slots and bias alone over the scratch (the
+frame itself, distance 0). The per-slot `frame` is per layer, not per head: a slot whose heads hold different
+TempCache groups decays with its newest frame (an approximation; dense and window are exact). `bias` itself
+stays the group weight, which TempCache's merging and adoption read.
+
 Order of slots carries no meaning: rotary positions are applied before keys are stored, and softmax attention
 is invariant to the order of keys, so modes may reuse slots in any order (a ring for the window mode).
 
@@ -30,6 +37,8 @@ from __future__ import annotations
 import torch
 
 NEG_BIAS = -1.0e4  # bias of an emptied slot: exp(-1e4) is 0 in every float format, yet finite (no inf - inf NaN)
+DECAY_FLOOR = -1.0e3  # the temporal decay term's floor: exp(-1000) is 0 already, and a decayed slot stays
+                      # well above NEG_BIAS / 2, so it is never mistaken for an emptied one
 
 
 class KVCache:
@@ -54,6 +63,8 @@ class KVCache:
         # they follow every slot move, resize and per-head gather, so a mode's side data never drifts from K/V.
         self.slot_data: dict[str, torch.Tensor] = {}
         self._slot_fill: dict[str, float] = {}
+        self.decay: torch.Tensor | None = None   # (L, H) float32 temporal-decay slopes (set_decay), or None
+        self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
@@ -86,11 +97,33 @@ class KVCache:
             self._allocate(self.capacity)
 
     def padded(self, layer: int, end: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """k, v (B, H, end, Dp) of slots [0, end) with each slot's bias in key channel D (written here)."""
+        """k, v (B, H, end, Dp) of slots [0, end) with each slot's attention bias in key channel D (written here)."""
         if not self.pad:
             raise RuntimeError("KVCache.padded: the bias channel is off (set_bias_channel(True) first)")
-        self.kp[layer, :, :, :end, self.head_dim] = self.bias[layer, :, :, :end]
+        self.kp[layer, :, :, :end, self.head_dim] = self.attn_bias(layer, end)
         return self.kp[layer, :, :, :end], self.vp[layer, :, :, :end]
+
+    def set_decay(self, slopes: torch.Tensor | None) -> None:
+        """Temporal decay slopes (L, H) (module docstring), or None for none. `now` is set per frame by the caller."""
+        if slopes is not None and tuple(slopes.shape) != (self.n_layers, self.n_heads):
+            raise ValueError(f"KVCache.set_decay: slopes {tuple(slopes.shape)}, expected (layers, heads) = "
+                             f"({self.n_layers}, {self.n_heads})")
+        self.decay = None if slopes is None else slopes.detach().to(self.device, self._bias_dtype()).clone()
+
+    def _bias_dtype(self) -> torch.dtype:
+        """float32, or float64 for a float64 cache (the exactness tests' reference precision)."""
+        return torch.promote_types(torch.float32, self.dtype)
+
+    def attn_bias(self, layer: int, end: int) -> torch.Tensor:
+        """(B, H, end) float32 (float64 for a float64 cache): the logit bias the attention adds for slots [0, end): `bias`, plus the temporal
+        decay over the committed slots [0, length) (none over the scratch frame after them)."""
+        b = self.bias[layer, :, :, :end]
+        if self.decay is None:
+            return b
+        n = min(self.length[layer], end)
+        back = (self.frame[layer, :n] - self.now).clamp(max=0).to(self.decay.dtype)  # (n,) frames back, <= 0
+        d = (self.decay[layer][:, None] * back).clamp(min=DECAY_FLOOR)                 # (H, n)
+        return torch.cat([b[..., :n] + d, b[..., n:]], -1)
 
     # ---- sizes -------------------------------------------------------------------------------------------
     def ensure_capacity(self, tokens: int) -> None:

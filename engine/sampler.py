@@ -71,6 +71,11 @@ class Sampler:
         self.dts = (self.sigmas[1:] - self.sigmas[:-1]).to(self.xdtype)         # (steps,)
         self.cache = KVCache(dit.cfg.depth, batch, dit.cfg.heads, dit.cfg.head_dim, self._capacity(mode),
                              self.device, self.dtype)
+        slopes = dit.decay_slopes()
+        if slopes is not None:   # temporal decay: every slot gets a bias, which rides in a key channel on CUDA
+            self.cache.set_decay(slopes)
+            if self.device.type == "cuda":
+                self.cache.set_bias_channel(True)
         if graphs == "cuda" and self.device.type != "cuda":
             raise ValueError(f"graphs='cuda' needs a CUDA device; the model is on {self.device}")
         if compile and graphs == "off":
@@ -118,6 +123,8 @@ class Sampler:
         """action (B, A) -> the conditioning and rotary shared by every pass of the current frame."""
         if self.ctx is None:
             raise RuntimeError("Sampler used before reset(seed, prompt)")
+        if self.cache.decay is not None:
+            self.cache.now.fill_(self.frame)   # outside any capture: graphs read it at replay
         if self.inputs is not None:
             return FrameInputs(*self.inputs(action.to(self.device), self.frame, self.ctx.pool, self.heading))
         dit = self.model.dit

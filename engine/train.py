@@ -114,6 +114,8 @@ class TrainConfig:
                                              # shapes, so a fine-tune from `init` may change it)
     rope_heading_heads: int | None = None    # override dit.rope_heading_heads likewise; its heading_per_action
                                              # comes from the world (worlds/<world>/physics.HEADING_PER_ACTION)
+    temporal_decay: bool | None = None       # override dit.temporal_decay; from an `init` without it the slopes
+                                             # start at DECAY_INIT (~no decay), so the fine-tune starts from init
     progress: bool = True
     bf16: bool = True            # autocast on CUDA
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,6 +181,8 @@ class Trainer:
             model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, rope_heading_heads=cfg.rope_heading_heads,
                                                        heading_per_action=world_heading(model_cfg.world)
                                                        if cfg.rope_heading_heads else ()))
+        if cfg.temporal_decay is not None:
+            model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, temporal_decay=cfg.temporal_decay))
         self.model = WorldModel(model_cfg).to(self.device)
         self.optim_tensors: dict[str, torch.Tensor] = {}
         self.optim_groups: Any = None
@@ -224,17 +228,20 @@ class Trainer:
         if self.cfg.init:
             manifest, model, _ = load_checkpoint(self.cfg.init)
             self._check_config(manifest, Path(self.cfg.init), init=True)
+            if self.model.dit.decay is not None and "dit.decay" not in model:   # switched on by this fine-tune
+                model["dit.decay"] = self.model.dit.decay.detach().cpu().clone()
             load_state_into(self.model, model, self.cfg.init)
             self.state.update(phase="dit", latent_stats=True)
             self.log({"event": "init", "from": self.cfg.init})
 
     def _check_config(self, manifest: dict[str, Any], path: Path, init: bool = False) -> None:
         """The checkpoint's network must be this run's. From `init` (fresh optimizer) the rotary choice of
-        time-free and heading heads may differ: it has no weights, so the fine-tune starts from the same tensors."""
+        time-free and heading heads and the temporal decay may differ: the first two have no weights, the decay's
+        slopes start at ~0 (or keep init's), so the fine-tune starts from the same function."""
         mine = ModelConfig.from_dict(manifest["config"])
         own = self.model.cfg.dit
         dit = replace(mine.dit, rope_time_free_heads=own.rope_time_free_heads, rope_heading_heads=own.rope_heading_heads,
-                      heading_per_action=own.heading_per_action) if init else mine.dit
+                      heading_per_action=own.heading_per_action, temporal_decay=own.temporal_decay) if init else mine.dit
         if dit != self.model.cfg.dit or mine.ae != self.model.cfg.ae:
             raise CheckpointError(f"{path}: its model config differs from preset={self.cfg.preset!r}; use the "
                                   f"matching preset, another out= directory, or resume=false")

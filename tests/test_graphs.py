@@ -289,3 +289,31 @@ def test_bucketed_annsa_inside_the_engine_compiles_and_captures() -> None:
     assert mode.stats()["paths"]["self"].startswith("bucketed:")
     assert not any(k.startswith(("compile", "capture")) for k in sparse_kernels.errors()), sparse_kernels.errors()
     assert all(memo["graph"].graph is not None for memo in mode._memo.values())
+
+
+def _decay_model(dtype: torch.dtype) -> torch.nn.Module:
+    m = random_model(dtype, temporal_decay=True)
+    with torch.no_grad():
+        m.dit.decay.copy_(torch.linspace(0.05, 0.8, m.dit.decay.numel()).view_as(m.dit.decay))
+    return m
+
+
+@pytest.mark.parametrize("mode", ["window", "fastar"])
+def test_pieced_pass_with_decay_equals_run(mode: str) -> None:
+    """Temporal decay: the pieces read the cache's frame index (cache.now) like the eager path."""
+    m = _decay_model(torch.float32)
+    for a, b in zip(_roll(m, mode, "off"), _roll(m, mode, "pieces")):
+        assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["dense", "window", "fastar"])
+def test_cuda_graphs_with_decay_equal_eager(mode: str) -> None:
+    """Whole-pass replays read cache.now (filled before each frame, outside the capture): a frame index frozen
+    into the capture would decay every later frame as if it were the captured one."""
+    m = _decay_model(torch.float32).cuda()
+    samplers: list[Sampler] = []
+    ref, got = _roll(m, mode, "off", frames=16), _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert samplers[0].run.captured and (samplers[0].run.whole_replays > 0) == (mode != "dense")

@@ -87,6 +87,22 @@ def test_fine_tune_switches_heading_heads(trained: Path) -> None:
     assert float(env.sampler.heading) < 0
 
 
+def test_fine_tune_switches_the_decay_on(trained: Path) -> None:
+    """temporal_decay=true on a fine-tune from an init without it: the slopes start at DECAY_INIT (the init's
+    function), train, travel in the export, and the export plays."""
+    from engine.checkpoint import read_manifest
+    from engine.model.dit import DECAY_INIT
+    out = trained / "run_decay"
+    train(tiny_config(trained, out=out, init=trained / "run" / "export", temporal_decay=True, **{"dit.steps": 2}))
+    assert read_manifest(out / "export")["config"]["dit"]["temporal_decay"] is True
+    env = NeuralEnv(checkpoint=str(out / "export"), device="cpu", steps=1)
+    slopes = env.sampler.model.dit.decay_slopes()
+    assert slopes is not None and float((slopes - DECAY_INIT).abs().max()) > 0   # moved by the two steps
+    env.reset(1_000_000, "night")
+    assert env.step(make_action(("forward",))).shape == (128, 128, 3)
+    assert env.sampler.cache.decay is not None
+
+
 def test_episode_headings_run_per_episode() -> None:
     """Each row's heading is the running turn over its own episode from that episode's first frame."""
     from types import SimpleNamespace

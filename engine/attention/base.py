@@ -118,6 +118,13 @@ class FrameAttention:
     def cross_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.mode.cross_attention(layer, q, k, v, self.info)
 
+    def set_decay(self, slopes: torch.Tensor, frames: torch.Tensor) -> None:
+        """A model with temporal decay calling forward() one frame at a time (frames (B, 1), every row the same
+        frame): the cache takes the slopes and the frame it is attending from (the sampler, which calls run(),
+        sets both itself)."""
+        self.cache.set_decay(slopes)
+        self.cache.now.copy_(frames.reshape(-1)[-1])
+
 
 class SequenceAttention:
     """Whole-clip attention for training and for the full-recomputation reference.
@@ -127,9 +134,31 @@ class SequenceAttention:
 
     def __init__(self, mask: torch.Tensor | None) -> None:
         self.mask = mask
+        self.slopes: torch.Tensor | None = None   # (depth, H) temporal decay (set_decay), else None
+        self.times: torch.Tensor | None = None    # (B, L) frame index of each token
+
+    def set_decay(self, slopes: torch.Tensor, frames: torch.Tensor) -> None:
+        """Temporal decay: a query at frame t_q sees a key at frame t_k with logit - slope x (t_q - t_k).
+        slopes (depth, H); frames (B, T) the frame index of each of the sequence's T frame slots."""
+        self.slopes, self.times = slopes, frames
 
     def self_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=self.mask)
+        mask = self.mask
+        if self.slopes is not None and self.times is not None:
+            mask = decay_mask(self.slopes[layer], self.times, q.shape[2] // self.times.shape[1], mask, q.dtype)
+        return torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
     def cross_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def decay_mask(slopes: torch.Tensor, times: torch.Tensor, tokens_per_frame: int, mask: torch.Tensor | None,
+               dtype: torch.dtype) -> torch.Tensor:
+    """Additive mask (B, H, L, L) of one layer's temporal decay: -slope[h] x (t_q - t_k), -inf where the
+    boolean `mask` ((L, L) or (B, 1, L, L), None: everything) hides the key. slopes (H,); times (B, T).
+    Materialises L x L per head: for tests and short clips (training on CUDA uses FlexAttention)."""
+    t = times.to(dtype).repeat_interleave(tokens_per_frame, 1)                    # (B, L)
+    bias = -slopes.to(dtype)[None, :, None, None] * (t[:, None, :, None] - t[:, None, None, :])
+    if mask is None:
+        return bias
+    return bias.masked_fill(~mask, float("-inf"))

@@ -240,8 +240,10 @@ class FastARAttention(AttentionMode):
             self.tc.prepare(cache, layer, n, self._write_codes if self._needs_codes() else None)
         L0 = cache.length[layer]
         end = cache.write_scratch(layer, k, v)
-        K, V, bias_all = cache.view(layer, end)
-        bias = bias_all if self._biased and not self._plain(layer) else None
+        K, V, _ = cache.view(layer, end)
+        # temporal decay (cache.decay) puts a bias on every slot, so no layer is plain then
+        biased = (self._biased and not self._plain(layer)) or cache.decay is not None
+        bias = cache.attn_bias(layer, end) if biased else None
         measure = self.cfg.metrics.recall_every > 0
         recall_now = self._recall_now(info)
         self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
@@ -293,9 +295,10 @@ class FastARAttention(AttentionMode):
     # ---- AnnSA's bucket order (annsa.py: the bucketed path and the recent frames) -------------------------------
     def _bucket_order(self) -> bool:
         """Whether this mode keeps the cache in bucket order: AnnSA over a growing cache (no TempCache), one
-        hash table (buckets disjoint), no per-key bias."""
+        hash table (buckets disjoint), no per-key bias (no temporal decay either: the decay reads the layer's
+        per-slot frame, which a per-head bucket order would scramble)."""
         return self.cfg.annsa is not None and self.tc is None and self.hasher is not None and \
-            self.hasher.tables == 1 and not self._biased
+            self.hasher.tables == 1 and not self._biased and (self._cache is None or self._cache.decay is None)
 
     def _annsa_ready(self, cached: int, n: int) -> bool:
         """Whether AnnSA runs over `cached` slots: a growing cache (annsa modes) of at least annsa.min_frames

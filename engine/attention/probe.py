@@ -34,10 +34,11 @@ class ProbeAttention(DenseAttention):
                        info: StepInfo) -> torch.Tensor:
         if info.frame % self.every == 0 and info.progress >= self.dense_until and cache.length[layer]:
             end = cache.length[layer]
-            K, _, bias = cache.view(layer, end)
+            K, _, _ = cache.view(layer, end)
+            bias = cache.attn_bias(layer, end)
             idx = sample_queries(q, self.queries)
             kk = torch.cat([K, k], 2)
-            b = None if not self._biased else torch.cat([bias, torch.zeros_like(bias[..., :k.shape[2]])], -1)
+            b = None if not (self._biased or cache.decay is not None) else torch.cat([bias, torch.zeros_like(bias[..., :k.shape[2]])], -1)
             self.meter.add(layer, "top_mass_share", top_mass_share(q[:, :, idx], kk, b, self.mass))
         return super().self_attention(layer, q, k, v, cache, info)
 

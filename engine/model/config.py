@@ -49,6 +49,9 @@ class DiTConfig:
     heading_per_action: tuple[float, ...] = ()  # degrees of yaw per unit of each action entry (the world's
                                   # turn rates, e.g. worlds/maze/physics.HEADING_PER_ACTION); the heading is
                                   # their running sum over the frames' actions
+    temporal_decay: bool = False  # a learned logit slope per layer and head: a key d frames back gets
+                                  # -slope x d (ALiBi over frames), so most heads can discount far frames and a
+                                  # long context stops diluting the near ones (docs/MODEL.md, temporal decay)
 
 
 @dataclass

@@ -27,6 +27,12 @@ from engine.model.config import DiTConfig, PromptConfig
 class Attn(Protocol):
     def self_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
     def cross_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor: ...
+    # a model with dit.temporal_decay calls this before its layers: slopes (depth, H) float32 >= 0, frames (B, T)
+    def set_decay(self, slopes: torch.Tensor, frames: torch.Tensor) -> None: ...
+
+
+DECAY_INIT = 1e-4  # initial |slope|: ~no decay (a fine-tune starts from its init's function) yet off zero,
+                   # where |p| has no gradient; Adam then moves it ~lr a step
 
 
 def frame_mask(clean: torch.Tensor, order: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
@@ -238,6 +244,8 @@ class CausalDiT(nn.Module):
         self.rotary = Rotary(cfg, self.grid)
         self._turn_w: dict[torch.device, torch.Tensor] = {}   # heading_per_action in radians, per device (turn)
         self.blocks = nn.ModuleList(Block(cfg, i, i % cfg.cross_every == 0) for i in range(cfg.depth))
+        # temporal decay: slope = |decay| per (layer, head), logits -slope x frame distance (DiTConfig)
+        self.decay = nn.Parameter(torch.full((cfg.depth, cfg.heads), DECAY_INIT)) if cfg.temporal_decay else None
         self.norm_out = nn.LayerNorm(D, elementwise_affine=False, eps=1e-6)
         self.table_out = nn.Parameter(torch.zeros(2, D))
         self.out = nn.Linear(D, latent_ch * cfg.patch ** 2)
@@ -254,7 +262,8 @@ class CausalDiT(nn.Module):
         float32 what autocast kept there: the adaLN tables (so modulation and the residual stream stay
         float32), the q/k/cross norm weights, norm2's affine and the scale offset."""
         self.to(dtype)
-        keep = [self.table_out, self._one] + [b.table for b in self.blocks]
+        keep = [self.table_out, self._one] + [b.table for b in self.blocks] + \
+            ([] if self.decay is None else [self.decay])
         for b in self.blocks:
             keep += [b.q_norm.weight, b.k_norm.weight]
             if b.cross:
@@ -276,6 +285,10 @@ class CausalDiT(nn.Module):
     def sigma_embedding(self, sigma: torch.Tensor) -> torch.Tensor:
         """Noise-level part of the conditioning vector. sigma (...) -> (..., D)."""
         return self.t_embed(timestep_embedding(sigma).to(self.dtype))
+
+    def decay_slopes(self) -> torch.Tensor | None:
+        """(depth, heads) float32 logit slopes per frame of distance (>= 0), or None without temporal decay."""
+        return None if self.decay is None else self.decay.float().abs()
 
     def rope(self, frames: torch.Tensor, heading: torch.Tensor | None = None) -> Rope:
         return self.rotary(frames, self.dtype, heading)
@@ -306,6 +319,9 @@ class CausalDiT(nn.Module):
         c = self.sigma_embedding(sigma) + self.frame_condition(actions, ctx.pool)
         if heading is None and self.cfg.rope_heading_heads:
             heading = self.turn(actions).cumsum(1)  # type: ignore[union-attr]
+        slopes = self.decay_slopes()
+        if slopes is not None:
+            attn.set_decay(slopes, frames)
         return self.run(x, c, self.rope(frames, heading), ctx.kv, attn)
 
     def run(self, x: torch.Tensor, c: torch.Tensor, rope: Rope,

@@ -1,0 +1,153 @@
+"""Temporal decay (dit.temporal_decay): a learned logit slope per layer and head times the frame distance.
+The cached inference path (KVCache.attn_bias, every attention mode) must give what the whole-sequence
+reference gives (SequenceAttention / TrainAttention with decay_mask), and the slopes must learn."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from engine.attention import FrameAttention, SequenceAttention, StepInfo, build_mode
+from engine.attention.base import decay_mask
+from engine.cache import KVCache
+from engine.env import make_action
+from engine.model import frame_mask
+from engine.sampler import Sampler
+from tests.test_model_core import _cached_equals_full, _training_matches_cache, random_model
+
+
+def decay_model(seed: int = 0) -> torch.nn.Module:
+    m = random_model(seed=seed, temporal_decay=True)
+    with torch.no_grad():   # slopes of different sizes per head, large enough to matter over a few frames
+        m.dit.decay.copy_(torch.linspace(0.05, 0.8, m.dit.decay.numel()).view_as(m.dit.decay))
+    return m
+
+
+def test_cached_generation_with_decay_equals_full_recomputation() -> None:
+    """The sampler (cache.now per frame, decay over the committed slots) against the whole sequence."""
+    _cached_equals_full(decay_model())
+
+
+def test_cached_generation_with_decay_equals_training_sequence() -> None:
+    """Frame distances far beyond a clip (a gap of ~900 frames, as in training's gap clips)."""
+    _training_matches_cache(decay_model(), torch.tensor([[3, 4, 900, 901]]))
+
+
+def _rollout(m: torch.nn.Module, mode: str, frames: int = 6, **params: object) -> list[torch.Tensor]:
+    s = Sampler(m, build_mode(mode, **params), steps=2, context_sigma=0.05, shift=2.0)
+    s.reset(seed=3, prompt="night stone")
+    acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+    return [s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float64)) for i in range(frames)]
+
+
+def test_decay_changes_the_frames_and_zero_slopes_do_not() -> None:
+    plain_model = random_model()
+    m = decay_model()
+    m.load_state_dict(plain_model.state_dict(), strict=False)   # the same weights but the slopes
+    with_decay = _rollout(m, "dense")
+    with torch.no_grad():
+        m.dit.decay.zero_()
+    zero = _rollout(m, "dense")
+    plain = _rollout(plain_model, "dense")
+    assert max(float((a - b).abs().max()) for a, b in zip(with_decay, zero)) > 1e-3
+    for a, b in zip(zero, plain):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("mode,params", [
+    ("window", {"window": 16}),                                                 # the window holds every frame
+    ("tempcache", {"tempcache": {"capacity_frames": 16, "threshold": 1e9, "metric": "dot"}}),   # no merge
+])
+def test_modes_that_drop_nothing_equal_dense_with_decay(mode: str, params: dict) -> None:
+    """Window and TempCache read the decay through the same attn_bias; with nothing evicted or merged they
+    must give dense's frames (TempCache's empty slots stay empty under the decay)."""
+    m = decay_model(1)
+    ref = _rollout(m, "dense")
+    for a, b in zip(_rollout(m, mode, **params), ref):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["annsa", "fastar"])
+def test_fastar_modes_run_with_decay(mode: str) -> None:
+    out = _rollout(decay_model(2), mode, frames=5)
+    assert all(bool(torch.isfinite(x).all()) for x in out)
+
+
+def test_attn_bias_decays_committed_slots_only() -> None:
+    """Slots committed at frames 0 and 2, the scratch frame at 3: bias + max(slope x (frame - now), floor)."""
+    c = KVCache(1, 1, 2, 4, 0, dtype=torch.float64)
+    c.set_decay(torch.tensor([[0.5, 2000.0]]))
+    for f in (0, 2):
+        c.write_scratch(0, torch.randn(1, 2, 1, 4).double(), torch.randn(1, 2, 1, 4).double())
+        c.commit_scratch(0, 1, f)
+    c.bias[0, :, :, 1] = 0.25                                                   # a group weight stays
+    end = c.write_scratch(0, torch.randn(1, 2, 1, 4).double(), torch.randn(1, 2, 1, 4).double())
+    c.now.fill_(3)
+    b = c.attn_bias(0, end)[0]
+    torch.testing.assert_close(b[0], torch.tensor([-1.5, 0.25 - 0.5, 0.0], dtype=torch.float64))
+    torch.testing.assert_close(b[1], torch.tensor([-1000.0, 0.25 - 1000.0, 0.0], dtype=torch.float64))  # floor
+    with pytest.raises(ValueError, match="expected \\(layers, heads\\)"):
+        c.set_decay(torch.zeros(2, 2))
+
+
+def test_decay_mask_is_causal_and_linear_in_distance() -> None:
+    T, N = 3, 2
+    mask = frame_mask(torch.ones(T, dtype=torch.bool), torch.arange(T), N)
+    m = decay_mask(torch.tensor([0.5]), torch.tensor([[0, 4, 5]]), N, mask, torch.float64)   # (1, 1, 6, 6)
+    assert m[0, 0, 4, 0] == -0.5 * 5 and m[0, 0, 4, 3] == -0.5 and m[0, 0, 5, 5] == 0
+    assert m[0, 0, 0, 2] == float("-inf")
+
+
+def test_slopes_learn_through_the_sequence_attention() -> None:
+    m = random_model(seed=5, temporal_decay=True).train()
+    T, N = 3, m.tokens_per_frame
+    C, h = m.cfg.ae.latent_ch, m.cfg.ae.latent_size
+    x = torch.randn(1, 2 * T, C, h, h, dtype=torch.float64)
+    order = torch.arange(T).repeat(2)
+    clean = torch.arange(2 * T) < T
+    frames = torch.tensor([[0, 1, 40] * 2])
+    v = m.dit(x, torch.rand(1, 2 * T, dtype=torch.float64), torch.rand(1, 2 * T, 8, dtype=torch.float64), frames,
+              m.encode_prompt(["night"]), SequenceAttention(frame_mask(clean, order, N)))
+    v.square().mean().backward()
+    assert m.dit.decay.grad is not None and float(m.dit.decay.grad.abs().min()) > 0
+
+
+def test_frame_attention_takes_the_decay_from_forward() -> None:
+    """forward() one frame at a time through FrameAttention (as test_model_core's reference does) hands the
+    slopes and the frame to the cache."""
+    m = decay_model()
+    cache = KVCache(m.cfg.dit.depth, 1, m.cfg.dit.heads, m.cfg.dit.head_dim, 0, dtype=torch.float64)
+    C, h = m.cfg.ae.latent_ch, m.cfg.ae.latent_size
+    m.dit(torch.randn(1, 1, C, h, h, dtype=torch.float64), torch.zeros(1, 1, dtype=torch.float64),
+          torch.zeros(1, 1, 8, dtype=torch.float64), torch.tensor([[7]]), m.encode_prompt(["night"]),
+          FrameAttention(build_mode("dense"), cache, StepInfo(7, 0, 4, False)))
+    assert int(cache.now) == 7 and torch.equal(cache.decay, m.dit.decay_slopes())
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="FlexAttention's backward needs CUDA"))])
+def test_train_attention_decay_equals_the_masked_reference(device: str) -> None:
+    """Training's FlexAttention score_mod (per-row frame indices, a gap) against decay_mask with SDPA: outputs,
+    and on CUDA the gradients of q and of the slopes."""
+    from engine.train_attention import TrainAttention
+    T, N, H, D, B = 4, 16, 2, 16, 2
+    clean, order = torch.arange(2 * T, device=device) < T, torch.arange(T, device=device).repeat(2)
+    frames = torch.tensor([[0, 1, 5, 300] * 2, [3, 4, 5, 6] * 2], device=device)
+    g = torch.Generator(device="cpu").manual_seed(0)
+    q, k, v = (torch.randn(B, H, 2 * T * N, D, generator=g).to(device) for _ in range(3))
+    slopes = torch.tensor([[0.1, 0.02], [0.7, 0.3]], device=device)
+    outs, grads = [], []
+    for attn in (TrainAttention(clean, order, N, use_flex=True), SequenceAttention(frame_mask(clean, order, N))):
+        qq, ss = q.clone().requires_grad_(device == "cuda"), slopes.clone().requires_grad_(device == "cuda")
+        attn.set_decay(ss, frames)
+        o = attn.self_attn(1, qq, k, v)
+        outs.append(o.detach())
+        if device == "cuda":
+            o.square().sum().backward()
+            grads.append((qq.grad, ss.grad))
+    torch.testing.assert_close(outs[0], outs[1], rtol=1e-4, atol=1e-4)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
+    if grads:
+        assert float(grads[0][1][1].abs().min()) > 0   # the layer's slopes get a gradient through the kernel
