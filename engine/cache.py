@@ -63,7 +63,7 @@ class KVCache:
         # they follow every slot move, resize and per-head gather, so a mode's side data never drifts from K/V.
         self.slot_data: dict[str, torch.Tensor] = {}
         self._slot_fill: dict[str, float] = {}
-        self.decay: torch.Tensor | None = None   # (L, H) float32 temporal-decay slopes (set_decay), or None
+        self.decay: torch.Tensor | None = None   # (L, H) temporal-decay slopes (set_decay), or None
         self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
         self._allocate(capacity)
 
@@ -115,8 +115,9 @@ class KVCache:
         return torch.promote_types(torch.float32, self.dtype)
 
     def attn_bias(self, layer: int, end: int) -> torch.Tensor:
-        """(B, H, end) float32 (float64 for a float64 cache): the logit bias the attention adds for slots [0, end): `bias`, plus the temporal
-        decay over the committed slots [0, length) (none over the scratch frame after them)."""
+        """(B, H, end): the logit bias the attention adds for slots [0, end): `bias`, plus the temporal decay
+        over the committed slots [0, length) (none over the scratch frame after them). float32 (float64 for a
+        float64 cache)."""
         b = self.bias[layer, :, :, :end]
         if self.decay is None:
             return b

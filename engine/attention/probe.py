@@ -38,7 +38,8 @@ class ProbeAttention(DenseAttention):
             bias = cache.attn_bias(layer, end)
             idx = sample_queries(q, self.queries)
             kk = torch.cat([K, k], 2)
-            b = None if not (self._biased or cache.decay is not None) else torch.cat([bias, torch.zeros_like(bias[..., :k.shape[2]])], -1)
+            biased = self._biased or cache.decay is not None
+            b = torch.cat([bias, torch.zeros_like(bias[..., :k.shape[2]])], -1) if biased else None
             self.meter.add(layer, "top_mass_share", top_mass_share(q[:, :, idx], kk, b, self.mass))
         return super().self_attention(layer, q, k, v, cache, info)
 
