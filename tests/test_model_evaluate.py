@@ -32,6 +32,10 @@ def test_evaluate_quick(tmp_path: Path) -> None:
                for rows in res["stability_by_mode"].values() for c in rows)
     assert set(res["stability_first_collapse"]) == set(res["stability_by_mode"])
     assert {"forward", "turn_left", "mouse_right"} <= set(res["controllability"])
+    for r in res["controllability"].values():   # quick: one start, whose figures are the means
+        assert r["per_start_psnr_db"] == [round(r["psnr_db"], 3)] and len(r["per_start_copy_psnr_db"]) == 1
+        assert r["margin_db"] == round(r["psnr_db"] - r["copy_psnr_db"], 3)
+    assert res["controllability_pass"] is all(r["psnr_db"] > r["copy_psnr_db"] for r in res["controllability"].values())
     for mode in ("dense", "window"):   # per turn; a random model's frames do change
         m = res[f"revisit_motion_{mode}"]
         assert len(m) == 2 and all(math.isfinite(x) and x > 0 for x in m), m

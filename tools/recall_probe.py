@@ -125,6 +125,9 @@ def main() -> None:
     p.add_argument("--true-first-turn", action="store_true", help="prime the first turn with the simulator's "
                    "true frames, generate only the second, and score it against them: can the model redraw a "
                    "place it saw exactly (no drift in a generated first turn to copy)?")
+    p.add_argument("--decay", default=None, help="comma-separated logit slope per head (every layer), applied at "
+                   "inference only (KVCache.set_decay), over any checkpoint's own: what would a temporal decay "
+                   "do to this model untrained? e.g. 0.05,0.05,0.05,0.05,0,0")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -132,6 +135,15 @@ def main() -> None:
         MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle,
                                                        boost=a.boost)
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
+    if a.decay is not None:
+        dit = env.model.dit.cfg
+        try:
+            slopes = torch.tensor([float(x) for x in a.decay.split(",")])
+        except ValueError:
+            p.error(f"--decay: expected comma-separated numbers, got {a.decay!r}")
+        if slopes.numel() != dit.heads or bool((slopes < 0).any()):
+            p.error(f"--decay: expected {dit.heads} slopes >= 0 (one per head), got {a.decay!r}")
+        env.sampler.cache.set_decay(slopes.expand(dit.depth, -1))
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
@@ -145,7 +157,7 @@ def main() -> None:
     else:
         gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
-           "true_first_turn": a.true_first_turn,
+           "true_first_turn": a.true_first_turn, "decay": a.decay,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            "first_turn_motion": round(float(np.abs(np.diff(gen[:half].astype(np.int16), axis=0)).mean()), 2),
            "seconds": round(time.perf_counter() - t0, 1)}
