@@ -23,6 +23,7 @@ import json
 import math
 import signal
 import time
+import warnings
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ import torch.nn.functional as F
 from engine.checkpoint import MANIFEST, CheckpointError, load_checkpoint, load_state_into, save_checkpoint
 from engine.model import WorldModel, preset
 from engine.model.config import ModelConfig
+from engine.model.dit import head_slopes
 from engine.train_attention import TrainAttention
 from engine.train_data import load_store, make_dataset, revisit_clip, revisit_pairs
 from engine.train_own_context import pick, predict_clip, validate
@@ -116,6 +118,12 @@ class TrainConfig:
                                              # comes from the world (worlds/<world>/physics.HEADING_PER_ACTION)
     temporal_decay: bool | None = None       # override dit.temporal_decay; from an `init` without it the slopes
                                              # start at DECAY_INIT (~no decay), so the fine-tune starts from init
+    decay_slopes: list[float] | None = None  # fixed slopes, one per head for every layer (ALiBi-like; implies
+                                             # temporal_decay): set after loading and frozen. Learned slopes make
+                                             # FlexAttention scatter their gradient by atomic adds into depth x
+                                             # heads addresses: ~200x slower a step on the H100 (docs/MODEL.md)
+    max_step_s: float | None = None          # stop (after saving) when DiT steps 3..8 average more than this:
+                                             # a wrong fast path must not burn a GPU session unnoticed
     progress: bool = True
     bf16: bool = True            # autocast on CUDA
     data: DataConfig = field(default_factory=DataConfig)
@@ -181,12 +189,17 @@ class Trainer:
             model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, rope_heading_heads=cfg.rope_heading_heads,
                                                        heading_per_action=world_heading(model_cfg.world)
                                                        if cfg.rope_heading_heads else ()))
-        if cfg.temporal_decay is not None:
-            model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, temporal_decay=cfg.temporal_decay))
+        if cfg.decay_slopes is not None and cfg.temporal_decay is False:
+            raise ValueError("train.decay_slopes needs the temporal decay; got temporal_decay=false")
+        decay = True if cfg.decay_slopes is not None else cfg.temporal_decay
+        if decay is not None:
+            model_cfg = replace(model_cfg, dit=replace(model_cfg.dit, temporal_decay=decay))
         self.model = WorldModel(model_cfg).to(self.device)
         self.optim_tensors: dict[str, torch.Tensor] = {}
         self.optim_groups: Any = None
         self._load_start()
+        if cfg.decay_slopes is not None:
+            self._fix_decay(cfg.decay_slopes)
         self.ema = copy.deepcopy(self.model).eval().requires_grad_(False)
         if self._ema_init is not None:
             load_state_into(self.ema, self._ema_init, str(self.out / "ckpt"))
@@ -233,6 +246,15 @@ class Trainer:
             load_state_into(self.model, model, self.cfg.init)
             self.state.update(phase="dit", latent_stats=True)
             self.log({"event": "init", "from": self.cfg.init})
+
+    def _fix_decay(self, slopes: list[float]) -> None:
+        """Set every layer's decay slopes to `slopes` (one per head) and freeze them (train.decay_slopes)."""
+        dit = self.model.dit
+        vals = head_slopes(slopes, dit.cfg.heads, "train.decay_slopes")
+        with torch.no_grad():
+            dit.decay.copy_(vals.expand(dit.cfg.depth, -1))
+        dit.decay.requires_grad_(False)
+        self.log({"event": "decay_fixed", "slopes": vals.tolist()})
 
     def _check_config(self, manifest: dict[str, Any], path: Path, init: bool = False) -> None:
         """The checkpoint's network must be this run's. From `init` (fresh optimizer) the rotary choice of
@@ -482,13 +504,21 @@ class Trainer:
         order = torch.arange(T, device=self.device).repeat(2)
         clean = torch.arange(2 * T, device=self.device) < T
         attn = TrainAttention(clean, order, N, use_flex=d.flex and self.device.type == "cuda")
+        if attn.fallback is None and m.dit.decay is not None and m.dit.decay.requires_grad:
+            msg = ("learned decay slopes under FlexAttention: their gradient is an atomic scatter into depth x heads "
+                   "addresses, measured ~200x slower a step on the H100; train.decay_slopes fixes them")
+            warnings.warn(msg)
+            self.log({"event": "warning", "why": msg})
         ema_p = [p for n, p in self.ema.named_parameters() if n.startswith(("dit.", "prompt."))]
         raw_p = [p for n, p in m.named_parameters() if n.startswith(("dit.", "prompt."))]
         bar = tqdm(total=None, initial=self.state["dit_step"], desc="dit", disable=not self.cfg.progress)
         t_phase, last_save, last_sample = time.time(), time.time(), time.time()
         total = max(1.0, self.deadline - t_phase)
+        first, t_probe = self.state["dit_step"], 0.0
         while self.state["dit_step"] < d.steps and not self.out_of_time():
             step = self.state["dit_step"]
+            if step in (first + 3, first + 8):   # steps 0..2 compile; time 3..7 (synchronised at both ends)
+                t_probe = self._step_time(step - first == 8, t_probe, opt)
             frac = (time.time() - t_phase) / total
             for g in opt.param_groups:
                 g["lr"] = self.lr_at(d.lr, step, max(frac, step / d.steps), d.warmup)
@@ -523,6 +553,24 @@ class Trainer:
                 last_sample = time.time()
         bar.close()
         self.save(opt)
+
+    def _step_time(self, end: bool, start: float, opt: torch.optim.Optimizer) -> float:
+        """At the probe's start return the time; at its end log the mean step time and, above max_step_s,
+        save and stop with an error that says what to check."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.time()
+        if not end:
+            return now
+        per = (now - start) / 5
+        self.log({"event": "step_time", "s_per_step": round(per, 3)})
+        if self.cfg.max_step_s is not None and per > self.cfg.max_step_s:
+            self.save(opt)
+            msg = (f"train.max_step_s: DiT steps average {per:.1f} s (bar {self.cfg.max_step_s} s); saved to "
+                   f"{self.out}. Check the attention path (log events 'warning'/'flex_failed') before training on")
+            self.log({"event": "too_slow", "why": msg})
+            raise RuntimeError(msg)
+        return now
 
     @torch.no_grad()
     def preview(self, name: str) -> dict[str, float]:

@@ -151,3 +151,33 @@ def test_train_attention_decay_equals_the_masked_reference(device: str) -> None:
         torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-3)
     if grads:
         assert float(grads[0][1][1].abs().min()) > 0   # the layer's slopes get a gradient through the kernel
+
+
+def test_set_decay_tool_writes_a_playable_copy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """tools/set_decay.py: a checkpoint without decay gets fixed slopes in every layer, the rest unchanged,
+    its origin in the meta; a wrong slope count is refused naming --slopes."""
+    import sys
+
+    from engine.checkpoint import load_checkpoint, save_checkpoint
+    from tools import set_decay
+    m = random_model(seed=3)
+    heads, depth = m.cfg.dit.heads, m.cfg.dit.depth
+    src_sha = save_checkpoint(tmp_path / "src", m.state_dict(), m.cfg.to_dict())
+    slopes = ",".join(["0.5"] + ["0"] * (heads - 1))
+    monkeypatch.setattr(sys, "argv", ["set_decay", "--checkpoint", str(tmp_path / "src"), "--slopes", slopes,
+                                      "--out", str(tmp_path / "out")])
+    set_decay.main()
+    manifest, state, _ = load_checkpoint(tmp_path / "out")
+    assert manifest["config"]["dit"]["temporal_decay"] is True and manifest["meta"]["derived_from"] == src_sha
+    want = torch.tensor([0.5] + [0.0] * (heads - 1)).expand(depth, -1)
+    assert torch.equal(state["dit.decay"].float(), want)
+    src = m.state_dict()
+    assert all(torch.equal(state[k].float(), v.half().float()) for k, v in src.items() if v.is_floating_point())
+    env_model = random_model(seed=4, temporal_decay=True)
+    env_model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    assert torch.equal(env_model.dit.decay_slopes(), want)
+    monkeypatch.setattr(sys, "argv", ["set_decay", "--checkpoint", str(tmp_path / "src"), "--slopes",
+                                      ",".join(["0.1"] * (heads + 1)), "--out", str(tmp_path / "bad")])
+    with pytest.raises(SystemExit):
+        set_decay.main()
+    assert not (tmp_path / "bad").exists()

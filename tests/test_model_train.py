@@ -103,6 +103,33 @@ def test_fine_tune_switches_the_decay_on(trained: Path) -> None:
     assert env.sampler.cache.decay is not None
 
 
+def test_fixed_decay_slopes_stay_frozen_and_travel(trained: Path) -> None:
+    """train.decay_slopes sets every layer's slopes after loading the init, keeps them through training (no
+    gradient: FlexAttention's slope gradient is the slow path) and exports them; a wrong count is a clear error."""
+    from engine.checkpoint import read_manifest
+    out = trained / "run_fixed_decay"
+    train(tiny_config(trained, out=out, init=trained / "run" / "export", decay_slopes="[0.25]", **{"dit.steps": 2}))
+    assert read_manifest(out / "export")["config"]["dit"]["temporal_decay"] is True
+    env = NeuralEnv(checkpoint=str(out / "export"), device="cpu", steps=1)
+    slopes = env.sampler.model.dit.decay_slopes()
+    assert slopes is not None and torch.equal(slopes, torch.full_like(slopes, 0.25))
+    assert any(r.get("event") == "decay_fixed" for r in _log(out))
+    with pytest.raises(ValueError, match="train.decay_slopes: expected 1 finite slopes"):
+        train(tiny_config(trained, out=trained / "run_bad_decay", init=trained / "run" / "export",
+                          decay_slopes="[0.1,0.1]", **{"dit.steps": 1}))
+
+
+def test_slow_steps_stop_the_run_after_saving(trained: Path) -> None:
+    """max_step_s: DiT steps 3..7 timed, and a run slower than the bar saves, logs why and stops with an error."""
+    out = trained / "run_slow"
+    with pytest.raises(RuntimeError, match="train.max_step_s"):
+        train(tiny_config(trained, out=out, init=trained / "run" / "export", max_step_s=1e-9, **{"dit.steps": 20}))
+    log = _log(out)
+    assert [r["s_per_step"] > 0 for r in log if r.get("event") == "step_time"] == [True]
+    assert any(r.get("event") == "too_slow" for r in log) and (out / "ckpt" / "manifest.json").exists()
+    assert max(r.get("dit_step", 0) for r in log if r.get("event") == "save") == 8
+
+
 def test_episode_headings_run_per_episode() -> None:
     """Each row's heading is the running turn over its own episode from that episode's first frame."""
     from types import SimpleNamespace

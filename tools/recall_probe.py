@@ -32,6 +32,7 @@ from engine.cache import KVCache
 from engine.env import make_action
 from engine.evaluate import SEED0, Truth
 from engine.metrics import mean_psnr
+from engine.model.dit import head_slopes
 from engine.world_model import NeuralEnv
 
 
@@ -138,11 +139,9 @@ def main() -> None:
     if a.decay is not None:
         dit = env.model.dit.cfg
         try:
-            slopes = torch.tensor([float(x) for x in a.decay.split(",")])
-        except ValueError:
-            p.error(f"--decay: expected comma-separated numbers, got {a.decay!r}")
-        if slopes.numel() != dit.heads or bool((slopes < 0).any()):
-            p.error(f"--decay: expected {dit.heads} slopes >= 0 (one per head), got {a.decay!r}")
+            slopes = head_slopes(a.decay, dit.heads, "--decay")
+        except ValueError as e:
+            p.error(str(e))
         env.sampler.cache.set_decay(slopes.expand(dit.depth, -1))
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)

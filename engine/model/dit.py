@@ -35,6 +35,18 @@ DECAY_INIT = 1e-4  # initial |slope|: ~no decay (a fine-tune starts from its ini
                    # where |p| has no gradient; Adam then moves it ~lr a step
 
 
+def head_slopes(values: object, heads: int, where: str) -> torch.Tensor:
+    """Fixed decay slopes given by a user (a list, or a comma-separated string): one finite number >= 0 per
+    head, applied in every layer -> (heads,) float32. `where` names the option in the error."""
+    try:
+        vals = [float(x) for x in (values.split(",") if isinstance(values, str) else values)]  # type: ignore[union-attr]
+    except (TypeError, ValueError):
+        vals = []
+    if len(vals) != heads or any(not math.isfinite(x) or x < 0 for x in vals):
+        raise ValueError(f"{where}: expected {heads} finite slopes >= 0 (one per head), got {values!r}")
+    return torch.tensor(vals, dtype=torch.float32)
+
+
 def frame_mask(clean: torch.Tensor, order: torch.Tensor, tokens_per_frame: int) -> torch.Tensor:
     """Token mask (T*N, T*N), True where a query may see a key, for a sequence of T frame slots.
 
