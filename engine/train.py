@@ -122,7 +122,7 @@ class TrainConfig:
                                              # temporal_decay): set after loading and frozen. Learned slopes make
                                              # FlexAttention scatter their gradient by atomic adds into depth x
                                              # heads addresses: ~200x slower a step on the H100 (docs/MODEL.md)
-    max_step_s: float | None = None          # stop (after saving) when DiT steps 3..8 average more than this:
+    max_step_s: float | None = None          # stop (after saving) when DiT steps 3..7 average more than this:
                                              # a wrong fast path must not burn a GPU session unnoticed
     progress: bool = True
     bf16: bool = True            # autocast on CUDA
