@@ -31,7 +31,7 @@ from engine.attention.base import AttentionMode, StepInfo
 from engine.cache import KVCache
 from engine.env import make_action
 from engine.evaluate import SEED0, Truth
-from engine.metrics import mean_psnr
+from engine.metrics import mean_psnr, psnr
 from engine.model.dit import head_slopes
 from engine.world_model import NeuralEnv
 
@@ -158,6 +158,8 @@ def main() -> None:
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
            "true_first_turn": a.true_first_turn, "decay": a.decay,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
+           # per frame of the second turn: does memory hold each view, or does the error grow from the start?
+           "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],
            "first_turn_motion": round(float(np.abs(np.diff(gen[:half].astype(np.int16), axis=0)).mean()), 2),
            "seconds": round(time.perf_counter() - t0, 1)}
     mode = env.sampler.mode
