@@ -7,5 +7,6 @@ name=$1; shift
 rm -rf /tmp/jobs/$name   # a job started again under one name must not see the last run's rc or log
 mkdir -p /tmp/jobs/$name
 source tools/gpu/setup.sh
-setsid nohup bash -c "$* > /tmp/jobs/$name/log 2>&1; echo \$? > /tmp/jobs/$name/rc" > /dev/null 2>&1 < /dev/null &
+# ( ) so that the log holds every command of a chain (a && b), not only the last one
+setsid nohup bash -c "( $* ) > /tmp/jobs/$name/log 2>&1; echo \$? > /tmp/jobs/$name/rc" > /dev/null 2>&1 < /dev/null &
 echo "started $name (pid $!); log /tmp/jobs/$name/log"
