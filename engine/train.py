@@ -540,11 +540,11 @@ class Trainer:
             bar.update(1)
             if step % self.cfg.log_every == 0:
                 own, seen, secs = self.own_stats
-                self.log({"phase": "dit", "step": step, "loss": float(loss), "grad_norm": float(gn),
+                self.log({"phase": "dit", "step": step, "loss": float(loss.detach()), "grad_norm": float(gn),
                           "lr": opt.param_groups[0]["lr"], "own_share": round(own / max(1, seen), 3),
                           "own_ms_per_step": round(1000 * secs * d.batch / max(1, seen), 1)})
                 self.own_stats = [0, 0, 0.0]
-                bar.set_postfix(loss=f"{float(loss):.4f}")
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
             if time.time() - last_save > 60 * self.cfg.ckpt_every_min:
                 self.save(opt)
                 last_save = time.time()
