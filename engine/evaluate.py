@@ -177,6 +177,11 @@ def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> d
     return out
 
 
+def controllability_pass(ctrl: dict[str, dict[str, Any]]) -> bool:
+    """The bar: every action's mean PSNR above its copy baseline's."""
+    return all(r["psnr_db"] > r["copy_psnr_db"] for r in ctrl.values())
+
+
 def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:
     return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, steps=cfg.steps)
 
@@ -242,7 +247,7 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
 
     # controllability: one action held for a few frames from a primed context, vs the simulator from there
     res["controllability"] = controllability(env, cfg.control_starts, cfg.context, cfg.control_frames)
-    res["controllability_pass"] = all(r["psnr_db"] > r["copy_psnr_db"] for r in res["controllability"].values())
+    res["controllability_pass"] = controllability_pass(res["controllability"])
 
     # speed (short context: 16 frames primed, `fps_warmup` frames stepped, then `fps_frames` timed; wall
     # clock around env.step, which ends with the decoded frame on the host: all steps, commit and decode)

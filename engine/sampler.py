@@ -72,10 +72,8 @@ class Sampler:
         self.cache = KVCache(dit.cfg.depth, batch, dit.cfg.heads, dit.cfg.head_dim, self._capacity(mode),
                              self.device, self.dtype)
         slopes = dit.decay_slopes()
-        if slopes is not None:   # temporal decay: every slot gets a bias, which rides in a key channel on CUDA
-            self.cache.set_decay(slopes)
-            if self.device.type == "cuda":
-                self.cache.set_bias_channel(True)
+        if slopes is not None:
+            self.set_decay(slopes)
         if graphs == "cuda" and self.device.type != "cuda":
             raise ValueError(f"graphs='cuda' needs a CUDA device; the model is on {self.device}")
         if compile and graphs == "off":
@@ -96,6 +94,13 @@ class Sampler:
 
     def _capacity(self, mode: AttentionMode) -> int:
         return mode.capacity_tokens(self.N) or (self.max_frames or INITIAL_FRAMES) * self.N
+
+    def set_decay(self, slopes: torch.Tensor) -> None:
+        """Temporal decay slopes (depth, heads) for the cache (the model's own, or a probe's over any model);
+        before the first frame: on CUDA the bias rides in a key channel, and switching it on reallocates."""
+        self.cache.set_decay(slopes)
+        if self.device.type == "cuda":
+            self.cache.set_bias_channel(True)
 
     @torch.no_grad()
     def reset(self, seed: int, prompt: str) -> None:

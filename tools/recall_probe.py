@@ -142,9 +142,7 @@ def main() -> None:
             slopes = head_slopes(a.decay, dit.heads, "--decay")
         except ValueError as e:
             p.error(str(e))
-        env.sampler.cache.set_decay(slopes.expand(dit.depth, -1))
-        if env.sampler.device.type == "cuda":   # the bias rides in a key channel there, as Sampler sets up
-            env.sampler.cache.set_bias_channel(True)
+        env.sampler.set_decay(slopes.expand(dit.depth, -1))
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])

@@ -39,7 +39,8 @@ def main() -> None:
     model["dit.decay"] = slopes.expand(cfg.dit.depth, -1).clone()
     meta = {**manifest.get("meta", {}), "derived_from": manifest["sha256"], "decay_slopes": slopes.tolist()}
     sha = save_checkpoint(a.out, model, config, meta=meta, dtype=torch.float16)
-    print(f"{a.out}: slopes {[round(x, 6) for x in slopes.tolist()]} in every layer, sha256 {sha} (from {manifest['sha256']})")
+    print(f"{a.out}: slopes {[round(x, 6) for x in slopes.tolist()]} in every layer, sha256 {sha} "
+          f"(from {manifest['sha256']})")
 
 
 if __name__ == "__main__":
