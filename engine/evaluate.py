@@ -34,7 +34,7 @@ import subprocess
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -102,7 +102,8 @@ class Truth:
             self.actions.append(a)
 
 
-def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any]]:
+def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
+               on_chunk: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
     """`cfg.stability_frames` generated frames in attention `mode` from one true frame, under the explorer's
     actions on an unseen map; per 100 frames the colour statistics of generated and true frames, motion, and
     `collapsed`: the generated colour std below `collapse_std` x the truth's (faded to flat colour), the
@@ -113,7 +114,7 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any
     (mean colour per image row, (H, 3)) with the truth's; between 100-frame chunks of the same true episode
     it is 0.47-0.96 (median 0.81-0.96 on five unseen maps), ~0 for a flat texture. Not every collapse trips
     the rule: the benchmark's capacity-32 merge rollout (a pink texture) kept layout 0.38 and motion 0.40
-    of the truth's (docs/MODEL.md)."""
+    of the truth's (docs/MODEL.md). on_chunk: called with each chunk as it is done (progress in probes)."""
     env.set_attention(mode)
     e = Truth(cfg.episodes, 1)
     env.sampler.reset(99, e.prompt)
@@ -143,6 +144,8 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str) -> list[dict[str, Any
                            "gen_motion": round(gm, 2), "true_motion": round(tm, 2), "layout_corr": round(lc, 3),
                            "collapsed": bool(gs.mean() < cfg.collapse_std * ts.mean() or gm < cfg.collapse_motion * tm
                                              or lc < cfg.collapse_layout)})
+            if on_chunk is not None:
+                on_chunk(chunks[-1])
             g_acc, t_acc, g_mov, t_mov, g_row, t_row = [], [], [], [], [], []
     return chunks
 

@@ -130,6 +130,7 @@ class Sampler:
             raise RuntimeError("Sampler used before reset(seed, prompt)")
         if self.cache.decay is not None:
             self.cache.now.fill_(self.frame)   # outside any capture: graphs read it at replay
+        self.cache.refresh_channel()           # every slot's bias for this frame, once (KVCache docstring)
         if self.inputs is not None:
             return FrameInputs(*self.inputs(action.to(self.device), self.frame, self.ctx.pool, self.heading))
         dit = self.model.dit

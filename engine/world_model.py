@@ -134,6 +134,14 @@ class NeuralEnv:
         self._mode_params[name] = params
         self.mode_name = name
 
+    def set_decay(self, slopes: object) -> None:
+        """Temporal-decay slopes at inference, one per head (a list or a comma-separated string), applied in
+        every layer over the checkpoint's own: the probes' way to try a decay on a trained model before
+        training with it. ValueError naming the count expected. Before the first frame of an episode."""
+        from engine.model.dit import head_slopes
+        dit = self.model.dit.cfg
+        self.sampler.set_decay(head_slopes(slopes, dit.heads, "decay").expand(dit.depth, -1))
+
     @torch.no_grad()
     def reset(self, seed: int, prompt: str | None = None) -> Frame:
         # None: the vocabulary's defaults (the first word of each category, as the maze's default prompt)

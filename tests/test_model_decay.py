@@ -68,6 +68,44 @@ def test_modes_that_drop_nothing_equal_dense_with_decay(mode: str, params: dict)
         torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode,params,switch", [
+    ("dense", {}, None),                         # the cache grows (reallocates) inside passes
+    ("window", {"sinks": 1, "window": 3}, None),  # the ring wraps: slots are overwritten at commit
+    ("dense", {}, "window"),                     # a mode switch mid-episode (window.adopt moves slots)
+])
+def test_decay_on_the_bias_channel_equals_the_plain_layout(mode: str, params: dict, switch: str | None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """CUDA's layout (each slot's bias in a key channel) against the CPU's (a bias mask), with a decay: dense
+    and window write only the scratch frame's channel per call and rely on the once-a-frame refresh
+    (KVCache.refresh_channel) for the committed slots, so a refresh that is missed or a growth that drops
+    the channel shows here as different frames."""
+    m = decay_model(6)
+    fresh_calls = []
+    padded = KVCache.padded
+
+    def counting(self: KVCache, layer: int, end: int, committed_fresh: bool = False) -> tuple:
+        fresh_calls.append(committed_fresh)
+        return padded(self, layer, end, committed_fresh)
+    monkeypatch.setattr(KVCache, "padded", counting)
+    outs = []
+    for channel in (False, True):
+        s = Sampler(m, build_mode(mode, **params), steps=2, context_sigma=0.05, shift=2.0)
+        s.reset(seed=3, prompt="night stone")
+        s.cache.set_bias_channel(channel)
+        if mode == "dense":
+            s.cache.resize(0)   # so that it grows (doubling) inside the passes of frames 1, 2, 4 and 8
+        acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+        out = []
+        for i in range(9):
+            if switch and i == 4:
+                s.set_mode(build_mode(switch, sinks=1, window=2))
+            out.append(s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float64)))
+        outs.append(out)
+    assert fresh_calls and all(fresh_calls)   # the channel path ran, every call on the refreshed channel
+    for a, b in zip(*outs):
+        torch.testing.assert_close(b, a, rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("mode", ["annsa", "fastar"])
 def test_fastar_modes_run_with_decay(mode: str) -> None:
     out = _rollout(decay_model(2), mode, frames=5)
@@ -181,3 +219,33 @@ def test_set_decay_tool_writes_a_playable_copy(tmp_path: Path, monkeypatch: pyte
     with pytest.raises(SystemExit):
         set_decay.main()
     assert not (tmp_path / "bad").exists()
+
+
+def test_stability_probe_writes_chunks_and_refuses_a_wrong_slope_count(tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """tools/stability_probe.py over a tiny checkpoint: the evaluation's stability rows, with an inference
+    decay applied (its frames differ from the checkpoint's own), written as JSON; a wrong count exits."""
+    import json
+    import sys
+
+    from engine.checkpoint import save_checkpoint
+    from tools import stability_probe
+    m = random_model(seed=5)
+    save_checkpoint(tmp_path / "ck", m.state_dict(), m.cfg.to_dict())
+    heads = m.cfg.dit.heads
+    runs = {}
+    for name, decay in (("plain", None), ("decay", ",".join(["3.0"] * heads))):
+        argv = ["stability_probe", "--checkpoint", str(tmp_path / "ck"), "--frames", "3", "--device", "cpu",
+                "--out", str(tmp_path / f"{name}.json")] + ([] if decay is None else ["--decay", decay])
+        monkeypatch.setattr(sys, "argv", argv)
+        stability_probe.main()
+        runs[name] = json.loads((tmp_path / f"{name}.json").read_text())
+    for r in runs.values():
+        assert [c["frames_to"] for c in r["chunks"]] == [3] and r["frames"] == 3
+        assert isinstance(r["chunks"][0]["collapsed"], bool)
+    assert runs["decay"]["decay"] is not None and runs["plain"]["decay"] is None
+    assert runs["decay"]["chunks"][0]["gen_mean"] != runs["plain"]["chunks"][0]["gen_mean"]
+    monkeypatch.setattr(sys, "argv", ["stability_probe", "--checkpoint", str(tmp_path / "ck"), "--frames", "3",
+                                      "--device", "cpu", "--decay", ",".join(["0.1"] * (heads + 1))])
+    with pytest.raises(SystemExit):
+        stability_probe.main()

@@ -32,7 +32,6 @@ from engine.cache import KVCache
 from engine.env import make_action
 from engine.evaluate import SEED0, Truth
 from engine.metrics import mean_psnr, psnr
-from engine.model.dit import head_slopes
 from engine.world_model import NeuralEnv
 
 
@@ -137,12 +136,10 @@ def main() -> None:
                                                        boost=a.boost)
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
     if a.decay is not None:
-        dit = env.model.dit.cfg
         try:
-            slopes = head_slopes(a.decay, dit.heads, "--decay")
+            env.set_decay(a.decay)
         except ValueError as e:
-            p.error(str(e))
-        env.sampler.set_decay(slopes.expand(dit.depth, -1))
+            p.error(f"--{e}")
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])

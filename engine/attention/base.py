@@ -124,6 +124,7 @@ class FrameAttention:
         sets both itself)."""
         self.cache.set_decay(slopes)
         self.cache.now.copy_(frames.reshape(-1)[-1])
+        self.cache.refresh_channel()
 
 
 class SequenceAttention:

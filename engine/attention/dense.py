@@ -20,7 +20,8 @@ class DenseAttention(AttentionMode):
         end = cache.write_scratch(layer, k, v)
         # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
         # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
-        out = kernels.cache_attention(q, cache, layer, end, self._biased)
+        # committed slots change only at the commit below: their bias channel is the frame's refresh
+        out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True)
         if info.commit:
             cache.commit_scratch(layer, k.shape[2], info.frame)
         return out

@@ -194,14 +194,16 @@ def _q_tail(width: int, scale: float, q: torch.Tensor) -> torch.Tensor:
     return _tails[key]
 
 
-def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool) -> torch.Tensor:
+def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool,
+                    committed_fresh: bool = False) -> torch.Tensor:
     """q (B, H, n, D) against cache slots [0, end) of `layer`, with their biases when `biased`. A cache with the
     bias channel on (KVCache.set_bias_channel) runs one plain kernel on the padded storage, q padded as
     [q, 1/scale, 0...]: no mask, no copy of the cache (a mask kernel measured 0.23 ms against 0.06 ms for
-    FA2 at 16.6k keys on the H100; the old per-call pad copied the whole cache)."""
+    FA2 at 16.6k keys on the H100; the old per-call pad copied the whole cache). committed_fresh: the mode
+    changes committed slots only when committing, so their channel is the frame's refresh (KVCache.padded)."""
     biased = biased or cache.decay is not None   # temporal decay: every slot carries a bias
     if biased and cache.pad:
-        kp, vp = cache.padded(layer, end)
+        kp, vp = cache.padded(layer, end, committed_fresh)
         D, Dp = q.shape[-1], kp.shape[-1]
         scale = 1.0 / math.sqrt(D)
         qp = torch.cat([q, _q_tail(Dp - D, scale, q).expand(*q.shape[:-1], Dp - D)], -1)   # one kernel

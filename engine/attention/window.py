@@ -42,7 +42,8 @@ class WindowAttention(AttentionMode):
         n = k.shape[2]
         end = cache.write_scratch(layer, k, v)
         # a cache adopted from TempCache keeps its group weights and emptied slots until the ring overwrites them
-        out = kernels.cache_attention(q, cache, layer, end, bool(self._biased.get(layer)))
+        # (committed slots change only at the commit below: their bias channel is the frame's refresh)
+        out = kernels.cache_attention(q, cache, layer, end, bool(self._biased.get(layer)), committed_fresh=True)
         if info.commit:
             done = self._frames.get(layer, 0)
             kept = self.cfg.sinks + self.cfg.window

@@ -1,0 +1,67 @@
+"""Where does a long rollout freeze, and does a temporal decay on chosen heads prevent it? (an experiment)
+
+Runs the evaluation's stability rollout (engine/evaluate.py `_stability`: one true frame of unseen episode 4,
+then the explorer's actions for `--frames` frames) in one attention mode, printing each 100-frame chunk as it
+is done, so a run cut short by a time limit still says how far it held. With `--decay` the slopes replace the
+checkpoint's own at inference (Sampler.set_decay), as in tools/recall_probe.py: e.g. run 11 trained with 0.1
+on heads 0-3 and none on its two heading heads, which are time-free and so, over thousands of frames, spread
+their softmax over every frame seen from a similar heading; a small slope there bounds that crowd.
+
+    python tools/stability_probe.py --checkpoint runs/base11/export --frames 2000
+    python tools/stability_probe.py --checkpoint runs/base11/export --decay 0.1,0.1,0.1,0.1,0.01,0.01
+
+A chunk is `collapsed` by the evaluation's rule (colour std, motion or layout far below the truth's).
+Writes the chunks and the first collapsed one as JSON (--out), rewritten after every chunk.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from typing import Any
+
+from engine.evaluate import EvalConfig, _stability
+from engine.world_model import NeuralEnv
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", default=None, help="export folder (default: the bundled weights)")
+    p.add_argument("--frames", type=int, default=2000)
+    p.add_argument("--mode", default="dense")
+    p.add_argument("--decay", default=None, help="comma-separated logit slope per head (every layer), replacing "
+                   "the checkpoint's own at inference")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    if a.frames < 1:
+        p.error(f"--frames must be >= 1, got {a.frames}")
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
+    if a.decay is not None:
+        try:
+            env.set_decay(a.decay)
+        except ValueError as e:
+            p.error(f"--{e}")
+    cfg = EvalConfig(checkpoint=a.checkpoint, device=a.device, stability_frames=a.frames)
+    res: dict[str, Any] = {"checkpoint": env.checkpoint_sha256, "mode": a.mode, "decay": a.decay,
+                           "frames": a.frames, "device": str(env.device), "chunks": [], "first_collapse": None}
+    t0 = time.perf_counter()
+
+    def chunk(c: dict[str, Any]) -> None:
+        res["chunks"].append(c)
+        if c["collapsed"] and res["first_collapse"] is None:
+            res["first_collapse"] = c["frames_to"]
+        res["seconds"] = round(time.perf_counter() - t0, 1)
+        print(f"frames to {c['frames_to']:5d}: motion {c['gen_motion']:6.2f} (truth {c['true_motion']:6.2f})  "
+              f"layout {c['layout_corr']:.3f}  {'COLLAPSED' if c['collapsed'] else 'ok':9s} {res['seconds']:6.1f} s",
+              flush=True)
+        if a.out:   # after every chunk: a run killed by a time limit keeps what it measured
+            with open(a.out, "w") as fh:
+                json.dump(res, fh, indent=1)
+
+    _stability(env, cfg, a.mode, on_chunk=chunk)
+    print(json.dumps({k: res[k] for k in ("mode", "decay", "frames", "first_collapse", "seconds")}))
+
+
+if __name__ == "__main__":
+    main()
