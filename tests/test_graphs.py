@@ -20,12 +20,15 @@ SMALL = {"dense": {}, "window": {"sinks": 1, "window": 3}, "tempcache": {"tempca
 
 
 def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None,
-          out_sampler: list | None = None, compile: bool = False) -> list[torch.Tensor]:
+          out_sampler: list | None = None, compile: bool = False, channel: bool | None = None) -> list[torch.Tensor]:
+    """channel: force the cache's bias channel on or off (None: the sampler's choice)."""
     dev = m.latent_std.device
     s = Sampler(m, build_mode(mode, **SMALL[mode]), steps=3, graphs=graphs, compile=compile)
     if out_sampler is not None:
         out_sampler.append(s)
     s.reset(seed=3, prompt="night stone")
+    if channel is not None:
+        s.cache.set_bias_channel(channel)
     out = []
     for i in range(frames):
         if switch_to is not None and i == frames // 2:
@@ -317,3 +320,18 @@ def test_cuda_graphs_with_decay_equal_eager(mode: str) -> None:
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     assert samplers[0].run.captured and (samplers[0].run.whole_replays > 0) == (mode != "dense")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["dense", "window"])
+def test_cuda_decay_channel_refreshed_once_a_frame_equals_the_mask_path(mode: str) -> None:
+    """Dense and window write the committed slots' bias channel once a frame, outside any capture
+    (KVCache.refresh_channel), and only the scratch frame's inside the calls: under CUDA graphs (whole-pass
+    replays for the window) the frames must equal the bias-mask path's, which has no channel at all."""
+    m = _decay_model(torch.float32).cuda()
+    samplers: list[Sampler] = []
+    ref = _roll(m, mode, "cuda", frames=16, channel=False)
+    got = _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
+    assert samplers[0].cache.pad > 0
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
