@@ -95,6 +95,7 @@ class DiTTrainConfig:
     own_context_prob: float = 0.0  # share of each batch trained on its own predictions as context (exposure
     own_context_steps: int = 2     # bias, engine/train_own_context.py): Euler steps of that no-grad pass (1..4)
     own_context_rounds: int = 1    # 2: predict again from the first predictions (errors compound once)
+    own_context_revisits: bool = True  # false: revisit clips always keep their true context (own_context says why)
 
 
 @dataclass
@@ -404,20 +405,22 @@ class Trainer:
             self.ema.load_state_dict(self.model.state_dict())
             self.save(None)
 
-    def sample_clips(self, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(episode (B,), absolute frame index (B, T), row in the store (B, T)); a share are revisit clips
-        (dit.revisit_prob: a place seen again far apart), a share long-gap clips, the rest contiguous."""
+    def sample_clips(self, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(episode (B,), absolute frame index (B, T), row in the store (B, T), is a revisit clip (B,) bool); a
+        share are revisit clips (dit.revisit_prob: a place seen again far apart), a share long-gap clips, the
+        rest contiguous."""
         st, d = self.train_store, self.cfg.dit
         ok = np.flatnonzero(st.length >= T)
         eps = self.rng.choice(ok, B, p=st.length[ok] / st.length[ok].sum())
         idx = np.zeros((B, T), np.int64)
+        revisit = np.zeros(B, bool)
         h = T // 2
         for b, e in enumerate(eps):
             n = int(st.length[e])
             gap_room = n - T - d.min_gap
             if d.revisit_prob > 0 and self.rng.random() < d.revisit_prob:
                 e, i, j = (int(v) for v in self.revisits[self.rng.integers(len(self.revisits))])
-                eps[b] = e
+                eps[b], revisit[b] = e, True
                 idx[b] = revisit_clip(int(st.length[e]), T, i, j, d.revisit_lead, d.revisit_max_gap > 0)
             elif self.rng.random() < d.gap_prob and gap_room > 0:
                 s0 = int(self.rng.integers(0, gap_room + 1))
@@ -428,11 +431,11 @@ class Trainer:
                 idx[b] = np.arange(s0, s0 + T)
         rows = idx + st.start[eps][:, None]
         return (torch.from_numpy(eps).to(self.device), torch.from_numpy(idx).to(self.device),
-                torch.from_numpy(rows).to(self.device))
+                torch.from_numpy(rows).to(self.device), torch.from_numpy(revisit).to(self.device))
 
     def dit_loss(self, B: int, T: int, attn: Any) -> torch.Tensor:
         d, m = self.cfg.dit, self.model
-        eps_i, frames, rows = self.sample_clips(B, T)
+        eps_i, frames, rows, revisit = self.sample_clips(B, T)
         z = self.latents[rows].float()                                             # (B, T, C, h, w)
         acts = self.actions[rows]                                                   # (B, T, 8)
         heading = None if self.headings is None else self.headings[rows]           # (B, T) radians
@@ -443,7 +446,8 @@ class Trainer:
         e1, e2 = torch.randn_like(z), torch.randn_like(z)
         bc = lambda s: s[:, :, None, None, None]  # noqa: E731
         prompt = m.prompt(self.prompt_ids[eps_i])
-        z_ctx = self.own_context(z, acts, frames, prompt, attn, heading)           # z unless own_context_prob
+        z_ctx = self.own_context(z, acts, frames, prompt, attn, heading,            # z unless own_context_prob
+                                 None if d.own_context_revisits else revisit)
         x_clean = (1 - bc(tc)) * z_ctx + bc(tc) * e1
         x_noisy = (1 - bc(t)) * z + bc(t) * e2                                     # targets stay the true z
         with self.ctx():
@@ -467,12 +471,17 @@ class Trainer:
 
     def own_context(self, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
                     prompt: tuple[torch.Tensor, torch.Tensor], attn: Any,
-                    heading: torch.Tensor | None = None) -> torch.Tensor:
+                    heading: torch.Tensor | None = None, keep_true: torch.Tensor | None = None) -> torch.Tensor:
         """Clean-half latents: z, with a picked share of the samples replaced by the model's own no-grad
-        predictions (frame 0 kept true). Nothing is drawn from any RNG when own_context_prob == 0."""
+        predictions (frame 0 kept true). Nothing is drawn from any RNG when own_context_prob == 0.
+        keep_true (B,) bool (dit.own_context_revisits=false: the revisit clips): samples that keep their true
+        context; the pick takes the others first, and a kept one it still takes (the pass keeps one batch
+        size, one compile) is predicted and left true. Why: a revisit clip's target is the true view again,
+        and with a predicted first visit as memory the best answer is a hedge between memory and a guess,
+        which teaches the model not to copy; the revisit test asks for the copy (docs/MODEL.md)."""
         d = self.cfg.dit
         self.own_stats[1] += z.shape[0]
-        idx = pick(z.shape[0], d.own_context_prob, z.device)
+        idx = pick(z.shape[0], d.own_context_prob, z.device, last=keep_true)
         if len(idx) == 0:
             return z
         if self.device.type == "cuda":   # time only this pass (costs a sync per step, only when enabled)
@@ -482,10 +491,16 @@ class Trainer:
                              (prompt[0][idx].detach(), prompt[1][idx].detach()), attn, d.own_context_steps,
                              d.shift, d.context_sigma, d.own_context_rounds, self.ctx,
                              None if heading is None else heading[idx])
+        if keep_true is not None:
+            kept = keep_true[idx]
+            x_hat = torch.where(kept[:, None, None, None, None], z[idx], x_hat)
+            applied = len(idx) - int(kept.sum())   # a host sync, only with own_context_revisits=false
+        else:
+            applied = len(idx)
         z = z.index_copy(0, idx, x_hat)
         if self.device.type == "cuda":
             torch.cuda.synchronize()
-        self.own_stats[0] += len(idx)
+        self.own_stats[0] += applied
         self.own_stats[2] += time.perf_counter() - t0
         return z
 

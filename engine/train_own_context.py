@@ -28,14 +28,18 @@ def validate(prob: float, steps: int, rounds: int) -> None:
         raise ValueError(f"dit.own_context_rounds must be 1 or 2, got {rounds}")
 
 
-def pick(B: int, prob: float, device: torch.device) -> torch.Tensor:
+def pick(B: int, prob: float, device: torch.device, last: torch.Tensor | None = None) -> torch.Tensor:
     """Indices of the samples that get own-prediction context: a random round(prob * B) of them (at least 1
     when prob > 0). A fixed count, not a per-sample coin, so the prediction pass always has the same batch
-    size (one FlexAttention compile instead of one per size). Empty (and no RNG drawn) when prob == 0."""
+    size (one FlexAttention compile instead of one per size). Empty (and no RNG drawn) when prob == 0.
+    last (B,) bool: samples taken only once the others run out (same random draw, reordered)."""
     if prob <= 0.0:
         return torch.empty(0, dtype=torch.long, device=device)
     k = min(B, max(1, round(prob * B)))
-    return torch.randperm(B, device=device)[:k]
+    order = torch.randperm(B, device=device)
+    if last is not None:
+        order = order[torch.argsort(last[order].to(torch.int8), stable=True)]
+    return order[:k]
 
 
 def sigma_grid(steps: int, shift: float, device: torch.device) -> torch.Tensor:

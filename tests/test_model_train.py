@@ -169,6 +169,34 @@ def test_own_context_on_trains(trained: Path) -> None:
                         for r in recs)
 
 
+def test_own_context_picks_kept_samples_last() -> None:
+    """pick(last=...): the same random draw, the flagged samples moved to the end; no flag, the old order."""
+    from engine.train_own_context import pick
+    torch.manual_seed(0)
+    plain = pick(6, 0.5, torch.device("cpu"))
+    torch.manual_seed(0)
+    last = torch.tensor([True, False, True, False, True, True])
+    got = pick(6, 0.5, torch.device("cpu"), last=last)
+    assert len(got) == len(plain) == 3 and not bool(last[got[:2]].any())   # the two unflagged ones first
+    torch.manual_seed(0)
+    assert torch.equal(pick(6, 0.5, torch.device("cpu"), last=torch.ones(6, dtype=torch.bool)), plain)
+
+
+def test_own_context_leaves_revisit_clips_true(trained: Path) -> None:
+    """dit.own_context_revisits=false with every clip a revisit clip and every sample picked: the pass runs
+    (one batch size) but no sample's context is replaced, so the log's own_share is 0; with true it is 1."""
+    over = {"dit.own_context_prob": 1.0, "dit.own_context_steps": 1, "dit.revisit_prob": 1.0, "dit.steps": 2,
+            "dit.revisit_min_gap": 4, "dit.revisit_pos_tol": 0.5, "dit.revisit_yaw_tol": 30.0}
+    shares = {}
+    for flag in (False, True):
+        out = trained / f"run_own_rev_{flag}"
+        train(tiny_config(trained, out=out, **over, **{"dit.own_context_revisits": flag}))
+        recs = [r for r in _log(out) if r.get("phase") == "dit" and "loss" in r]
+        assert recs and all(math.isfinite(r["loss"]) for r in recs)
+        shares[flag] = {r["own_share"] for r in recs}
+    assert shares == {False: {0.0}, True: {1.0}}
+
+
 def test_own_context_prediction_has_no_grad() -> None:
     import torch
 
