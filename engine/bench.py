@@ -21,7 +21,10 @@ How it measures, and why:
   mode started) and memory_reserved, and env.info() (mode stats: density, recall, cache size, kernel).
 - Quality after each rollout, outside the timed loop: PSNR/SSIM of every frame against dense's frame and PSNR
   against the simulator's true frame (engine/metrics.py); revisit PSNR between a mode's own frames at the
-  pairs of frames with the same true pose (engine/bench_trace.py).
+  pairs of frames with the same true pose (engine/bench_trace.py). With `one_step` (default), each mode also
+  replays the trace untimed on dense's committed latents (bench_run.follow): PSNR/SSIM of its frame k against
+  dense's frame k from the same past, the approximation's own error, which the free rollout's comparison
+  loses once the two trajectories have drifted apart.
 The benchmark drives envs only through the Env interface plus torch.cuda memory statistics and the kernel
 registry's report (kernels.chosen_kernels()).
 """
@@ -36,7 +39,7 @@ from typing import Any
 import numpy as np
 
 from engine import bench_report as report
-from engine.bench_run import git_state, quality, report_frames, rollout, tiny_random_model, where
+from engine.bench_run import follow, git_state, quality, report_frames, rollout, tiny_random_model, where
 from engine.bench_trace import explorer_trace, replay_truth, revisit_pairs, session_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +93,7 @@ class BenchConfig:
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     mode_params: dict[str, Any] = field(default_factory=dict)   # per-mode overrides of conf/attention/<mode>.yaml
     recall_every: int | None = 50  # FAST-AR modes measure recall every Nth frame (null: the mode's own setting)
+    one_step: bool = True          # each mode again on dense's history (bench_run.follow): its one-step error
     bootstrap: bool = True         # start every rollout from the true first frame
     warmup: int = 16
     sample_every: int = 50
@@ -194,19 +198,26 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
 
     results: dict[str, dict[str, Any]] = {}
     dense_frames: np.ndarray | None = None
+    dense_latents: list[Any] | None = [] if cfg.one_step and "dense" in modes else None
     dense_tokens: dict[int, int] = {}
     order = sorted(modes, key=lambda m: m != "dense")         # dense first: everyone is compared with it
     keep = sorted({early, T // 2, late} | ({must[0], must[1]} if must else set()))
     tags = {early: "10%", late: "last"} | ({must[0]: "leave", must[1]: "return"} if must else {})
     labels = [f"frame {k}" + (f" ({tags[k]})" if k in tags else "") for k in keep]
     strips: dict[str, np.ndarray] = {"truth": truth[keep]} if truth is not None else {}
-    bar = tqdm(total=T * len(order), desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
+    boot = (lambda: _sim(cfg)) if cfg.bootstrap else None
+    total = T * (len(order) + (len(order) - 1 if dense_latents is not None else 0))
+    bar = tqdm(total=total, desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
     for name in order:
         bar.set_description(name)
         frames, series, info = rollout(name, modes[name], trace, source, device, cfg.steps, cfg.warmup,
-                                       cfg.sample_every, (lambda: _sim(cfg)) if cfg.bootstrap else None,
-                                       dense_tokens, bar)
-        series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads))
+                                       cfg.sample_every, boot, dense_tokens, bar,
+                                       dense_latents if name == "dense" else None)
+        followed = None
+        if dense_latents and name != "dense":
+            bar.set_description(f"{name} on dense's history")
+            followed = follow(name, modes[name], trace, source, device, cfg.steps, boot, dense_latents, bar)
+        series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads, followed))
         if name == "dense":
             dense_frames = frames
             series["psnr_vs_dense"] = series["ssim_vs_dense"] = [None] * T   # the reference itself

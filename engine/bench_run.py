@@ -110,8 +110,10 @@ def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) ->
 
 def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, Any], device: Any,
             steps: int, warmup: int, sample_every: int, bootstrap: Callable[[], Any] | None,
-            dense_tokens: dict[int, int], bar: Any) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
-    """Play the trace with a fresh env in mode `name`. Returns (frames (T, H, W, 3), series, final info)."""
+            dense_tokens: dict[int, int], bar: Any, latents: list[Any] | None = None
+            ) -> tuple[np.ndarray, dict[str, Any], dict[str, Any]]:
+    """Play the trace with a fresh env in mode `name`. Returns (frames (T, H, W, 3), series, final info).
+    latents: a list that gets each frame's committed latent (outside the timed part), for follow()."""
     import torch
 
     from engine.attention import kernels
@@ -149,6 +151,8 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
         else:
             frames[k - 1] = env.step(a)
         wall = (time.perf_counter() - t0) * 1e3
+        if latents is not None:   # kept on the host: not part of the mode's GPU memory figures
+            latents.append(env.last_latent.to("cpu", copy=True))
         s["gen_ms"].append(ms if cuda else wall)
         s["wall_ms"].append(wall)
         if len(kernels.chosen_kernels()) != measured:
@@ -182,6 +186,27 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
     return frames, s, info
 
 
+def follow(name: str, params: dict[str, Any], trace: Trace, source: dict[str, Any], device: Any, steps: int,
+           bootstrap: Callable[[], Any] | None, latents: list[Any], bar: Any) -> np.ndarray:
+    """Each frame of the trace from a fresh env in mode `name` whose history is another rollout's (its
+    committed `latents`, one per frame: NeuralEnv.follow), same seed and noise. Frame k then differs from that
+    rollout's frame k only by one step of this mode's attention over the same past: the approximation's own
+    error, which a free rollout hides once small differences have grown into another trajectory (a chaotic
+    divergence any inexact mode shows; docs/BENCHMARKS.md). Untimed. Returns frames (T, H, W, 3)."""
+    from engine.world_model import NeuralEnv
+
+    env = NeuralEnv(device=str(device), attention={"name": name, **params}, steps=steps,
+                    bootstrap=bootstrap() if bootstrap else None, **source)
+    env.reset(trace.seed, trace.prompt)
+    frames = np.zeros((trace.frames, env.spec.height, env.spec.width, 3), np.uint8)
+    for k, (a, z) in enumerate(zip(trace.actions, latents, strict=True)):
+        frames[k] = env.follow(a, z)
+        bar.update(1)
+    del env
+    gc.collect()
+    return frames
+
+
 def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:
     """The dense kernel the mode last ran, plus its sparse paths and kernel when it has them."""
     label = str(stats.get("kernel", info.get("kernel")))
@@ -193,26 +218,37 @@ def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:
 
 
 def quality(frames: np.ndarray, dense: np.ndarray | None, truth: np.ndarray | None,
-            pairs: list[tuple[int, int]], threads: int) -> dict[str, list[float | None]]:
-    """Per-frame PSNR/SSIM vs dense and PSNR vs truth (frame k+1 at index k); revisit PSNR per pair. Identical
+            pairs: list[tuple[int, int]], threads: int, followed: np.ndarray | None = None
+            ) -> dict[str, list[float | None]]:
+    """Per-frame PSNR/SSIM vs dense and PSNR vs truth (frame k+1 at index k); revisit PSNR per pair; with
+    `followed` (follow()'s frames on dense's history) its PSNR/SSIM vs dense too (the *_1step series). Identical
     frames count as 100 dB (engine.metrics.mean_psnr's rule) so the JSON stays finite."""
-    from engine.metrics import layout_corr, psnr, ssim
+    from engine.metrics import layout_corr, psnr
     late = max(1, len(frames) // 10)
-
-    def one(k: int) -> tuple[float | None, float | None, float | None]:
-        f = frames[k]
-        return (None if dense is None else min(psnr(f, dense[k]), 100.0),
-                None if dense is None else ssim(f, dense[k]),
-                None if truth is None else min(psnr(f, truth[k + 1]), 100.0))
     with ThreadPoolExecutor(max(1, threads)) as pool:
-        rows = list(pool.map(one, range(len(frames))))
-    return {"psnr_vs_dense": [r[0] for r in rows], "ssim_vs_dense": [r[1] for r in rows],
-            "psnr_vs_truth": [r[2] for r in rows],
+        vs_dense = against(frames, dense, pool, len(frames))
+        one_step = against(followed, dense, pool, len(frames))
+        vs_truth = [None] * len(frames) if truth is None else \
+            list(pool.map(lambda k: min(psnr(frames[k], truth[k + 1]), 100.0), range(len(frames))))
+    return {"psnr_vs_dense": vs_dense[0], "ssim_vs_dense": vs_dense[1],
+            "psnr_vs_dense_1step": one_step[0], "ssim_vs_dense_1step": one_step[1],
+            "psnr_vs_truth": vs_truth,
             "revisit_psnr": [min(psnr(frames[j - 1], frames[i - 1]), 100.0) for i, j in pairs],
             "motion": motion(frames, None if truth is None else truth[0]),
             "truth_motion": None if truth is None else motion(truth[1:], truth[0]),
             # layout of the last 10% against the truth's (engine.metrics.layout_corr; ~0: collapsed texture)
             "layout_late": None if truth is None else layout_corr(frames[-late:], truth[1:][-late:])}
+
+
+def against(frames: np.ndarray | None, ref: np.ndarray | None, pool: ThreadPoolExecutor, n: int
+            ) -> tuple[list[float | None], list[float | None]]:
+    """Per-frame (PSNR, SSIM) of the n `frames` against `ref` (same index); n Nones each if either is missing."""
+    from engine.metrics import psnr, ssim
+    if frames is None or ref is None:
+        return [None] * n, [None] * n
+    rows = list(pool.map(lambda k: (min(psnr(frames[k], ref[k]), 100.0), ssim(frames[k], ref[k])),
+                         range(len(frames))))
+    return [r[0] for r in rows], [r[1] for r in rows]
 
 
 def motion(frames: np.ndarray, first: np.ndarray | None) -> list[float | None]:

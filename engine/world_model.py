@@ -116,6 +116,7 @@ class NeuralEnv:
         self.mode_name = name
         self.prompt = ""
         self._last_ms = 0.0
+        self.last_latent: torch.Tensor | None = None
 
     # ---- Env protocol -------------------------------------------------------------------------------------
     @property
@@ -179,6 +180,18 @@ class NeuralEnv:
             self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]).to(self.device))
 
     @torch.no_grad()
+    def follow(self, action: Any, latent: torch.Tensor) -> Frame:
+        """The frame step(action) would return, then commit `latent` (1, C, h, w; another rollout's
+        `last_latent` for the same frame) in its place: this env's history stays the other rollout's, so each
+        frame differs from that rollout's only by what one step of this env's attention does (engine.bench's
+        one-step fidelity against dense). Draws the same noise as step()."""
+        a = torch.as_tensor(validate_action(action)[None]).to(self.device)
+        z = self.sampler.sample(a)
+        frame = self._decode(z)[0].cpu().numpy()
+        self.sampler.commit(latent.to(self.device), a)
+        return frame
+
+    @torch.no_grad()
     def predict(self, action: Any) -> Frame:
         """The frame step(action) would return, without committing it: follow with prime([true frame],
         [action]) for teacher-forced evaluation."""
@@ -188,6 +201,7 @@ class NeuralEnv:
     def _generate(self, action: np.ndarray) -> Frame:
         t0 = time.perf_counter()
         z = self.sampler.step(torch.as_tensor(action[None]).to(self.device))
+        self.last_latent = z                                  # (1, C, h, w) what was committed (follow())
         frame = self._decode(z)[0].cpu().numpy()             # the one host sync: the frame leaves the device
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return frame

@@ -48,6 +48,11 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
         assert series["memory"]["frame"] == [1, 4, 8]
     assert doc["summary"]["dense"]["density"] == 1.0 and doc["summary"]["dense"]["psnr_vs_dense_db"] is None
     assert doc["summary"]["window"]["psnr_vs_dense_db"] is not None
+    # one step on dense's history: the window (1 sink + 4) holds all of it for frames 1-5, so those equal dense
+    one = doc["modes"]["window"]["series"]["psnr_vs_dense_1step"]
+    assert len(one) == FRAMES and one[:4] == [100.0] * 4 and all(x is not None for x in one)
+    assert doc["modes"]["dense"]["series"]["psnr_vs_dense_1step"] == [None] * FRAMES
+    assert doc["summary"]["window"]["ssim_vs_dense_1step"] is not None
     assert doc["modes"]["window"]["params"] == {"sinks": 1, "window": 4}
     for key in ("device", "commit", "dirty", "frames", "torch", "timer", "host"):
         assert key in doc, key
@@ -66,6 +71,30 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
     assert all(set(v) == set(SUMMARY_FIELDS) for v in short["modes"].values())
     assert {"device", "commit", "frames"} <= set(short)
     assert "dense" in r.stdout and "bars:" in r.stdout
+
+
+def test_follow_on_its_own_history_reproduces_the_rollout() -> None:
+    """NeuralEnv.follow with a dense rollout's committed latents, in dense mode, gives that rollout's frames bit
+    for bit (same noise draws, same history): what the benchmark's one-step comparison rests on. With the
+    history of another trajectory the frames differ."""
+    from engine.bench_run import tiny_random_model
+    from engine.env import make_action
+    from engine.world_model import NeuralEnv
+    model = tiny_random_model(0)
+    acts = [make_action(("forward",)), make_action(("turn_left",)), make_action((), 0.4)] * 2
+    env = NeuralEnv(model=model, device="cpu", steps=2)
+    env.reset(5, "")
+    frames, latents = [], []
+    for a in acts:
+        frames.append(env.step(a))
+        latents.append(env.last_latent.clone())
+    twin = NeuralEnv(model=model, device="cpu", steps=2)
+    twin.reset(5, "")
+    assert all(np.array_equal(twin.follow(a, z), f) for a, z, f in zip(acts, latents, frames))
+    other = NeuralEnv(model=model, device="cpu", steps=2)
+    other.reset(5, "")
+    got = [other.follow(a, z.flip(-1)) for a, z in zip(acts, latents)]
+    assert np.array_equal(got[0], frames[0]) and not np.array_equal(got[-1], frames[-1])
 
 
 def test_unknown_mode_is_a_clear_error() -> None:
