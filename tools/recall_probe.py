@@ -32,7 +32,7 @@ from engine.cache import KVCache
 from engine.env import make_action
 from engine.evaluate import SEED0, Truth
 from engine.metrics import mean_psnr, psnr
-from engine.world_model import NeuralEnv
+from engine.world_model import NeuralEnv, _default_params, merge_params
 
 
 class RecallAttention(AttentionMode):
@@ -128,13 +128,17 @@ def main() -> None:
     p.add_argument("--decay", default=None, help="comma-separated logit slope per head (every layer), applied at "
                    "inference only (KVCache.set_decay), over any checkpoint's own: what would a temporal decay "
                    "do to this model untrained? e.g. 0.05,0.05,0.05,0.05,0,0")
+    p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
+                   '\'{"tempcache": {"capacity_frames": 64}}\' (how much cache keeps a view through the gap?)')
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.mode == "recall":
         MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle,
                                                        boost=a.boost)
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
+    over = json.loads(a.params)
+    attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
@@ -153,7 +157,7 @@ def main() -> None:
     else:
         gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
-           "true_first_turn": a.true_first_turn, "decay": a.decay,
+           "true_first_turn": a.true_first_turn, "decay": a.decay, "params": over,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            # per frame of the second turn: does memory hold each view, or does the error grow from the start?
            "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],
