@@ -234,19 +234,20 @@ class FastARAttention(AttentionMode):
         hasher.fit(layer, k, q)
         n = k.shape[2]
         self._n = n
+        laid_out = False   # whether this call changed committed slots before attending (TempCache's layout)
         if self.tc is not None:
             if cache.length[layer] != self.tc.slots(n):   # a reset or another mode's cache: layout made anew
                 self._fresh[layer] = 0
+                laid_out = True
             self.tc.prepare(cache, layer, n, self._write_codes if self._needs_codes() else None)
         L0 = cache.length[layer]
         end = cache.write_scratch(layer, k, v)
         K, V, _ = cache.view(layer, end)
         # temporal decay (cache.decay) puts a bias on every slot, so no layer is plain then
         biased = (self._biased and not self._plain(layer)) or cache.decay is not None
-        bias = cache.attn_bias(layer, end) if biased else None
         measure = self.cfg.metrics.recall_every > 0
         recall_now = self._recall_now(info)
-        self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], bias is not None)
+        self._pairs_src = (cache, layer, L0, n, q.shape[0] * q.shape[1], biased)
         annsa = self.cfg.annsa is not None and self.cfg.schedule.active(layer, info, self._n_layers)
         if annsa and not self._annsa_ready(L0, n):   # a short cache: dense, and measured as such
             annsa = False
@@ -255,6 +256,7 @@ class FastARAttention(AttentionMode):
             if recall_now:
                 self.meter.add(layer, "sa_recall", 1.0)
         if annsa:
+            bias = cache.attn_bias(layer, end) if biased else None   # (the dense path reads it from the cache)
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             layout = self._layout(cache, layer)
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, lambda x: hasher.probe_codes(layer, x), K, V,
@@ -273,7 +275,9 @@ class FastARAttention(AttentionMode):
                                   torch.ones(*q.shape[:2], idx.numel(), n, dtype=torch.bool, device=q.device)], -1)
                 self.meter.add(layer, "sa_recall", mass_recall(q[:, :, idx], K, bias, kept))
         else:
-            out = kernels.cache_attention(q, cache, layer, end, bias is not None)
+            # committed slots change at the commit, or above when TempCache lays the layer out: then the
+            # channel is written in full, else the frame's refresh stands (KVCache.padded)
+            out = kernels.cache_attention(q, cache, layer, end, biased, committed_fresh=not laid_out)
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:
