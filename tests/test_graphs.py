@@ -335,3 +335,18 @@ def test_cuda_decay_channel_refreshed_once_a_frame_equals_the_mask_path(mode: st
     assert samplers[0].cache.pad > 0
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("mode", ["tempcache", "fastar"])
+def test_cuda_decay_channel_with_tempcache_equals_the_cpu_mask_path(mode: str) -> None:
+    """TempCache modes turn the channel on by themselves on CUDA, so the reference is the CPU's mask path, in
+    float64 (no merge decision is that close): the layout written in full at its first call, then the
+    frame's refresh under graph replays."""
+    m = _decay_model(torch.float64)
+    ref = _roll(m, mode, "off", frames=16)
+    samplers: list[Sampler] = []
+    got = _roll(m.cuda(), mode, "cuda", frames=16, out_sampler=samplers)
+    assert samplers[0].cache.pad > 0 and samplers[0].run.whole_replays > 0
+    diffs = [float((a - b.cpu()).abs().max()) for a, b in zip(ref, got)]
+    assert max(diffs) < 1e-8, f"max |cuda channel - cpu mask| per frame: {diffs}"
