@@ -24,7 +24,10 @@ Metrics (PSNR in dB over uint8 frames, engine.metrics):
                                    stability_first_collapse the first collapsed chunk per mode (null: none)
   controllability                  per key and mouse direction: 8 frames of one action from each of 4 primed
                                    views, against the simulator and against repeating the last frame;
-                                   controllability_pass: every action above its copy baseline
+                                   controllability_pass: every action above its copy baseline; the view's
+                                   optical flow, generated and true; controllability_direction_pass: every
+                                   action moves the view the truth's way (flow sign) wherever the truth's
+                                   motion is large enough to tell
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ import numpy as np
 import torch
 
 from engine.env import ACTION_DIM, KEY_NAMES, make_action
-from engine.metrics import corr, mean_psnr, row_profile
+from engine.metrics import corr, mean_psnr, row_profile, view_flow
 from engine.world_model import NeuralEnv
 
 SEED0 = 1_000_000
@@ -155,16 +158,26 @@ CONTROL_ACTIONS = {**{k: make_action((k,)) for k in KEY_NAMES if k != "run"},
                    "run_forward": make_action(("forward", "run"))}
 
 
+# The flow component each action moves (engine.metrics.view_flow), and how large the truth's must be for a
+# start to say anything about the direction (a dark wall in fog barely moves in any direction).
+FLOW_AXIS = {"forward": "div", "back": "div", "run_forward": "div"}    # every other action: "dx"
+FLOW_MIN = {"dx": 0.5, "div": 0.005}
+
+
 def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> dict[str, dict[str, Any]]:
     """Each key and mouse direction held for `frames` frames from `starts` known views (the end of the first
     `context` frames of unseen episodes 0..starts-1, primed with them), against the simulator doing the same
     from the same state. Per action: PSNR of generated vs true frames and of repeating the last true frame
     (copy), each a mean over the starts, their difference (margin_db), and the per-start figures: one view
-    alone says more about that view (a wall to one side) than about the action."""
+    alone says more about that view (a wall to one side) than about the action. Also the view's motion
+    (engine.metrics.view_flow) of generated and true frames: per start (dx, divergence) of each, and on the
+    action's axis (FLOW_AXIS) whether the generated motion has the truth's sign at each start where the truth
+    moves enough to tell (FLOW_MIN): `direction_agrees` (None where no start tells), and `motion_ratio`, the
+    median of generated over true motion there (1: as far as the truth; a model that under-turns: < 1)."""
     out: dict[str, dict[str, Any]] = {}
     sims = [Truth(k, context) for k in range(starts)]   # each stopped after its context
     for name, a in CONTROL_ACTIONS.items():
-        gen_db, copy_db = [], []
+        gen_db, copy_db, gen_flow, true_flow = [], [], [], []
         for sim in sims:
             twin = copy.deepcopy(sim.env)
             true = np.stack([twin.step(a) for _ in range(frames)])
@@ -173,11 +186,29 @@ def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> d
             gen = np.stack([env.step(a) for _ in range(frames)])
             gen_db.append(mean_psnr(gen, true))
             copy_db.append(mean_psnr(np.broadcast_to(sim.frames[-1], true.shape), true))
+            gen_flow.append(view_flow(gen, sim.frames[-1]))
+            true_flow.append(view_flow(true, sim.frames[-1]))
         g, c = float(np.mean(gen_db)), float(np.mean(copy_db))
+        axis = FLOW_AXIS.get(name, "dx")
+        i = 0 if axis == "dx" else 1
+        tells = [(gf[i], tf[i]) for gf, tf in zip(gen_flow, true_flow) if abs(tf[i]) >= FLOW_MIN[axis]]
+        told = [(gv > 0) == (tv > 0) for gv, tv in tells]
         out[name] = {"psnr_db": g, "copy_psnr_db": c, "margin_db": round(g - c, 3),
                      "per_start_psnr_db": [round(x, 3) for x in gen_db],
-                     "per_start_copy_psnr_db": [round(x, 3) for x in copy_db]}
+                     "per_start_copy_psnr_db": [round(x, 3) for x in copy_db],
+                     "flow_axis": axis,
+                     "per_start_flow": [[round(x, 4) for x in f] for f in gen_flow],
+                     "per_start_true_flow": [[round(x, 4) for x in f] for f in true_flow],
+                     "direction_agrees": all(told) if told else None, "direction_starts": len(told),
+                     # how far, against the truth: median over those starts of generated / true on the axis
+                     "motion_ratio": round(float(np.median([gv / tv for gv, tv in tells])), 3) if tells else None}
     return out
+
+
+def direction_pass(ctrl: dict[str, dict[str, Any]]) -> bool | None:
+    """Every action moves the view the truth's way at every start that tells (None: some action had none)."""
+    flags = [r.get("direction_agrees") for r in ctrl.values()]
+    return None if any(f is None for f in flags) else all(flags)
 
 
 def controllability_pass(ctrl: dict[str, dict[str, Any]]) -> bool:
@@ -251,6 +282,7 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
     # controllability: one action held for a few frames from a primed context, vs the simulator from there
     res["controllability"] = controllability(env, cfg.control_starts, cfg.context, cfg.control_frames)
     res["controllability_pass"] = controllability_pass(res["controllability"])
+    res["controllability_direction_pass"] = direction_pass(res["controllability"])
 
     # speed (short context: 16 frames primed, `fps_warmup` frames stepped, then `fps_frames` timed; wall
     # clock around env.step, which ends with the decoded frame on the host: all steps, commit and decode)

@@ -70,3 +70,21 @@ def layout_corr(frames: np.ndarray, truth: np.ndarray) -> float:
     and engine.bench: 0.47-0.96 between stretches of one true episode, ~0 for a flat texture; the benchmark's
     frozen dense and pink merge rollouts kept 0.36-0.38, which their motion gives away)."""
     return corr(row_profile(frames), row_profile(truth))
+
+
+def view_flow(frames: np.ndarray, first: np.ndarray) -> tuple[float, float]:
+    """How the view moves over uint8 frames (T, H, W, 3) that follow `first` (H, W, 3): dense optical flow
+    (OpenCV Farneback) between consecutive frames, as (mean horizontal flow in pixels a frame, mean divergence
+    a frame). Turning or strafing right moves the picture left (dx < 0), left moves it right; walking forward
+    expands it (divergence > 0), backing up contracts it. Why: PSNR against the truth mixes "moved the right
+    way" with "drew the right things in what came into view"; this keeps only the first. A near-uniform view
+    (a dark wall in fog) gives ~0 for both, whatever the motion."""
+    import cv2
+
+    gray = [cv2.cvtColor(np.ascontiguousarray(f), cv2.COLOR_RGB2GRAY) for f in [first, *frames]]
+    dx, div = [], []
+    for a, b in zip(gray[:-1], gray[1:]):
+        flow = cv2.calcOpticalFlowFarneback(a, b, None, 0.5, 3, 15, 3, 5, 1.2, 0)   # (H, W, 2) pixels
+        dx.append(float(flow[..., 0].mean()))
+        div.append(float((np.gradient(flow[..., 0], axis=1) + np.gradient(flow[..., 1], axis=0)).mean()))
+    return float(np.mean(dx)), float(np.mean(div))

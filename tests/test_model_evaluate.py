@@ -36,6 +36,11 @@ def test_evaluate_quick(tmp_path: Path) -> None:
         assert r["per_start_psnr_db"] == [round(r["psnr_db"], 3)] and len(r["per_start_copy_psnr_db"]) == 1
         assert r["margin_db"] == round(r["psnr_db"] - r["copy_psnr_db"], 3)
     assert res["controllability_pass"] is all(r["psnr_db"] > r["copy_psnr_db"] for r in res["controllability"].values())
+    for r in res["controllability"].values():   # flow per start, a direction verdict where the truth tells
+        assert len(r["per_start_flow"]) == len(r["per_start_true_flow"]) == 1 and r["flow_axis"] in ("dx", "div")
+        assert r["direction_agrees"] in (True, False, None) and r["direction_starts"] in (0, 1)
+        assert (r["motion_ratio"] is None) == (r["direction_starts"] == 0)
+    assert res["controllability_direction_pass"] in (True, False, None)
     for mode in ("dense", "window"):   # per turn; a random model's frames do change
         m = res[f"revisit_motion_{mode}"]
         assert len(m) == 2 and all(math.isfinite(x) and x > 0 for x in m), m
@@ -53,3 +58,26 @@ def test_layout_corr_separates_a_view_from_a_texture() -> None:
     a, b = f[:100].mean((0, 2)), f[140:240].mean((0, 2))
     texture = np.tile(np.random.default_rng(0).uniform(0, 255, (1, 8, 8, 3)), (100, 16, 16, 1)).mean((0, 2))
     assert _corr(a, b) > 0.5 and _corr(a, texture) < 0.3 and _corr(a, np.zeros_like(a)) == 0.0
+
+
+def test_view_flow_reads_the_true_maze_s_motion() -> None:
+    """engine.metrics.view_flow on the simulator from a lit, open view (episode 0's 16th frame): each action's
+    motion has the sign the docstring promises, and standing still gives ~0. This is what the evaluation's
+    direction check compares a model against."""
+    import copy
+
+    import numpy as np
+
+    from engine.evaluate import CONTROL_ACTIONS, FLOW_AXIS, FLOW_MIN, Truth
+    from engine.metrics import view_flow
+    sim = Truth(0, 16)
+    want = {"forward": 1, "back": -1, "run_forward": 1, "strafe_left": 1, "strafe_right": -1, "turn_left": 1,
+            "turn_right": -1, "mouse_left": 1, "mouse_right": -1}
+    for name, sign in want.items():
+        twin = copy.deepcopy(sim.env)
+        flow = view_flow(np.stack([twin.step(CONTROL_ACTIONS[name]) for _ in range(8)]), sim.frames[-1])
+        axis = FLOW_AXIS.get(name, "dx")
+        v = flow[0 if axis == "dx" else 1]
+        assert v * sign >= FLOW_MIN[axis], (name, flow)
+    still = view_flow(np.stack([sim.frames[-1]] * 3), sim.frames[-1])   # the flow's own noise: well under the bar
+    assert abs(still[0]) < FLOW_MIN["dx"] / 2 and abs(still[1]) < FLOW_MIN["div"] / 2, still

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from engine.evaluate import controllability, controllability_pass
+from engine.evaluate import controllability, controllability_pass, direction_pass
 from engine.world_model import NeuralEnv
 
 
@@ -35,18 +35,20 @@ def main() -> None:
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, steps=a.steps)
     t0 = time.time()
     res = controllability(env, a.starts, a.context, a.frames)
-    print(f"{'action':<13} {'model dB':>9} {'copy dB':>8} {'margin':>7}  starts below copy")
+    print(f"{'action':<13} {'model dB':>9} {'copy dB':>8} {'margin':>7}  {'starts below copy':<18} direction (starts)")
     for name, r in res.items():
         below = [i for i, (g, c) in enumerate(zip(r["per_start_psnr_db"], r["per_start_copy_psnr_db"])) if g <= c]
-        print(f"{name:<13} {r['psnr_db']:9.2f} {r['copy_psnr_db']:8.2f} {r['margin_db']:+7.2f}  {below or '-'}")
-    ok = controllability_pass(res)
-    print(f"every action above copy: {ok}  ({time.time() - t0:.0f} s, {env.device}, "
-          f"{torch.get_num_threads()} threads)")
+        print(f"{name:<13} {r['psnr_db']:9.2f} {r['copy_psnr_db']:8.2f} {r['margin_db']:+7.2f}  "
+              f"{str(below or '-'):<18} {r['direction_agrees']} ({r['direction_starts']}), "
+              f"x{r['motion_ratio']} of the truth's motion")
+    ok, moves = controllability_pass(res), direction_pass(res)
+    print(f"every action above copy: {ok}; every action moves the view the truth's way: {moves}  "
+          f"({time.time() - t0:.0f} s, {env.device}, {torch.get_num_threads()} threads)")
     if a.out:
         Path(a.out).parent.mkdir(parents=True, exist_ok=True)
         Path(a.out).write_text(json.dumps({"checkpoint": a.checkpoint or "bundled", "sha256": env.checkpoint_sha256,
                                            "device": str(env.device), "starts": a.starts, "frames": a.frames,
-                                           "context": a.context, "steps": a.steps, "pass": ok,
+                                           "context": a.context, "steps": a.steps, "pass": ok, "direction_pass": moves,
                                            "controllability": res}, indent=1))
 
 
