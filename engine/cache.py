@@ -30,9 +30,10 @@ Bias channel (set_bias_channel, used by the biased modes on CUDA): k and v are v
 Dp = D + 1 rounded up to a multiple of 8 channels, and before a call `padded()` writes each slot's bias into key
 channel D. A query padded as [q, 1/scale, 0...] then gets q.k * scale + bias from a plain dense kernel, with no
 mask argument and no per-call copy of the cache (engine/attention/kernels.py). The bias tensor stays the one
-source of truth; the channel is refreshed from it at every call, or, for modes that touch committed slots only
-when committing (dense, window: `committed_fresh`), once per frame by `refresh_channel()` (the sampler calls
-it after setting `now`) and per call over the scratch frame alone. Why: with a temporal decay every slot's
+source of truth. Modes change committed slots only when committing (and TempCache when it lays a layer out,
+where that call writes the channel in full), so the committed slots' channel is written once per frame by
+`refresh_channel()` (the sampler calls it after setting `now`; FrameAttention for any other caller) and each
+call writes the scratch frame's alone (`padded(committed_fresh=True)`). Why: with a temporal decay every slot's
 bias changes every frame, and recomputing it for every slot in each of a frame's 5 x depth calls cost ~10
 small kernels a call (run 11 on the H100: dense 62 -> 36 fps with the decay on).
 """

@@ -146,7 +146,7 @@ class Sampler:
         assert self.ctx is not None and self.sig_emb is not None
         info = StepInfo(frame=self.frame, step=level, num_steps=self.steps, commit=commit)
         v = self.run(x.to(self.dtype)[:, None], f.cond + self.sig_emb[level], f.rope, self.ctx.kv,
-                     FrameAttention(self.mode, self.cache, info))
+                     FrameAttention(self.mode, self.cache, info, refresh=False))
         return v[:, 0].to(self.xdtype)
 
     @torch.no_grad()

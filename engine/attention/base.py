@@ -109,8 +109,12 @@ def capturing() -> bool:
 class FrameAttention:
     """What the network calls while generating one frame: a mode, its cache, and the pass being computed."""
 
-    def __init__(self, mode: AttentionMode, cache: KVCache, info: StepInfo) -> None:
+    def __init__(self, mode: AttentionMode, cache: KVCache, info: StepInfo, refresh: bool = True) -> None:
+        """refresh: bring the cache's bias channel up to date first (KVCache.refresh_channel), which the modes'
+        calls rely on; the Sampler passes False, having done it once for the frame in frame_inputs."""
         self.mode, self.cache, self.info = mode, cache, info
+        if refresh:
+            cache.refresh_channel()
 
     def self_attn(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         return self.mode.self_attention(layer, q, k, v, self.cache, self.info)
