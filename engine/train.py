@@ -494,7 +494,7 @@ class Trainer:
         if keep_true is not None:
             kept = keep_true[idx]
             x_hat = torch.where(kept[:, None, None, None, None], z[idx], x_hat)
-            applied = len(idx) - int(kept.sum())   # a host sync, only with own_context_revisits=false
+            applied = len(idx) - int(kept.sum())   # a host sync; on CUDA the pass syncs for its timing anyway
         else:
             applied = len(idx)
         z = z.index_copy(0, idx, x_hat)

@@ -186,9 +186,10 @@ class NeuralEnv:
         frame differs from that rollout's only by what one step of this env's attention does (engine.bench's
         one-step fidelity against dense). Draws the same noise as step()."""
         a = torch.as_tensor(validate_action(action)[None]).to(self.device)
-        z = self.sampler.sample(a)
+        f = self.sampler.frame_inputs(a)                     # once for both, as Sampler.step does
+        z = self.sampler.sample(a, f)
         frame = self._decode(z)[0].cpu().numpy()
-        self.sampler.commit(latent.to(self.device), a)
+        self.sampler.commit(latent.to(self.device), a, f)
         return frame
 
     @torch.no_grad()
