@@ -285,3 +285,13 @@ def test_evict_oldest_histogram_equals_topk(seed: int) -> None:
         got = tm.evict_oldest(merge, idx, live, valid, age, S)
         assert torch.equal(got, ref), (seed, trial)
         assert int(got.sum(-1).max()) <= S
+
+
+@pytest.mark.parametrize("L", [1, 7, 1024, 1025, 3000, 18432])
+def test_count_up_equals_cumsum(L: int) -> None:
+    """The two-level scan (rows longer than SCAN_BLOCK) counts like one cumsum, a partial last block included."""
+    g = torch.Generator().manual_seed(L)
+    x = torch.rand(2, 3, L, generator=g) < 0.4
+    assert torch.equal(tm.count_up(x), x.long().cumsum(-1))
+    n = torch.randint(0, 50, (2, L), generator=g)
+    assert torch.equal(tm.count_up(n), n.cumsum(-1))

@@ -21,6 +21,23 @@ import torch.nn.functional as F
 from engine.attention import triton_top1
 
 ROW_W, ROW_V = 3.0, 2.0   # search-row channel weights: bucket match (> the cosine range 2), valid slot (> |cos|)
+SCAN_BLOCK = 1024         # count_up: rows longer than this are scanned in blocks of it
+
+
+def count_up(x: torch.Tensor) -> torch.Tensor:
+    """Inclusive running count along the last dimension (int64), x bool or integer (..., L). A row longer than
+    SCAN_BLOCK is scanned in two levels of short scans (within blocks, then the block totals): inductor (torch
+    2.11, CUDA) fails to generate a single long int64 scan (SplitScan codegen error at 72 frames x 256 slots =
+    18432; 32 x 256 compiled), and TempCache then falls back to the eager merge. Same result either way."""
+    x = x.long()
+    L = x.shape[-1]
+    if L <= SCAN_BLOCK:
+        return x.cumsum(-1)
+    pad = (-L) % SCAN_BLOCK
+    blocks = F.pad(x, (0, pad)).unflatten(-1, (-1, SCAN_BLOCK)).cumsum(-1)      # (..., L'/BLOCK, BLOCK)
+    total = blocks[..., -1]
+    before = total.cumsum(-1) - total                                             # counts in earlier blocks
+    return (blocks + before[..., None]).flatten(-2)[..., :L]
 
 
 def rank(key: torch.Tensor, minor: torch.Tensor | None = None) -> torch.Tensor:
@@ -89,11 +106,11 @@ def evict_oldest(merge: torch.Tensor, idx: torch.Tensor, live: torch.Tensor, val
     rel = (newest - age).clamp(0, R - 1)                                       # (B, H, S): larger = older
     cnt = torch.zeros(B, H, R + 1, dtype=torch.long, device=dev)
     cnt.scatter_add_(2, rel, cand.long())                                      # candidates per relative age
-    older_eq = cnt.flip(-1).cumsum(-1).flip(-1)                                # [r]: candidates with rel >= r
+    older_eq = count_up(cnt.flip(-1)).flip(-1)                                  # [r]: candidates with rel >= r
     cut = (older_eq >= excess).sum(-1, keepdim=True) - 1                       # (B, H, 1) cutoff rel, -1: none
     above = torch.gather(older_eq, 2, (cut + 1).clamp(0, R))                   # candidates strictly older
     at_cut = cand & (rel == cut)
-    take = at_cut & (at_cut.long().cumsum(-1) <= excess - above)               # lowest slots at the cutoff
+    take = at_cut & (count_up(at_cut) <= excess - above)                        # lowest slots at the cutoff
     freed = cand & ((rel > cut) | take) & (excess > 0)
     return valid & ~freed
 
@@ -105,12 +122,12 @@ def targets(merge: torch.Tensor, new: torch.Tensor, idx: torch.Tensor, valid: to
     nothing."""
     B, H = valid.shape[:2]
     free = ~valid
-    free_rank = torch.where(free, free.long().cumsum(-1) - 1, S)               # (B, H, S)
+    free_rank = torch.where(free, count_up(free) - 1, S)                        # (B, H, S)
     slot_ids = torch.arange(S, device=valid.device).expand(B, H, S)
     free_list = torch.full((B, H, S + 1), S, device=valid.device, dtype=torch.long)
     free_list.scatter_(2, free_rank, slot_ids)
     free_list[:, :, S] = S                                                     # the dump slot stays a dump
-    new_rank = (new.long().cumsum(-1) - 1).clamp(0, S)                         # (B, H, n)
+    new_rank = (count_up(new) - 1).clamp(0, S)                                 # (B, H, n)
     return torch.where(merge, idx, torch.where(new, torch.gather(free_list, 2, new_rank), S))
 
 
