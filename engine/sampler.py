@@ -48,8 +48,11 @@ class FrameInputs(NamedTuple):
 class Sampler:
     def __init__(self, model: WorldModel, mode: AttentionMode, steps: int = 4, batch: int = 1,
                  shift: float | None = None, context_sigma: float | None = None,
-                 max_frames: int | None = None, graphs: str = "off", compile: bool = False) -> None:
+                 max_frames: int | None = None, graphs: str = "off", compile: bool = False,
+                 noise_scale: float = 1.0) -> None:
         """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates.
+        noise_scale: the initial noise's scale (a sampling temperature; 1 is what the model was trained for,
+        below 1 the frames lean toward the conditional mean: steadier, less motion; docs/MODEL.md).
         graphs: "cuda" runs each pass as CUDA graphs between eager attention calls (engine/graphs.py);
         "pieces" runs the same pieces eagerly (any device: the tests' check of the pieced path).
         compile: the pieces through torch.compile (graphs "pieces" or "cuda"; engine/graphs.py says why)."""
@@ -62,6 +65,9 @@ class Sampler:
         dit = model.dit
         self.N, self.C, self.size = dit.tokens_per_frame, model.cfg.ae.latent_ch, model.cfg.ae.latent_size
         self.max_frames = max_frames
+        if not noise_scale >= 0:
+            raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
+        self.noise_scale = noise_scale
         self.context_sigma = model.cfg.context_sigma if context_sigma is None else context_sigma
         k = model.cfg.shift if shift is None else shift
         s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -170,6 +176,8 @@ class Sampler:
         f = self.frame_inputs(action) if f is None else f
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
                         device=self.device).to(self.xdtype)
+        if self.noise_scale != 1.0:
+            x = x * self.noise_scale
         for i in range(self.steps):
             x = torch.addcmul(x, self.dts[i], self._pass(x, i, f, commit=False))
         return x

@@ -252,3 +252,20 @@ def test_same_seed_same_frames() -> None:
     assert np.array_equal(runs[0], runs[1])
     other = np.stack([env.reset(12, "tile")] + [env.step(a) for a in acts])
     assert not np.array_equal(runs[0], other)
+
+
+def test_noise_scale_scales_the_initial_noise() -> None:
+    """Sampler.noise_scale (a sampling temperature): 1 is the default path bit for bit, another value changes
+    the frames, and a negative one is an error naming it."""
+    m = random_model(torch.float32)
+    act = torch.as_tensor(make_action(("forward",))[None])
+
+    def frame(**kw: float) -> torch.Tensor:
+        s = Sampler(m, build_mode("dense"), steps=2, **kw)
+        s.reset(seed=5, prompt="tile")
+        return s.step(act)
+    ref = frame()
+    assert torch.equal(frame(noise_scale=1.0), ref)
+    assert not torch.allclose(frame(noise_scale=0.5), ref)
+    with pytest.raises(ValueError, match="noise_scale"):
+        Sampler(m, build_mode("dense"), noise_scale=-0.1)

@@ -111,6 +111,11 @@ class RecallAttention(AttentionMode):
         return out
 
 
+def _motion(frames: np.ndarray) -> float:
+    """Mean absolute change between consecutive frames (uint8 (T, H, W, 3))."""
+    return round(float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()), 2)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--checkpoint", default=None)
@@ -130,9 +135,13 @@ def main() -> None:
                    "do to this model untrained? e.g. 0.05,0.05,0.05,0.05,0,0")
     p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
                    '\'{"tempcache": {"capacity_frames": 64}}\' (how much cache keeps a view through the gap?)')
+    p.add_argument("--noise-scale", type=float, default=1.0, help="scale of each frame's initial noise (a "
+                   "sampling temperature, Sampler.noise_scale): does a steadier sampler redraw a view better?")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    if not a.noise_scale >= 0:
+        p.error(f"--noise-scale must be >= 0, got {a.noise_scale}")
     if a.mode == "recall":
         MODES["recall"] = lambda **kw: RecallAttention(recent=a.recent, block=a.block, oracle=a.oracle,
                                                        boost=a.boost)
@@ -144,24 +153,26 @@ def main() -> None:
             env.set_decay(a.decay)
         except ValueError as e:
             p.error(f"--{e}")
+    env.sampler.noise_scale = a.noise_scale
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
     t0 = time.perf_counter()
     half = a.turns // 2
-    if a.true_first_turn:   # the simulator turns in place from the same start: its first turn, as context
-        turn = make_action(("turn_right",))
-        true_turn = np.stack([e.env.step(turn) for _ in range(half)])
+    turn = make_action(("turn_right",))
+    true_turn = np.stack([e.env.step(turn) for _ in range(half)])   # the simulator's turn from the same start
+    if a.true_first_turn:   # ... as context
         env.prime(list(true_turn), [turn] * half)
         gen = np.concatenate([true_turn, np.stack([env.step(turn) for _ in range(a.turns - half)])])
     else:
-        gen = np.stack([env.step(make_action(("turn_right",))) for _ in range(a.turns)])
+        gen = np.stack([env.step(turn) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
-           "true_first_turn": a.true_first_turn, "decay": a.decay, "params": over,
+           "true_first_turn": a.true_first_turn, "decay": a.decay, "params": over, "noise_scale": a.noise_scale,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            # per frame of the second turn: does memory hold each view, or does the error grow from the start?
            "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],
-           "first_turn_motion": round(float(np.abs(np.diff(gen[:half].astype(np.int16), axis=0)).mean()), 2),
+           "first_turn_motion": _motion(gen[:half]),
+           "true_turn_motion": _motion(true_turn),   # what a turn moves in the truth: a frozen turn scores high
            "seconds": round(time.perf_counter() - t0, 1)}
     mode = env.sampler.mode
     if isinstance(mode, RecallAttention):
