@@ -88,6 +88,7 @@ class BenchConfig:
     seed: int = 0
     device: str = "auto"
     steps: int = 4
+    noise_scale: float = 1.0       # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
     compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
     frames: int = 3000             # generated frames (env.step calls) per mode
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
@@ -195,6 +196,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         source = {"checkpoint": cfg.checkpoint}
     if cfg.compile:
         source["compile"] = True
+    source["noise_scale"] = cfg.noise_scale
 
     results: dict[str, dict[str, Any]] = {}
     dense_frames: np.ndarray | None = None

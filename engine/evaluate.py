@@ -54,6 +54,7 @@ class EvalConfig:
     checkpoint: str | None = None     # None: the bundled weights
     device: str = "auto"
     steps: int = 4
+    noise_scale: float = 1.0          # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
     out: str = "docs/results/world_model.json"
     episodes: int = 4
     context: int = 16
@@ -217,7 +218,8 @@ def controllability_pass(ctrl: dict[str, dict[str, Any]]) -> bool:
 
 
 def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:
-    return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, steps=cfg.steps)
+    return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, steps=cfg.steps,
+                     noise_scale=cfg.noise_scale)
 
 
 def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
@@ -309,14 +311,16 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
         res["fps_gpu_by_mode"] = by_mode
         res["cuda_graphs"] = env.info()["cuda_graphs"]
         if cfg.fps_compiled:   # the same rows with the graph pieces compiled (engine.compile; off in play)
-            c_env = NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, steps=cfg.steps, compile=True)
+            c_env = NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, steps=cfg.steps, compile=True,
+                              noise_scale=cfg.noise_scale)
             res["fps_gpu_by_mode_compiled"] = {}
             for m in cfg.fps_modes:
                 c_env.set_attention(m)
                 res["fps_gpu_by_mode_compiled"][m] = round(fps(c_env, cfg.fps_frames, cfg.fps_warmup), 2)
     else:
         res["fps_gpu_short_context"] = None
-    cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", steps=cfg.steps)
+    cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", steps=cfg.steps,
+                                                      noise_scale=cfg.noise_scale)
     res["fps_cpu"] = fps(cpu_env, cfg.cpu_fps_frames, 1)
     res["cpu_threads"] = torch.get_num_threads()
     ck = Path(cfg.checkpoint) if cfg.checkpoint else None

@@ -269,3 +269,5 @@ def test_noise_scale_scales_the_initial_noise() -> None:
     assert not torch.allclose(frame(noise_scale=0.5), ref)
     with pytest.raises(ValueError, match="noise_scale"):
         Sampler(m, build_mode("dense"), noise_scale=-0.1)
+    env = NeuralEnv(model=m, device="cpu", steps=1, noise_scale=0.75)   # engine.noise_scale in the config
+    assert env.info()["noise_scale"] == 0.75

@@ -147,13 +147,12 @@ def main() -> None:
                                                        boost=a.boost)
     over = json.loads(a.params)
     attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention)
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
         except ValueError as e:
             p.error(f"--{e}")
-    env.sampler.noise_scale = a.noise_scale
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
