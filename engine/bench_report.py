@@ -100,8 +100,8 @@ def table(summary: dict[str, dict[str, Any]], early: int, late: int) -> str:
     """The printed table: one row per mode, speed-ups against dense's row (when dense ran)."""
     d = summary.get("dense", {})
     head = ["mode", f"fps@{early}", f"fps@{late}", "mean fps", f"x@{late}", "x mean", f"MiB@{early}",
-            f"MiB@{late}", "PSNR/SSIM vs dense", "1 step vs dense", "PSNR vs truth", "revisit dB", "motion (truth)", "layout", "density",
-            "recall", "kernel"]
+            f"MiB@{late}", "PSNR/SSIM vs dense", "1 step vs dense", "PSNR vs truth", "revisit dB", "motion (truth)",
+            "layout", "density", "recall", "kernel"]
     rows = [head]
     for name, s in summary.items():
         vs_dense = "ref" if name == "dense" else f"{_f(s['psnr_vs_dense_db'])} / {_f(s['ssim_vs_dense'], '{:.3f}')}"
@@ -243,7 +243,8 @@ def plots(out: Path, modes: dict[str, dict[str, Any]], early: int, late: int, de
     top = axes[0].get_ylim()[1]
     if top > 60:   # identical frames count as 100 dB; do not let them flatten the curves that matter
         axes[0].set_ylim(top=60)
-    axes[0].set(xlabel="frame", ylabel=f"PSNR dB (mean over {w} frames; clipped at 60)", title="PSNR vs dense (dashed: one step on dense's history)")
+    axes[0].set(xlabel="frame", ylabel=f"PSNR dB (mean over {w} frames; clipped at 60)",
+                title="PSNR vs dense (dashed: one step on dense's history)")
     axes[1].set(xlabel="frame", title="PSNR vs true maze frames")
     for a in axes:
         a.grid(alpha=0.3)

@@ -177,7 +177,7 @@ class Sampler:
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
                         device=self.device).to(self.xdtype)
         if self.noise_scale != 1.0:
-            x = x * self.noise_scale
+            x.mul_(self.noise_scale)                          # x is this frame's own draw: scaled in place
         for i in range(self.steps):
             x = torch.addcmul(x, self.dts[i], self._pass(x, i, f, commit=False))
         return x
