@@ -10,8 +10,10 @@ measurement, a mode's recall measurement) are left out of the window and of mean
 """
 from __future__ import annotations
 
+import gzip
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -267,20 +269,38 @@ def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], labels:
         _frames_png(out / "frames.png", strips, labels)
         names.append("frames.png")
     doc["outputs"] = ["bench.json", "table.txt", *names]
+    text = report_text(doc)
+    (out / "table.txt").write_text(text)
+    (out / "bench.json").write_text(json.dumps(doc, indent=1, default=_json_default, allow_nan=False))
+    print(text, end="", flush=True)
+    print(f"wrote {out}/{{{','.join(doc['outputs'])}}}", flush=True)
+
+
+def report_text(doc: dict[str, Any]) -> str:
+    """table.txt: where and what ran, the dense kernels chosen, the table, the bars and the trace's notes."""
+    commit = doc["commit"]
+    if re.fullmatch(r"[0-9a-f]{40}", commit):   # a full SHA is shortened; a label (e.g. "abc1234-run12") is not
+        commit = commit[:12]
     chosen = doc["kernels"]["chosen"]
-    text = [f"engine.bench on {doc['device']} (host {doc['host']}), torch {doc['torch']}, commit {doc['commit'][:12]}"
+    text = [f"engine.bench on {doc['device']} (host {doc['host']}), torch {doc['torch']}, commit {commit}"
             f"{' (dirty)' if doc['dirty'] else ''}, {doc['frames']} frames, timer {doc['timer']}",
             "dense kernels chosen by measurement: " + (json.dumps(chosen) if chosen else
                                                        "none (no CUDA: the torch SDPA math path runs)"),
             f"revisit pairs: {len(doc['trace']['revisit_pairs'])} (gap > {doc['trace']['revisit_min_gap']} frames); "
             f"truth's own revisit PSNR: {_f(doc['truth']['revisit_psnr_db'], '{:.2f}')} dB", "",
-            table(doc["summary"], early, late), "", "bars:"]
+            table(doc["summary"], doc["early_frame"], doc["late_frame"]), "", "bars:"]
     text += [f"  {b['status']:4}  {b['bar']}: {b['detail']}" for b in doc["bars"]]
     text += [f"note: {n}" for n in doc["trace"]["notes"]]
-    (out / "table.txt").write_text("\n".join(text) + "\n")
-    (out / "bench.json").write_text(json.dumps(doc, indent=1, default=_json_default, allow_nan=False))
-    print("\n".join(text), flush=True)
-    print(f"wrote {out}/{{{','.join(doc['outputs'])}}}", flush=True)
+    return "\n".join(text) + "\n"
+
+
+def load(path: Path) -> dict[str, Any]:
+    """A saved bench.json (or the bench.json.gz kept under docs/results/)."""
+    raw = gzip.decompress(path.read_bytes()) if path.suffix == ".gz" else path.read_bytes()
+    try:
+        return json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise SystemExit(f"{path}: not a bench.json ({e})") from None
 
 
 def _frames_png(path: Path, strips: dict[str, np.ndarray], labels: list[str]) -> None:
@@ -316,3 +336,12 @@ def results_json(path: Path, doc: dict[str, Any]) -> None:
            "timer": doc["timer"], "created": doc["created"],
            "modes": {n: {k: s[k] for k in SUMMARY_FIELDS} for n, s in doc["summary"].items()}}
     path.write_text(json.dumps(res, indent=1, default=_json_default, allow_nan=False) + "\n")
+
+
+if __name__ == "__main__":
+    # python -m engine.bench_report RUN/bench.json[.gz]: print a saved run's table and bars again
+    import sys
+
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python -m engine.bench_report PATH/bench.json[.gz]")
+    print(report_text(load(Path(sys.argv[1]))), end="")

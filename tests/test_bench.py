@@ -3,6 +3,7 @@ the JSON holds every summary field for exactly the modes asked for, the plots op
 error; plus the pieces with numbers of their own (revisit pairs, the designed revisit, FPS windows, bars)."""
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import pytest
 from PIL import Image
 
 from engine.bench import BenchConfig, BarsConfig, mode_configs
-from engine.bench_report import SUMMARY_FIELDS, bars, ms_at, summarise
+from engine.bench_report import SUMMARY_FIELDS, bars, load, ms_at, report_text, summarise
 from engine.bench_trace import explorer_trace, replay_truth, revisit_pairs, session_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -71,6 +72,25 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
     assert all(set(v) == set(SUMMARY_FIELDS) for v in short["modes"].values())
     assert {"device", "commit", "frames"} <= set(short)
     assert "dense" in r.stdout and "bars:" in r.stdout
+    # a saved run (plain or gzipped, as docs/results keeps them) prints the same table again
+    gz = tmp_path / "bench.json.gz"
+    gz.write_bytes(gzip.compress((out / "bench.json").read_bytes()))
+    again = subprocess.run([sys.executable, "-m", "engine.bench_report", str(gz)], cwd=REPO, capture_output=True,
+                           text=True, timeout=60)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout == table
+
+
+def test_report_keeps_a_commit_label_and_names_a_bad_file(tmp_path: Path) -> None:
+    doc = {"device": "cpu", "host": "h", "torch": "2", "commit": "4213dc5-run12", "dirty": None, "frames": 8,
+           "timer": "t", "kernels": {"chosen": {}}, "trace": {"revisit_pairs": [], "revisit_min_gap": 4, "notes": []},
+           "truth": {"revisit_psnr_db": None}, "summary": {}, "early_frame": 1, "late_frame": 8, "bars": []}
+    assert "commit 4213dc5-run12," in report_text(doc)
+    assert "commit 0123456789ab," in report_text({**doc, "commit": "0123456789ab" + "c" * 28})
+    bad = tmp_path / "bench.json"
+    bad.write_text("{not json")
+    with pytest.raises(SystemExit, match="bench.json: not a bench.json"):
+        load(bad)
 
 
 def test_follow_on_its_own_history_reproduces_the_rollout() -> None:
