@@ -70,6 +70,7 @@ class KVCache:
         self._slot_fill: dict[str, float] = {}
         self.decay: torch.Tensor | None = None   # (L, H) temporal-decay slopes (set_decay), or None
         self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
+        self._aranges: dict[int, torch.Tensor] = {}   # n -> arange(n) on the device (the *_at methods)
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
@@ -207,6 +208,41 @@ class KVCache:
         start = self.length[layer]
         self.frame[layer, start:start + n] = frame
         self.length[layer] = start + n
+
+    # ---- the same at a device-scalar slot index (capturable: no host value of the length is frozen into a graph)
+    def _arange(self, n: int) -> torch.Tensor:
+        t = self._aranges.get(n)
+        if t is None:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("KVCache: index range first built inside a CUDA graph capture; run a pass eagerly first")
+            t = self._aranges[n] = torch.arange(n, device=self.device)
+        return t
+
+    def write_scratch_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor) -> None:
+        """write_scratch with the first scratch slot as a device scalar `start` (the caller made room)."""
+        idx = start + self._arange(k.shape[2])
+        self.k[layer].index_copy_(2, idx, k)
+        self.v[layer].index_copy_(2, idx, v)
+        self.bias[layer].index_fill_(2, idx, 0.0)
+
+    def commit_scratch_at(self, layer: int, start: torch.Tensor, n: int, frame: torch.Tensor) -> None:
+        """commit_scratch for write_scratch_at: frame is a device scalar; the host length advances by n."""
+        self.frame[layer].index_copy_(0, start + self._arange(n), frame.reshape(1).expand(n))
+        self.length[layer] += n
+
+    def padded_bucket(self, layer: int, start: torch.Tensor, n: int, lo: int, end: int
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+        """padded() for slots [0, end) when the frame's scratch starts at the device scalar `start`, lo <= start:
+        the channel of [0, lo) and of the committed slots of [lo, start) is the frame's refresh (refresh_channel),
+        the scratch [start, start + n) gets 0 (no decay over the frame itself), and [start + n, end) NEG_BIAS, so
+        those slots, whatever they hold, get no weight."""
+        if not self.pad:
+            raise RuntimeError("KVCache.padded_bucket: the bias channel is off (set_bias_channel(True) first)")
+        pos = self._arange(end)[lo:]
+        ch = self.kp[layer, :, :, lo:end, self.head_dim]
+        ch.masked_fill_((pos >= start) & (pos < start + n), 0.0)
+        ch.masked_fill_(pos >= start + n, NEG_BIAS)
+        return self.kp[layer, :, :, :end], self.vp[layer, :, :, :end]
 
     def view(self, layer: int, end: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """k, v (B, H, end, D) and bias (B, H, end) for slots [0, end) (default: the valid length)."""

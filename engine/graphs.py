@@ -11,15 +11,15 @@ candidate kernels on a new shape, a mode can be switched at run time, recall is 
 over static buffers, and the attention call runs eagerly in between, reading the q/k/v the previous graph
 wrote and leaving its output in a static buffer the next graph reads. Nothing about the mode is captured, so a
 mode switch, a reset or a new prompt never invalidates a graph. Per pass: depth + cross blocks + 1 graph
-launches plus the attention calls (dense at any length, and every mode while its shapes still change).
+launches plus the attention calls (dense past its graphed range, and every mode while its shapes still change).
 
 Whole-pass graphs: where the mode says its calls can be captured (AttentionMode.graph_key: fixed shapes and
 addresses, no sync; TempCache-only fastar and tempcache after their first frame, the window once its ring is
-full), the pass with its attention calls is captured as one graph per key (for fastar: denoising pass and commit
+full, dense by buckets of frames at short context), the pass with its attention calls is captured as one graph per key (for fastar: denoising pass and commit
 pass). The mode's host bookkeeping runs once at capture and through `graph_replayed` after each replay; host
 values the calls read (the frame index) go through `graph_inputs`. Each whole-pass graph has its own memory pool
 (they are not replayed in capture order) and is keyed also by the mode object and the cache's tensor addresses,
-so a mode switch or a cache reallocation can never replay a stale graph.
+so a mode switch or a cache reallocation can never replay a stale graph; a reallocation drops them.
 
 Lifecycle of each piece (`Graphed`): the first `warmup` calls run eagerly (lazy cuBLAS/cuDNN initialisation
 must not happen inside a capture), the next call captures and then replays (a capture records, it does not
@@ -143,6 +143,7 @@ class GraphedPass:
         self.whole: dict[Hashable, tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
         self.seen: dict[Hashable, int] = {}
         self._mode: Any = None
+        self._ptrs: tuple[int, ...] = ()
         self._ckv_src: Any = None
         self._rope_src: Any = None
         self.ckv: list[tuple[torch.Tensor, torch.Tensor] | None] = []
@@ -241,6 +242,10 @@ class GraphedPass:
             self._mode = attn.mode
         cache = attn.cache
         ptrs = tuple(t.data_ptr() for t in (cache.k, cache.v, cache.bias, cache.frame, *cache.slot_data.values()))
+        if ptrs != self._ptrs:   # the cache was reallocated (a dense cache grew): no earlier graph can replay
+            self.whole.clear()
+            self.seen.clear()
+            self._ptrs = ptrs
         return (key, ptrs)
 
     def _run_pieces(self, attn: Attn, pieces: list[Callable[[], Any]]) -> torch.Tensor:

@@ -22,11 +22,13 @@ SMALL = {"dense": {}, "window": {"sinks": 1, "window": 3}, "tempcache": {"tempca
 
 def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_to: str | None = None,
           out_sampler: list | None = None, compile: bool = False, channel: bool | None = None,
-          cpu_noise: bool = False) -> list[torch.Tensor]:
+          cpu_noise: bool = False, params: dict | None = None) -> list[torch.Tensor]:
     """channel: force the cache's bias channel on or off (None: the sampler's choice). cpu_noise: draw the
-    noise from a CPU generator (needs _cpu_noise), so that a CUDA roll sees the CPU roll's noise."""
+    noise from a CPU generator (needs _cpu_noise), so that a CUDA roll sees the CPU roll's noise. params: the
+    mode's config (default SMALL's)."""
     dev = m.latent_std.device
-    s = Sampler(m, build_mode(mode, **SMALL[mode]), steps=3, graphs=graphs, compile=compile)
+    s = Sampler(m, build_mode(mode, **(SMALL[mode] if params is None else params)), steps=3, graphs=graphs,
+                compile=compile)
     if out_sampler is not None:
         out_sampler.append(s)
     s.reset(seed=3, prompt="night stone")
@@ -125,15 +127,15 @@ def test_cuda_graphs_with_heading_heads_equal_eager() -> None:
 def test_cuda_graphs_equal_eager(mode: str) -> None:
     """Captured pieces and whole passes replay the eager kernels: same frames to float32 rounding (a capture
     may pick other cuBLAS algorithms than the eager warm-up, so not bit-exact by promise). The bounded modes
-    reach whole-pass replays; a mode switch mid-run drops them and continues correctly."""
+    reach whole-pass replays, and so does dense by buckets (dense.py); a mode switch mid-run drops them and
+    continues correctly."""
     m = random_model(torch.float32).cuda()
     samplers: list[Sampler] = []
     ref, got = _roll(m, mode, "off", frames=16), _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     run = samplers[0].run
-    assert run.captured
-    assert (run.whole_replays > 0) == (mode != "dense")
+    assert run.captured and run.whole_replays > 0
     # Across a mode switch, in float64: TempCache's merge decisions are discrete (threshold, forced merges by
     # rank), so float32 rounding differences between captured and eager cuBLAS algorithms can flip a near-tie
     # and move later frames by ~1e-3 (seen on the H100); in float64 no decision is that close.
@@ -346,7 +348,7 @@ def test_cuda_graphs_with_decay_equal_eager(mode: str) -> None:
     ref, got = _roll(m, mode, "off", frames=16), _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
-    assert samplers[0].run.captured and (samplers[0].run.whole_replays > 0) == (mode != "dense")
+    assert samplers[0].run.captured and samplers[0].run.whole_replays > 0   # dense: its buckets (dense.py)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
@@ -357,7 +359,8 @@ def test_cuda_decay_channel_refreshed_once_a_frame_equals_the_mask_path(mode: st
     replays for the window) the frames must equal the bias-mask path's, which has no channel at all."""
     m = _decay_model(torch.float32).cuda()
     samplers: list[Sampler] = []
-    ref = _roll(m, mode, "cuda", frames=16, channel=False)
+    # dense attends by buckets through the channel while graphed: its reference never buckets
+    ref = _roll(m, mode, "cuda", frames=16, channel=False, params={"graph_frames": 0} if mode == "dense" else None)
     got = _roll(m, mode, "cuda", frames=16, out_sampler=samplers)
     assert samplers[0].cache.pad > 0
     for a, b in zip(ref, got):
@@ -378,3 +381,72 @@ def test_cuda_decay_channel_with_tempcache_equals_the_cpu_mask_path(mode: str, _
     assert samplers[0].cache.pad > 0 and samplers[0].run.whole_replays > 0
     diffs = [float((a - b.cpu()).abs().max()) for a, b in zip(ref, got)]
     assert max(diffs) < 2e-3, f"max |cuda channel - cpu mask| per frame: {diffs}"
+
+
+# ---- dense by buckets (engine/attention/dense.py) ---------------------------------------------------------------
+BUCKETS = {"graph_frames": 8, "bucket_frames": 3}   # buckets of 3 frames to frame 8, then plain dense
+
+
+@pytest.mark.parametrize("decay", [False, True])
+def test_dense_buckets_equal_plain_dense(decay: bool) -> None:
+    """Attending to a whole bucket with the slots past the frame masked gives the plain dense frames (float64:
+    the masked slots' weights are exactly 0), across bucket edges and past graph_frames; the cache holds the
+    same keys, lengths and frame indices."""
+    m = _decay_model(torch.float64) if decay else random_model(torch.float64)
+    plain: list[Sampler] = []
+    bucketed: list[Sampler] = []
+    ref = _roll(m, "dense", "off", frames=12, channel=True, params={"graph_frames": 0}, out_sampler=plain)
+    got = _roll(m, "dense", "off", frames=12, channel=True, params=BUCKETS, out_sampler=bucketed)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    a, b = plain[0].cache, bucketed[0].cache
+    assert a.length == b.length
+    n = a.length[0]
+    assert torch.equal(a.frame[:, :n], b.frame[:, :n])
+    torch.testing.assert_close(b.k[..., :n, :], a.k[..., :n, :], rtol=1e-10, atol=1e-10)
+
+
+def test_dense_bucket_masks_what_lies_past_the_frame() -> None:
+    """Slots past the frame's end inside its bucket hold leftovers (a stale episode, here noise): they must
+    get no weight. The padded_bucket channel is what masks them."""
+    m = random_model(torch.float64)
+    ref = _roll(m, "dense", "off", frames=5, channel=True, params=BUCKETS)
+    keep: list[Sampler] = []
+    dev = m.latent_std.device
+    s = Sampler(m, build_mode("dense", **BUCKETS), steps=3)
+    keep.append(s)
+    s.reset(seed=3, prompt="night stone")
+    s.cache.set_bias_channel(True)
+    s.cache.ensure_capacity(64 * s.N)
+    s.cache.k.normal_()
+    s.cache.v.normal_()
+    got = []
+    for i in range(5):
+        k, dx = ACTIONS[i % len(ACTIONS)]
+        got.append(s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device=dev)))
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+
+
+def test_dense_config_is_checked() -> None:
+    with pytest.raises(ValueError, match="bucket_frames must be >= 1|bucket_frames=0"):
+        build_mode("dense", bucket_frames=0)
+    with pytest.raises(ValueError, match="bad config field"):
+        build_mode("dense", window=3)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+@pytest.mark.parametrize("decay", [False, True])
+def test_cuda_dense_buckets_are_captured_and_equal_eager(decay: bool) -> None:
+    """Dense replays whole-pass graphs per bucket (a model without decay: dense switches the channel on for the
+    graphed range and off after it), and its frames equal the eager plain dense frames across bucket edges,
+    cache growth (new addresses: graphs dropped) and the end of the graphed range."""
+    m = (_decay_model(torch.float32) if decay else random_model(torch.float32)).cuda()
+    samplers: list[Sampler] = []
+    ref = _roll(m, "dense", "off", frames=14, params={"graph_frames": 0})
+    got = _roll(m, "dense", "cuda", frames=14, params=BUCKETS, out_sampler=samplers)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    s = samplers[0]
+    assert s.run.whole_replays > 0
+    assert (s.cache.pad > 0) == decay   # past graph_frames a model without decay reads unpadded K/V again

@@ -69,14 +69,17 @@ def test_modes_that_drop_nothing_equal_dense_with_decay(mode: str, params: dict)
 
 
 TC = {"tempcache": {"capacity_frames": 3, "layers": [0]}}   # full after 3 frames: evictions at every commit
+PLAIN = {"graph_frames": 0}                                    # dense without buckets: padded() every call
+BUCKETS = {"graph_frames": 6, "bucket_frames": 2}              # buckets to frame 6, then plain
 
 
 @pytest.mark.parametrize("mode,params,switch", [
-    ("dense", {}, None),                         # the cache grows (reallocates) inside passes
+    ("dense", PLAIN, None),                      # the cache grows (reallocates) inside passes
+    ("dense", BUCKETS, None),                    # dense by buckets (dense.py): its own channel writes, then plain
     ("window", {"sinks": 1, "window": 3}, None),  # the ring wraps: slots are overwritten at commit
-    ("dense", {}, "window"),                     # a mode switch mid-episode (window.adopt moves slots)
+    ("dense", PLAIN, "window"),                  # a mode switch mid-episode (window.adopt moves slots)
     ("tempcache", TC, None),                     # the layout made at the first call, groups evicted at commit
-    ("dense", {}, "fastar"),                     # fastar lays out (compresses) the dense cache at its first call
+    ("dense", PLAIN, "fastar"),                  # fastar lays out (compresses) the dense cache at its first call
 ])
 def test_decay_on_the_bias_channel_equals_the_plain_layout(mode: str, params: dict, switch: str | None,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -108,6 +111,7 @@ def test_decay_on_the_bias_channel_equals_the_plain_layout(mode: str, params: di
             out.append(s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float64)))
         outs.append(out)
     assert fresh_calls and sum(fresh_calls) > len(fresh_calls) // 2   # the channel path ran, mostly refreshed
+    # (by buckets, frames 0-5 write their own channel (padded_bucket); the plain padded() path runs after them)
     for a, b in zip(*outs):
         torch.testing.assert_close(b, a, rtol=0, atol=1e-9)
 

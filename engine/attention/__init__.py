@@ -4,14 +4,14 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from engine.attention.base import AttentionMode, FrameAttention, SequenceAttention, StepInfo
-from engine.attention.dense import DenseAttention
+from engine.attention.dense import DenseAttention, DenseConfig
 from engine.attention.fastar import FASTAR_MODES, FastARAttention
 from engine.attention.probe import ProbeAttention
 from engine.attention.window import WindowAttention, WindowConfig
 
 # name -> factory(**params). The FAST-AR modes register here too (engine/attention/fastar*.py).
 MODES: dict[str, Callable[..., AttentionMode]] = {
-    "dense": lambda **p: DenseAttention(),
+    "dense": lambda **p: DenseAttention(DenseConfig(**p)),
     "window": lambda **p: WindowAttention(WindowConfig(**p)),
     "probe": lambda **p: ProbeAttention(**p),   # dense + per-layer sparsity, to choose the FAST-AR schedule
     **FASTAR_MODES,

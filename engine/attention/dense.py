@@ -1,30 +1,122 @@
 """Dense attention: every frame reads every earlier frame. The cache grows without bound (memory and time per
-frame grow linearly with the frame index): the quality reference and the speed baseline."""
+frame grow linearly with the frame index): the quality reference and the speed baseline.
+
+Whole-pass CUDA graphs at short context (engine/graphs.py). A plain dense pass cannot be captured: the cache
+grows by a frame at every commit, so the attention's shapes and write addresses change every frame, and the
+attention calls ran eagerly between the graphed pieces (run 12 on the H100: 77 fps at 16 frames of context,
+host-bound, ~400 launches a frame). While the context holds at most `graph_frames` frames, dense instead attends
+to a bucket: slots [0, E), E the frame's end rounded up to `bucket_frames` frames, with the slots past the
+frame's end masked by NEG_BIAS in the cache's bias channel, and it writes the frame by a device-scalar slot index.
+Then the pass's device work depends only on E (and whether it commits), so each bucket is captured once and
+replayed for every frame in it; the result equals the unbucketed pass (masked slots get exactly zero weight).
+Beyond `graph_frames` the kernels dominate a frame and the padding would only cost: dense runs as before. The
+bucketed path needs the bias channel: dense switches it on for the graphed range when the cache has none (a
+model without temporal decay) and off again after, so that long contexts read unpadded K/V.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 
 from engine.attention import kernels
-from engine.attention.base import AttentionMode, StepInfo
+from engine.attention.base import AttentionMode, StepInfo, capturing
 from engine.cache import KVCache
+
+
+@dataclass
+class DenseConfig:
+    graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames; 0: never
+    bucket_frames: int = 16   # bucket size: one captured graph per bucket; a frame attends to at most this - 1 masked
+
+    def __post_init__(self) -> None:
+        if self.graph_frames < 0 or self.bucket_frames < 1:
+            raise ValueError(f"dense attention: graph_frames must be >= 0 and bucket_frames >= 1, got "
+                             f"graph_frames={self.graph_frames} bucket_frames={self.bucket_frames}")
 
 
 class DenseAttention(AttentionMode):
     name = "dense"
 
-    def __init__(self) -> None:
+    def __init__(self, cfg: DenseConfig | None = None) -> None:
+        self.cfg = cfg or DenseConfig()
         self._biased = False   # True once adopted from a mode whose slots carry group or empty-slot biases
+        self._n: int | None = None               # tokens per frame (known after the first call)
+        self._len_t: torch.Tensor | None = None  # the committed length as a device scalar (bucketed path)
+        self._cache: KVCache | None = None       # the cache of the pass graph_key last keyed
+        self._own_channel = False                # the bias channel was switched on by this mode (graphs only)
+
+    def bucket_end(self, end: int, n: int) -> int | None:
+        """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
+        g = self.cfg.bucket_frames * n
+        e = -(-end // g) * g
+        return e if e <= self.cfg.graph_frames * n else None
 
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
+        n = k.shape[2]
+        self._n = n
+        e = self.bucket_end(cache.length[layer] + n, n) if cache.pad else None
+        if e is not None:
+            return self._bucketed(layer, q, k, v, cache, info, e)
         end = cache.write_scratch(layer, k, v)
         # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
         # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
         # committed slots change only at the commit below: their bias channel is the frame's refresh
         out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True)
         if info.commit:
-            cache.commit_scratch(layer, k.shape[2], info.frame)
+            cache.commit_scratch(layer, n, info.frame)
         return out
+
+    def _bucketed(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
+                  info: StepInfo, e: int) -> torch.Tensor:
+        """The same attention over slots [0, e), the slots past the frame masked (module docstring)."""
+        n = k.shape[2]
+        if self._len_t is None or self._len_t.device != cache.frame.device:
+            if capturing():
+                raise RuntimeError("dense: length tensor created during a CUDA graph capture; run a pass eagerly first")
+            self._len_t = torch.zeros((), dtype=torch.long, device=cache.frame.device)
+        if not capturing():   # eager: the host length is current; captured: graph_inputs fills it before a replay
+            cache.ensure_capacity(e)
+            self._len_t.fill_(cache.length[layer])
+        cache.write_scratch_at(layer, k, v, self._len_t)
+        # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is refreshed
+        kp, vp = cache.padded_bucket(layer, self._len_t, n, e - self.cfg.bucket_frames * n, e)
+        out = kernels.padded_attention(q, kp, vp)
+        if info.commit:
+            cache.commit_scratch_at(layer, self._len_t, n, self.frame_tensor(info, cache.frame.device))
+        return out
+
+    # ---- whole-pass CUDA graphs (module docstring) ----------------------------------------------------------
+    def graph_key(self, info: StepInfo, cache: KVCache) -> tuple[str, int, bool] | None:
+        n = self._n
+        if n is None or len(set(cache.length)) != 1:
+            return None
+        e = self.bucket_end(cache.length[0] + n, n)
+        if e is None:
+            if self._own_channel and cache.pad and cache.decay is None and not self._biased:
+                cache.set_bias_channel(False)   # long context: unpadded K/V (the channel was only for graphs)
+            self._own_channel = False
+            return None
+        if not cache.pad:
+            cache.set_bias_channel(True)
+            cache.refresh_channel()   # the committed slots' channel for this frame (refreshed before it was on)
+            self._own_channel = True
+        # room for the whole graphed range at once, here, outside any capture: each growth moves the cache (new
+        # addresses), which drops every graph captured so far
+        cache.ensure_capacity(self.cfg.graph_frames * n)
+        self._cache = cache
+        return ("dense", e, info.commit)
+
+    def graph_inputs(self, info: StepInfo) -> None:
+        super().graph_inputs(info)
+        if self._len_t is not None and self._cache is not None:
+            self._len_t.fill_(self._cache.length[0])
+
+    def graph_replayed(self, info: StepInfo) -> None:
+        if info.commit and self._cache is not None and self._n is not None:
+            for layer in range(self._cache.n_layers):
+                self._cache.length[layer] += self._n
 
     def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
         self._biased = bool((cache.bias != 0).any()) if cache.tokens() else False

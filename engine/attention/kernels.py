@@ -203,13 +203,18 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
     changes committed slots only when committing, so their channel is the frame's refresh (KVCache.padded)."""
     biased = biased or cache.decay is not None   # temporal decay: every slot carries a bias
     if biased and cache.pad:
-        kp, vp = cache.padded(layer, end, committed_fresh)
-        D, Dp = q.shape[-1], kp.shape[-1]
-        scale = 1.0 / math.sqrt(D)
-        qp = torch.cat([q, _q_tail(Dp - D, scale, q).expand(*q.shape[:-1], Dp - D)], -1)   # one kernel
-        return attention(qp, kp, vp, scale=scale)[..., :D]
+        return padded_attention(q, *cache.padded(layer, end, committed_fresh))
     K, V, _ = cache.view(layer, end)
     return attention(q, K, V, bias=cache.attn_bias(layer, end) if biased else None)
+
+
+def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
+    """q (B, H, n, D) against bias-channel storage kp, vp (B, H, L, Dp) (KVCache.padded): q padded as
+    [q, 1/scale, 0...], so a plain kernel adds each key's channel-D bias to its logit. Returns (B, H, n, D)."""
+    D, Dp = q.shape[-1], kp.shape[-1]
+    scale = 1.0 / math.sqrt(D)
+    qp = torch.cat([q, _q_tail(Dp - D, scale, q).expand(*q.shape[:-1], Dp - D)], -1)   # one kernel
+    return attention(qp, kp, vp, scale=scale)[..., :D]
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 
 from engine.attention.base import StepInfo
-from engine.attention.dense import DenseAttention
+from engine.attention.dense import DenseAttention, DenseConfig
 from engine.attention.metrics import LayerMeter, choose_layers, sample_queries, top_mass_share
 from engine.cache import KVCache
 
@@ -27,6 +27,7 @@ class ProbeAttention(DenseAttention):
         if not 0 < mass < 1 or every < 1 or queries < 1 or not 0 < fraction <= 1:
             raise ValueError(f"probe: need 0 < mass < 1, every >= 1, queries >= 1, 0 < fraction <= 1; got "
                              f"mass={mass} every={every} queries={queries} fraction={fraction}")
+        super().__init__(DenseConfig(graph_frames=0))   # measures on the host: never bucketed nor captured
         self.mass, self.every, self.queries, self.fraction, self.dense_until = mass, every, queries, fraction, dense_until
         self.meter = LayerMeter()
 
