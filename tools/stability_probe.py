@@ -31,19 +31,24 @@ def main() -> None:
     p.add_argument("--mode", default="dense")
     p.add_argument("--decay", default=None, help="comma-separated logit slope per head (every layer), replacing "
                    "the checkpoint's own at inference")
+    p.add_argument("--noise-scale", type=float, default=1.0, help="scale of each frame's initial noise (a "
+                   "sampling temperature, Sampler.noise_scale): does a steadier sampler still move over 3000 frames?")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
     if a.frames < 1:
         p.error(f"--frames must be >= 1, got {a.frames}")
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode)
+    if not a.noise_scale >= 0:
+        p.error(f"--noise-scale must be >= 0, got {a.noise_scale}")
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode, noise_scale=a.noise_scale)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
         except ValueError as e:
             p.error(f"--{e}")
-    cfg = EvalConfig(checkpoint=a.checkpoint, device=a.device, stability_frames=a.frames)
+    cfg = EvalConfig(checkpoint=a.checkpoint, device=a.device, stability_frames=a.frames, noise_scale=a.noise_scale)
     res: dict[str, Any] = {"checkpoint": env.checkpoint_sha256, "mode": a.mode, "decay": a.decay,
+                           "noise_scale": a.noise_scale,
                            "frames": a.frames, "device": str(env.device), "chunks": [], "first_collapse": None}
     t0 = time.perf_counter()
 
@@ -60,7 +65,7 @@ def main() -> None:
                 json.dump(res, fh, indent=1)
 
     _stability(env, cfg, a.mode, on_chunk=chunk)
-    print(json.dumps({k: res[k] for k in ("mode", "decay", "frames", "first_collapse", "seconds")}))
+    print(json.dumps({k: res[k] for k in ("mode", "decay", "noise_scale", "frames", "first_collapse", "seconds")}))
 
 
 if __name__ == "__main__":
