@@ -23,6 +23,8 @@ for a float64 model) whatever the model's dtype; only the model's input is cast.
 """
 from __future__ import annotations
 
+import math
+
 from typing import NamedTuple
 
 import torch
@@ -49,10 +51,13 @@ class Sampler:
     def __init__(self, model: WorldModel, mode: AttentionMode, steps: int = 4, batch: int = 1,
                  shift: float | None = None, context_sigma: float | None = None,
                  max_frames: int | None = None, graphs: str = "off", compile: bool = False,
-                 noise_scale: float = 1.0) -> None:
+                 noise_scale: float = 1.0, noise_corr: float = 0.0) -> None:
         """max_frames: pre-size a growing (dense) cache for this many frames so it never reallocates.
         noise_scale: the initial noise's scale (a sampling temperature; 1 is what the model was trained for,
         below 1 the frames lean toward the conditional mean: steadier, less motion; docs/MODEL.md).
+        noise_corr: rho in [0, 1): each frame's initial noise is rho x the previous frame's plus
+        sqrt(1 - rho^2) x a fresh draw, so each draw is still a standard normal (the trained temperature) while
+        consecutive frames share part of it (docs/MODEL.md, "Sampling temperature"); 0: independent draws.
         graphs: "cuda" runs each pass as CUDA graphs between eager attention calls (engine/graphs.py);
         "pieces" runs the same pieces eagerly (any device: the tests' check of the pieced path).
         compile: the pieces through torch.compile (graphs "pieces" or "cuda"; engine/graphs.py says why)."""
@@ -68,6 +73,10 @@ class Sampler:
         if not noise_scale >= 0:
             raise ValueError(f"noise_scale must be >= 0, got {noise_scale}")
         self.noise_scale = noise_scale
+        if not 0 <= noise_corr < 1:
+            raise ValueError(f"noise_corr must be in [0, 1), got {noise_corr}")
+        self.noise_corr = noise_corr
+        self._last_noise: torch.Tensor | None = None   # the previous frame's unscaled draw (noise_corr > 0)
         self.context_sigma = model.cfg.context_sigma if context_sigma is None else context_sigma
         k = model.cfg.shift if shift is None else shift
         s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
@@ -123,6 +132,7 @@ class Sampler:
         self.mode.reset()
         self.frame = 0
         self.heading.zero_()
+        self._last_noise = None
 
     def set_mode(self, mode: AttentionMode) -> None:
         """Switch attention mode mid-episode: the new mode brings the cache to its own rules."""
@@ -176,6 +186,12 @@ class Sampler:
         f = self.frame_inputs(action) if f is None else f
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
                         device=self.device).to(self.xdtype)
+        if self.noise_corr > 0:
+            if self._last_noise is not None:
+                x.mul_(math.sqrt(1 - self.noise_corr ** 2)).add_(self._last_noise, alpha=self.noise_corr)
+                self._last_noise.copy_(x)
+            else:
+                self._last_noise = x.clone()
         if self.noise_scale != 1.0:
             x.mul_(self.noise_scale)                          # x is this frame's own draw: scaled in place
         for i in range(self.steps):

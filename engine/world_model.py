@@ -70,7 +70,8 @@ class NeuralEnv:
     def __init__(self, checkpoint: str | Path | None = None, device: str = "auto",
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
-                 cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0) -> None:
+                 cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
+                 noise_corr: float = 0.0) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -78,7 +79,8 @@ class NeuralEnv:
         True on a CPU is an error). info()["cuda_graphs"] says whether they run.
         compile: fuse each graph piece and the decoder with torch.compile (needs cuda_graphs; the first frames
         compile for about a minute). info()["compiled"] says whether it is on.
-        noise_scale: each frame's initial noise scale, a sampling temperature (Sampler; 1: as trained)."""
+        noise_scale: each frame's initial noise scale, a sampling temperature (Sampler; 1: as trained).
+        noise_corr: correlation of consecutive frames' initial noise (Sampler; 0: independent, as trained)."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -110,7 +112,8 @@ class NeuralEnv:
         if compile and not graphs:
             raise ValueError("compile=true fuses the CUDA-graph pieces: it needs cuda_graphs (a CUDA device)")
         self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames,
-                               graphs="cuda" if graphs else "off", compile=compile, noise_scale=noise_scale)
+                               graphs="cuda" if graphs else "off", compile=compile, noise_scale=noise_scale,
+                               noise_corr=noise_corr)
         lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
         self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
                         else model.decode)
@@ -169,7 +172,7 @@ class NeuralEnv:
                 "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
                 "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
-                "noise_scale": self.sampler.noise_scale,
+                "noise_scale": self.sampler.noise_scale, "noise_corr": self.sampler.noise_corr,
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 
     # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------

@@ -271,3 +271,36 @@ def test_noise_scale_scales_the_initial_noise() -> None:
         Sampler(m, build_mode("dense"), noise_scale=-0.1)
     env = NeuralEnv(model=m, device="cpu", steps=1, noise_scale=0.75)   # engine.noise_scale in the config
     assert env.info()["noise_scale"] == 0.75
+
+
+def test_noise_corr_correlates_consecutive_draws_at_unit_scale(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Sampler.noise_corr: with the network's velocity held at 0 a sample is its initial noise, so the draws
+    can be read directly: consecutive frames correlate by ~rho, each stays a standard normal (the trained
+    temperature), 0 is the default path bit for bit, a reset starts a fresh chain, and a value outside [0, 1)
+    is an error naming it."""
+    m = random_model(torch.float64)
+    act = torch.as_tensor(make_action(("forward",))[None])
+
+    def draws(frames: int, **kw: float) -> list[torch.Tensor]:
+        s = Sampler(m, build_mode("dense"), steps=1, **kw)
+        monkeypatch.setattr(s, "_pass", lambda x, level, f, commit: torch.zeros_like(x))
+        out = []
+        for seed in (5, 5):   # twice from the same seed: the chain restarts at reset
+            s.reset(seed=seed, prompt="tile")
+            out.append(torch.stack([s.step(act) for _ in range(frames)]))
+        assert torch.equal(out[0], out[1])
+        return list(out[0])
+
+    plain, corr = draws(40), draws(40, noise_corr=0.8)
+    assert torch.equal(plain[0], corr[0])                  # the first frame is the plain draw
+    assert torch.equal(torch.stack(draws(3, noise_corr=0.0)), torch.stack(plain[:3]))
+    x = torch.stack(corr).flatten(1)                       # (frames, elements)
+    rho = float(torch.nn.functional.cosine_similarity(x[1:], x[:-1], dim=1).mean())
+    rho0 = float(torch.nn.functional.cosine_similarity(torch.stack(plain).flatten(1)[1:],
+                                                       torch.stack(plain).flatten(1)[:-1], dim=1).mean())
+    assert abs(rho - 0.8) < 0.1 and abs(rho0) < 0.1, (rho, rho0)
+    assert abs(float(x[10:].std()) - 1.0) < 0.1            # each draw still a standard normal
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="noise_corr"):
+            Sampler(m, build_mode("dense"), noise_corr=bad)
+    assert NeuralEnv(model=m, device="cpu", steps=1, noise_corr=0.5).info()["noise_corr"] == 0.5

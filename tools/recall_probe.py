@@ -137,6 +137,8 @@ def main() -> None:
                    '\'{"tempcache": {"capacity_frames": 64}}\' (how much cache keeps a view through the gap?)')
     p.add_argument("--noise-scale", type=float, default=1.0, help="scale of each frame's initial noise (a "
                    "sampling temperature, Sampler.noise_scale): does a steadier sampler redraw a view better?")
+    p.add_argument("--noise-corr", type=float, default=0.0, help="correlation of consecutive frames' initial "
+                   "noise (Sampler.noise_corr; each draw stays a standard normal): less redrawn detail per frame?")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -147,7 +149,8 @@ def main() -> None:
                                                        boost=a.boost)
     over = json.loads(a.params)
     attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale)
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale,
+                    noise_corr=a.noise_corr)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
@@ -167,6 +170,7 @@ def main() -> None:
         gen = np.stack([env.step(turn) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
            "true_first_turn": a.true_first_turn, "decay": a.decay, "params": over, "noise_scale": a.noise_scale,
+           "noise_corr": a.noise_corr,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            # per frame of the second turn: does memory hold each view, or does the error grow from the start?
            "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],

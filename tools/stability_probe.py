@@ -33,6 +33,8 @@ def main() -> None:
                    "the checkpoint's own at inference")
     p.add_argument("--noise-scale", type=float, default=1.0, help="scale of each frame's initial noise (a "
                    "sampling temperature, Sampler.noise_scale): does a steadier sampler still move over 3000 frames?")
+    p.add_argument("--noise-corr", type=float, default=0.0, help="correlation of consecutive frames' initial "
+                   "noise (Sampler.noise_corr; each draw stays a standard normal): less redrawn detail per frame?")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -40,7 +42,8 @@ def main() -> None:
         p.error(f"--frames must be >= 1, got {a.frames}")
     if not a.noise_scale >= 0:
         p.error(f"--noise-scale must be >= 0, got {a.noise_scale}")
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode, noise_scale=a.noise_scale)
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode, noise_scale=a.noise_scale,
+                    noise_corr=a.noise_corr)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
@@ -48,7 +51,7 @@ def main() -> None:
             p.error(f"--{e}")
     cfg = EvalConfig(checkpoint=a.checkpoint, device=a.device, stability_frames=a.frames, noise_scale=a.noise_scale)
     res: dict[str, Any] = {"checkpoint": env.checkpoint_sha256, "mode": a.mode, "decay": a.decay,
-                           "noise_scale": a.noise_scale,
+                           "noise_scale": a.noise_scale, "noise_corr": a.noise_corr,
                            "frames": a.frames, "device": str(env.device), "chunks": [], "first_collapse": None}
     t0 = time.perf_counter()
 
