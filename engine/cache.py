@@ -214,7 +214,8 @@ class KVCache:
         t = self._aranges.get(n)
         if t is None:
             if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
-                raise RuntimeError("KVCache: index range first built inside a CUDA graph capture; run a pass eagerly first")
+                raise RuntimeError("KVCache: index range first built inside a CUDA graph capture; run a pass eagerly "
+                                   "first")
             t = self._aranges[n] = torch.arange(n, device=self.device)
         return t
 

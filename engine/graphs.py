@@ -14,12 +14,13 @@ mode switch, a reset or a new prompt never invalidates a graph. Per pass: depth 
 launches plus the attention calls (dense past its graphed range, and every mode while its shapes still change).
 
 Whole-pass graphs: where the mode says its calls can be captured (AttentionMode.graph_key: fixed shapes and
-addresses, no sync; TempCache-only fastar and tempcache after their first frame, the window once its ring is
-full, dense by buckets of frames at short context), the pass with its attention calls is captured as one graph per key (for fastar: denoising pass and commit
-pass). The mode's host bookkeeping runs once at capture and through `graph_replayed` after each replay; host
-values the calls read (the frame index) go through `graph_inputs`. Each whole-pass graph has its own memory pool
-(they are not replayed in capture order) and is keyed also by the mode object and the cache's tensor addresses,
-so a mode switch or a cache reallocation can never replay a stale graph; a reallocation drops them.
+addresses, no sync; TempCache-only fastar and tempcache after their first frame, the window once its ring is full,
+dense by buckets of frames at short context), the pass with its attention calls is captured as one graph per key
+(for fastar: denoising pass and commit pass). The mode's host bookkeeping runs once at capture and through
+`graph_replayed` after each replay; host values the calls read (the frame index) go through `graph_inputs`. Each
+whole-pass graph has its own memory pool (they are not replayed in capture order) and is keyed also by the mode
+object and the cache's tensor addresses, so a mode switch or a cache reallocation can never replay a stale graph;
+a reallocation drops them.
 
 Lifecycle of each piece (`Graphed`): the first `warmup` calls run eagerly (lazy cuBLAS/cuDNN initialisation
 must not happen inside a capture), the next call captures and then replays (a capture records, it does not

@@ -1,17 +1,18 @@
 """Dense attention: every frame reads every earlier frame. The cache grows without bound (memory and time per
 frame grow linearly with the frame index): the quality reference and the speed baseline.
 
-Whole-pass CUDA graphs at short context (engine/graphs.py). A plain dense pass cannot be captured: the cache
-grows by a frame at every commit, so the attention's shapes and write addresses change every frame, and the
-attention calls ran eagerly between the graphed pieces (run 12 on the H100: 77 fps at 16 frames of context,
-host-bound, ~400 launches a frame). While the context holds at most `graph_frames` frames, dense instead attends
-to a bucket: slots [0, E), E the frame's end rounded up to `bucket_frames` frames, with the slots past the
-frame's end masked by NEG_BIAS in the cache's bias channel, and it writes the frame by a device-scalar slot index.
-Then the pass's device work depends only on E (and whether it commits), so each bucket is captured once and
-replayed for every frame in it; the result equals the unbucketed pass (masked slots get exactly zero weight).
-Beyond `graph_frames` the kernels dominate a frame and the padding would only cost: dense runs as before. The
-bucketed path needs the bias channel: dense switches it on for the graphed range when the cache has none (a
-model without temporal decay) and off again after, so that long contexts read unpadded K/V.
+Whole-pass CUDA graphs at short context (engine/graphs.py). A plain dense pass cannot be captured: the cache grows
+by a frame at every commit, so the attention's shapes and write addresses change every frame, and the attention
+calls ran eagerly between the graphed pieces (on the H100, run 11's weights at 80 frames of context: ~400 launches
+a frame, host-bound; docs/MODEL.md "Dense by buckets" has the measured effect of this change). While the context
+holds at most `graph_frames` frames, dense instead attends to a bucket: slots [0, E), E the frame's end rounded up
+to `bucket_frames` frames, with the slots past the frame's end masked by NEG_BIAS in the cache's bias channel, and
+it writes the frame by a device-scalar slot index. Then the pass's device work depends only on E (and whether it
+commits), so each bucket is captured once and replayed for every frame in it; the result equals the unbucketed
+pass (masked slots get exactly zero weight). Beyond `graph_frames` the kernels dominate a frame and the padding
+would only cost: dense runs as before. The bucketed path needs the bias channel: dense switches it on for the
+graphed range when the cache has none (a model without temporal decay) and off again after, so that long contexts
+read unpadded K/V.
 """
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ from engine.cache import KVCache
 
 @dataclass
 class DenseConfig:
-    graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames; 0: never
-    bucket_frames: int = 16   # bucket size: one captured graph per bucket; a frame attends to at most this - 1 masked
+    graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames (0: never)
+    bucket_frames: int = 16   # frames a bucket: one captured graph per bucket; at most this - 1 of them masked
 
     def __post_init__(self) -> None:
         if self.graph_frames < 0 or self.bucket_frames < 1:
