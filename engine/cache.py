@@ -39,8 +39,12 @@ small kernels a call (run 11 on the H100: dense 62 -> 36 fps with the decay on).
 """
 from __future__ import annotations
 
+import math
+
 import torch
 
+HORIZON_MARGIN = 50.0  # a skipped key's weight is below e^-50 (2e-22) of the newest key's (set_decay): even a
+                       # billion of them sum to < 1e-12 of the result, float32 rounding is ~1e-7
 NEG_BIAS = -1.0e4  # bias of an emptied slot: exp(-1e4) is 0 in every float format, yet finite (no inf - inf NaN)
 DECAY_FLOOR = -1.0e3  # the temporal decay term's floor: exp(-1000) is 0 already, and a decayed slot stays
                       # well above NEG_BIAS / 2, so it is never mistaken for an emptied one
@@ -69,6 +73,7 @@ class KVCache:
         self.slot_data: dict[str, torch.Tensor] = {}
         self._slot_fill: dict[str, float] = {}
         self.decay: torch.Tensor | None = None   # (L, H) temporal-decay slopes (set_decay), or None
+        self.horizon: list[list[int | None]] | None = None   # [L][H] frames back that matter (set_decay), or None
         self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
         self._aranges: dict[int, torch.Tensor] = {}   # n -> arange(n) on the device (the *_at methods)
         self._allocate(capacity)
@@ -132,12 +137,22 @@ class KVCache:
             b = b + self._decay_term(self.frame[:, :n], self.decay)[:, None]             # (L, 1, H, n)
         self.kp[..., :n, self.head_dim] = b
 
-    def set_decay(self, slopes: torch.Tensor | None) -> None:
-        """Temporal decay slopes (L, H) (module docstring), or None for none. `now` is set per frame by the caller."""
+    def set_decay(self, slopes: torch.Tensor | None, logit_bound: torch.Tensor | None = None) -> None:
+        """Temporal decay slopes (L, H) (module docstring), or None for none. `now` is set per frame by the caller.
+        logit_bound (L,): a bound on each layer's |q.k| x scale (CausalDiT.logit_bound); with it the cache keeps
+        `horizon`, per layer and head the frames back beyond which a key's attention weight is below
+        e^-HORIZON_MARGIN of the newest key's whatever q and k are: dense may skip those keys and stay exact to
+        float rounding (engine/attention/dense.py)."""
         if slopes is not None and tuple(slopes.shape) != (self.n_layers, self.n_heads):
             raise ValueError(f"KVCache.set_decay: slopes {tuple(slopes.shape)}, expected (layers, heads) = "
                              f"({self.n_layers}, {self.n_heads})")
         self.decay = None if slopes is None else slopes.detach().to(self.device, self._bias_dtype()).clone()
+        self.horizon = None
+        if slopes is not None and logit_bound is not None:
+            # a key w frames back scores at most R - slope x w, the newest at least -R: below e^-M when
+            # slope x w > M + 2R. Frames, rounded up; no horizon (huge) where the slope is 0.
+            need = (HORIZON_MARGIN + 2 * logit_bound.detach().float().cpu()[:, None]) / slopes.detach().float().cpu()
+            self.horizon = [[int(math.ceil(w)) if math.isfinite(w) else None for w in row] for row in need.tolist()]
 
     def _bias_dtype(self) -> torch.dtype:
         """float32, or float64 for a float64 cache (the exactness tests' reference precision)."""

@@ -113,7 +113,7 @@ class Sampler:
     def set_decay(self, slopes: torch.Tensor) -> None:
         """Temporal decay slopes (depth, heads) for the cache (the model's own, or a probe's over any model);
         before the first frame: on CUDA the bias rides in a key channel, and switching it on reallocates."""
-        self.cache.set_decay(slopes)
+        self.cache.set_decay(slopes, self.model.dit.logit_bound())
         if self.device.type == "cuda":
             self.cache.set_bias_channel(True)
 

@@ -259,3 +259,57 @@ def test_stability_probe_writes_chunks_and_refuses_a_wrong_slope_count(tmp_path:
                                       "--device", "cpu", "--decay", ",".join(["0.1"] * (heads + 1))])
     with pytest.raises(SystemExit):
         stability_probe.main()
+
+
+def _steep_decay_model() -> torch.nn.Module:
+    """Head 0 with a slope steep enough that its horizon (KVCache.set_decay) is a few frames, head 1 with none:
+    a run of heads that skips keys beside one that reads everything."""
+    m = random_model(seed=2, temporal_decay=True, heads=2, head_dim=32, rope_time_dims=16)
+    with torch.no_grad():
+        d = torch.zeros_like(m.dit.decay)                               # (depth, heads)
+        d[:, 0] = 8.0
+        m.dit.decay.copy_(d)
+    return m
+
+
+def _roll_dense(m: torch.nn.Module, frames: int, horizon: bool, channel: bool) -> tuple[list[torch.Tensor], Sampler]:
+    s = Sampler(m, build_mode("dense", graph_frames=0), steps=2, context_sigma=0.05, shift=2.0)
+    s.reset(seed=3, prompt="night stone")
+    s.cache.set_bias_channel(channel)
+    if not horizon:
+        s.cache.horizon = None
+    acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+    out = [s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float64)) for i in range(frames)]
+    return out, s
+
+
+@pytest.mark.parametrize("channel", [False, True])
+def test_dense_skips_keys_past_the_decay_horizon_exactly(channel: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dense with a decay skips, per head, the keys whose weight the logit bound (CausalDiT.logit_bound) puts
+    below e^-50 of the newest key's: the frames equal reading every key (float64, 1e-10), on the mask path
+    and the bias-channel path, while most old keys of the steep heads are skipped. With no margin the same
+    skipping changes the frames: the test can tell."""
+    m = _steep_decay_model()
+    ref, _ = _roll_dense(m, 24, horizon=False, channel=channel)
+    got, s = _roll_dense(m, 24, horizon=True, channel=channel)
+    horizon = s.cache.horizon
+    assert horizon is not None and all(h[1] is None for h in horizon)
+    assert max(h[0] for h in horizon) < 20                            # the steep head skips within 24 frames
+    assert s.mode.stats()["horizon_skipped"] > 0.05
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    import engine.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "HORIZON_MARGIN", -20.0)          # skip keys that do matter
+    bad, _ = _roll_dense(m, 24, horizon=True, channel=channel)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, bad)) > 1e-6
+
+
+def test_logit_bound_holds_for_real_queries_and_keys() -> None:
+    """CausalDiT.logit_bound bounds |q.k| / sqrt(head_dim) of the keys a rollout actually stores."""
+    m = _steep_decay_model()
+    _, s = _roll_dense(m, 6, horizon=True, channel=False)
+    bound = m.dit.logit_bound()
+    for layer in range(s.cache.n_layers):
+        k = s.cache.view(layer)[0]                                     # (B, H, L, D), rotary applied
+        worst = (k @ k.transpose(-1, -2)).abs().max() / k.shape[-1] ** 0.5   # |k.k'| bounds as q.k does here
+        assert float(worst) <= float(bound[layer]) * (1 + 1e-6)

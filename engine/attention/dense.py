@@ -17,6 +17,7 @@ read unpadded K/V.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -46,6 +47,8 @@ class DenseAttention(AttentionMode):
         self._len_t: torch.Tensor | None = None  # the committed length as a device scalar (bucketed path)
         self._cache: KVCache | None = None       # the cache of the pass graph_key last keyed
         self._own_channel = False                # the bias channel was switched on by this mode (graphs only)
+        self._ordered = True                     # the cache holds this mode's own commits, in frame order
+        self.skipped = 0.0                       # share of the committed keys the last call skipped (horizon)
 
     def bucket_end(self, end: int, n: int) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
@@ -64,10 +67,32 @@ class DenseAttention(AttentionMode):
         # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
         # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
         # committed slots change only at the commit below: their bias channel is the frame's refresh
-        out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True)
+        out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True,
+                                      runs=self._horizon_runs(cache, layer, n))
         if info.commit:
             cache.commit_scratch(layer, n, info.frame)
         return out
+
+    def _horizon_runs(self, cache: KVCache, layer: int, n: int) -> list[tuple[int, int, int]] | None:
+        """With a temporal decay, heads whose horizon (KVCache.set_decay) is shorter than the context skip the
+        keys beyond it: their weights are below e^-50 of the newest key's, so the result is dense's to float
+        rounding, and a 0.1-a-frame head reads ~900 frames instead of all of them. Runs of adjacent heads
+        with the same first slot, or None when every head reads everything. Only for a cache this mode filled
+        itself: its slots then hold consecutive frames in order, the newest last."""
+        if cache.horizon is None or not self._ordered or self._biased:
+            return None
+        length = cache.length[layer]
+        starts = [0 if w is None else max(0, length - w * n) for w in cache.horizon[layer]]
+        if not any(starts):
+            return None
+        runs: list[tuple[int, int, int]] = []
+        for h, st in enumerate(starts):
+            if runs and runs[-1][2] == st:
+                runs[-1] = (runs[-1][0], h + 1, st)
+            else:
+                runs.append((h, h + 1, st))
+        self.skipped = sum(starts) / (len(starts) * max(length, 1))
+        return runs
 
     def _bucketed(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                   info: StepInfo, e: int) -> torch.Tensor:
@@ -121,6 +146,12 @@ class DenseAttention(AttentionMode):
 
     def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
         self._biased = bool((cache.bias != 0).any()) if cache.tokens() else False
+        self._ordered = cache.tokens() == 0   # another mode's slots need not be in frame order (a ring)
 
     def reset(self) -> None:
         self._biased = False
+        self._ordered = True
+        self.skipped = 0.0
+
+    def stats(self) -> dict[str, Any]:
+        return {**super().stats(), "horizon_skipped": round(self.skipped, 4)}

@@ -302,6 +302,13 @@ class CausalDiT(nn.Module):
         """(depth, heads) float32 logit slopes per frame of distance (>= 0), or None without temporal decay."""
         return None if self.decay is None else self.decay.float().abs()
 
+    def logit_bound(self) -> torch.Tensor:
+        """(depth,) float32: an upper bound on |q.k| / sqrt(head_dim) in each block's self-attention. q and k are
+        RMS-normed (norm sqrt(head_dim), eps only shrinks it) and scaled per channel by the q/k norm weights;
+        rotary keeps norms; so |q.k| <= max|w_q| sqrt(Dh) x max|w_k| sqrt(Dh) (Cauchy-Schwarz)."""
+        return torch.stack([b.q_norm.weight.detach().abs().max().float() * b.k_norm.weight.detach().abs().max().float()
+                            for b in self.blocks]) * math.sqrt(self.cfg.head_dim)
+
     def rope(self, frames: torch.Tensor, heading: torch.Tensor | None = None) -> Rope:
         return self.rotary(frames, self.dtype, heading)
 
