@@ -313,3 +313,21 @@ def test_logit_bound_holds_for_real_queries_and_keys() -> None:
         k = s.cache.view(layer)[0]                                     # (B, H, L, D), rotary applied
         worst = (k @ k.transpose(-1, -2)).abs().max() / k.shape[-1] ** 0.5   # |k.k'| bounds as q.k does here
         assert float(worst) <= float(bound[layer]) * (1 + 1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the CUDA kernels' check")
+def test_cuda_dense_horizon_equals_reading_every_key() -> None:
+    """The same on the GPU's bias-channel path (float32, the chosen SDPA kernels on head slices)."""
+    m = _steep_decay_model().float().cuda()
+
+    def roll(horizon: bool) -> list[torch.Tensor]:
+        s = Sampler(m, build_mode("dense", graph_frames=0), steps=2, context_sigma=0.05, shift=2.0)
+        s.reset(seed=3, prompt="night stone")
+        assert s.cache.pad and s.cache.horizon is not None
+        if not horizon:
+            s.cache.horizon = None
+        acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+        return [s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float32, device="cuda"))
+                for i in range(24)]
+    for a, b in zip(roll(False), roll(True)):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
