@@ -38,7 +38,7 @@ from engine.model.config import ModelConfig
 from engine.model.dit import head_slopes
 from engine.train_attention import TrainAttention
 from engine.train_data import load_store, make_dataset, revisit_clip, revisit_pairs
-from engine.train_own_context import pick, predict_clip, validate
+from engine.train_own_context import keep_memory, pick, predict_clip, validate
 
 
 @dataclass
@@ -96,6 +96,9 @@ class DiTTrainConfig:
     own_context_steps: int = 2     # bias, engine/train_own_context.py): Euler steps of that no-grad pass (1..4)
     own_context_rounds: int = 1    # 2: predict again from the first predictions (errors compound once)
     own_context_revisits: bool = True  # false: revisit clips always keep their true context (own_context says why)
+    own_context_memory: bool = False   # true: a revisit clip given own-prediction context keeps its first visit
+                                       # true (frames up to midway between the visits); only the later ones are the
+                                       # model's: a true memory against drifted recent frames (train_own_context)
 
 
 @dataclass
@@ -162,6 +165,9 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         validate(cfg.dit.own_context_prob, cfg.dit.own_context_steps, cfg.dit.own_context_rounds)
+        if cfg.dit.own_context_memory and not cfg.dit.own_context_revisits:
+            raise ValueError("dit.own_context_memory=true needs dit.own_context_revisits=true (false keeps every "
+                             "revisit clip wholly true, so there is no own-prediction context to keep memory in)")
         if not 0.0 <= cfg.dit.revisit_lead <= 1.0 or cfg.dit.novelty_weight < 0 or not 0.0 <= cfg.dit.revisit_prob <= 1.0:
             raise ValueError(f"dit.revisit_prob and dit.revisit_lead must be in [0, 1] and dit.novelty_weight >= 0; "
                              f"got {cfg.dit.revisit_prob}, {cfg.dit.revisit_lead}, {cfg.dit.novelty_weight}")
@@ -405,15 +411,18 @@ class Trainer:
             self.ema.load_state_dict(self.model.state_dict())
             self.save(None)
 
-    def sample_clips(self, B: int, T: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(episode (B,), absolute frame index (B, T), row in the store (B, T), is a revisit clip (B,) bool); a
-        share are revisit clips (dit.revisit_prob: a place seen again far apart), a share long-gap clips, the
-        rest contiguous."""
+    def sample_clips(self, B: int, T: int
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(episode (B,), absolute frame index (B, T), row in the store (B, T), is a revisit clip (B,) bool,
+        memory (B,) int64: a revisit clip's leading frames up to midway between its two visits, 0 for other
+        clips); a share are revisit clips (dit.revisit_prob: a place seen again far apart), a share long-gap
+        clips, the rest contiguous."""
         st, d = self.train_store, self.cfg.dit
         ok = np.flatnonzero(st.length >= T)
         eps = self.rng.choice(ok, B, p=st.length[ok] / st.length[ok].sum())
         idx = np.zeros((B, T), np.int64)
         revisit = np.zeros(B, bool)
+        memory = np.zeros(B, np.int64)
         h = T // 2
         for b, e in enumerate(eps):
             n = int(st.length[e])
@@ -422,6 +431,7 @@ class Trainer:
                 e, i, j = (int(v) for v in self.revisits[self.rng.integers(len(self.revisits))])
                 eps[b], revisit[b] = e, True
                 idx[b] = revisit_clip(int(st.length[e]), T, i, j, d.revisit_lead, d.revisit_max_gap > 0)
+                memory[b] = int((idx[b] <= (i + j) // 2).sum())
             elif self.rng.random() < d.gap_prob and gap_room > 0:
                 s0 = int(self.rng.integers(0, gap_room + 1))
                 s1 = int(self.rng.integers(s0 + h + d.min_gap, n - (T - h) + 1))
@@ -431,11 +441,12 @@ class Trainer:
                 idx[b] = np.arange(s0, s0 + T)
         rows = idx + st.start[eps][:, None]
         return (torch.from_numpy(eps).to(self.device), torch.from_numpy(idx).to(self.device),
-                torch.from_numpy(rows).to(self.device), torch.from_numpy(revisit).to(self.device))
+                torch.from_numpy(rows).to(self.device), torch.from_numpy(revisit).to(self.device),
+                torch.from_numpy(memory).to(self.device))
 
     def dit_loss(self, B: int, T: int, attn: Any) -> torch.Tensor:
         d, m = self.cfg.dit, self.model
-        eps_i, frames, rows, revisit = self.sample_clips(B, T)
+        eps_i, frames, rows, revisit, memory = self.sample_clips(B, T)
         z = self.latents[rows].float()                                             # (B, T, C, h, w)
         acts = self.actions[rows]                                                   # (B, T, 8)
         heading = None if self.headings is None else self.headings[rows]           # (B, T) radians
@@ -447,7 +458,8 @@ class Trainer:
         bc = lambda s: s[:, :, None, None, None]  # noqa: E731
         prompt = m.prompt(self.prompt_ids[eps_i])
         z_ctx = self.own_context(z, acts, frames, prompt, attn, heading,            # z unless own_context_prob
-                                 None if d.own_context_revisits else revisit)
+                                 None if d.own_context_revisits else revisit,
+                                 memory if d.own_context_memory else None)
         x_clean = (1 - bc(tc)) * z_ctx + bc(tc) * e1
         x_noisy = (1 - bc(t)) * z + bc(t) * e2                                     # targets stay the true z
         with self.ctx():
@@ -471,14 +483,16 @@ class Trainer:
 
     def own_context(self, z: torch.Tensor, acts: torch.Tensor, frames: torch.Tensor,
                     prompt: tuple[torch.Tensor, torch.Tensor], attn: Any,
-                    heading: torch.Tensor | None = None, keep_true: torch.Tensor | None = None) -> torch.Tensor:
+                    heading: torch.Tensor | None = None, keep_true: torch.Tensor | None = None,
+                    memory: torch.Tensor | None = None) -> torch.Tensor:
         """Clean-half latents: z, with a picked share of the samples replaced by the model's own no-grad
         predictions (frame 0 kept true). Nothing is drawn from any RNG when own_context_prob == 0.
         keep_true (B,) bool (dit.own_context_revisits=false: the revisit clips): samples that keep their true
         context; the pick takes the others first, and a kept one it still takes (the pass keeps one batch
         size, one compile) is predicted and left true. Why: a revisit clip's target is the true view again,
         and with a predicted first visit as memory the best answer is a hedge between memory and a guess,
-        which teaches the model not to copy; the revisit test asks for the copy (docs/MODEL.md)."""
+        which teaches the model not to copy; the revisit test asks for the copy (docs/MODEL.md).
+        memory (B,) int64 (dit.own_context_memory): leading frames of each sample kept true (keep_memory)."""
         d = self.cfg.dit
         self.own_stats[1] += z.shape[0]
         idx = pick(z.shape[0], d.own_context_prob, z.device, last=keep_true)
@@ -491,6 +505,8 @@ class Trainer:
                              (prompt[0][idx].detach(), prompt[1][idx].detach()), attn, d.own_context_steps,
                              d.shift, d.context_sigma, d.own_context_rounds, self.ctx,
                              None if heading is None else heading[idx])
+        if memory is not None:
+            x_hat = keep_memory(x_hat, z[idx], memory[idx])
         if keep_true is not None:
             kept = keep_true[idx]
             x_hat = torch.where(kept[:, None, None, None, None], z[idx], x_hat)

@@ -42,6 +42,18 @@ def pick(B: int, prob: float, device: torch.device, last: torch.Tensor | None = 
     return order[:k]
 
 
+def keep_memory(x_hat: torch.Tensor, z: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """x_hat, z (B, T, C, h, w); memory (B,) int: frames [0, memory[b]) of sample b from z (true), the rest from
+    x_hat (predicted). Why (dit.own_context_memory): at a return the rollout's recent frames have drifted while
+    the first visit's view sits further back; a revisit clip with a true first visit and predicted frames since
+    trains the model to take the view from memory over its own recent frames. In a rollout (tools/recall_probe
+    --true-first-turn) the model copies the first frames of a return at 26 dB and then drifts away frame by
+    frame (docs/MODEL.md, "Sampling temperature")."""
+    t = torch.arange(x_hat.shape[1], device=x_hat.device)
+    keep = (t[None, :] < memory[:, None])[:, :, None, None, None]                # (B, T, 1, 1, 1)
+    return torch.where(keep, z, x_hat)
+
+
 def sigma_grid(steps: int, shift: float, device: torch.device) -> torch.Tensor:
     """The sampler's schedule (engine/sampler.py): 1 -> 0 over `steps`, s' = k s / (1 + (k - 1) s)."""
     s = torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)

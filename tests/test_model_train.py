@@ -335,3 +335,27 @@ def test_revisit_lead_and_novelty_train(trained: Path) -> None:
     assert losses and all(math.isfinite(x) for x in losses)
     with pytest.raises(ValueError, match="novelty_weight"):
         train(tiny_config(trained, out=trained / "run_bad", **{"dit.novelty_weight": -1.0}))
+
+
+def test_keep_memory_keeps_each_samples_leading_frames_true() -> None:
+    """train_own_context.keep_memory: frames [0, memory[b]) from the true latents, the rest predicted."""
+    import torch
+
+    from engine.train_own_context import keep_memory
+    z, x_hat = torch.zeros(3, 5, 2, 1, 1), torch.ones(3, 5, 2, 1, 1)
+    got = keep_memory(x_hat, z, torch.tensor([0, 2, 5]))
+    assert got[:, :, 0, 0, 0].tolist() == [[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [0, 0, 0, 0, 0]]
+
+
+def test_own_context_memory_trains_and_needs_own_context_revisits(trained: Path) -> None:
+    """dit.own_context_memory=true: every clip a revisit clip, every sample picked: training runs with own
+    context applied (own_share 1); with dit.own_context_revisits=false it is a clear error naming both."""
+    over = {"dit.own_context_prob": 1.0, "dit.own_context_steps": 1, "dit.revisit_prob": 1.0, "dit.steps": 2,
+            "dit.revisit_min_gap": 4, "dit.revisit_pos_tol": 0.5, "dit.revisit_yaw_tol": 30.0,
+            "dit.own_context_memory": True}
+    out = trained / "run_own_memory"
+    train(tiny_config(trained, out=out, **over))
+    recs = [r for r in _log(out) if r.get("phase") == "dit" and "loss" in r]
+    assert recs and all(math.isfinite(r["loss"]) for r in recs) and {r["own_share"] for r in recs} == {1.0}
+    with pytest.raises(ValueError, match="own_context_memory=true needs dit.own_context_revisits=true"):
+        train(tiny_config(trained, out=trained / "run_own_memory_bad", **over, **{"dit.own_context_revisits": False}))
