@@ -24,7 +24,6 @@ for a float64 model) whatever the model's dtype; only the model's input is cast.
 from __future__ import annotations
 
 import math
-
 from typing import NamedTuple
 
 import torch
