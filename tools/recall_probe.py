@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from engine.attention import MODES, kernels
+from engine.bench_run import motion
 from engine.attention.base import AttentionMode, StepInfo
 from engine.cache import KVCache
 from engine.env import make_action
@@ -112,8 +113,8 @@ class RecallAttention(AttentionMode):
 
 
 def _motion(frames: np.ndarray) -> float:
-    """Mean absolute change between consecutive frames (uint8 (T, H, W, 3))."""
-    return round(float(np.abs(np.diff(frames.astype(np.int16), axis=0)).mean()), 2)
+    """Mean absolute change between consecutive frames (uint8 (T, H, W, 3)): the benchmark's motion, averaged."""
+    return round(float(np.mean(motion(frames, None)[1:])), 2)
 
 
 def main() -> None:
