@@ -136,6 +136,9 @@ class Sampler:
     def set_mode(self, mode: AttentionMode) -> None:
         """Switch attention mode mid-episode: the new mode brings the cache to its own rules."""
         mode.reset()
+        if self.cache.decay is not None and self.device.type == "cuda" and not self.cache.pad:
+            self.cache.set_bias_channel(True)   # dense's in-kernel decay had switched it off (set_decay says why)
+            self.cache.refresh_channel()
         mode.adopt(self.cache, self.N)
         self.mode = mode
 

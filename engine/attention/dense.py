@@ -13,6 +13,13 @@ pass (masked slots get exactly zero weight). Beyond `graph_frames` the kernels d
 would only cost: dense runs as before. The bucketed path needs the bias channel: dense switches it on for the
 graphed range when the cache has none (a model without temporal decay) and off again after, so that long contexts
 read unpadded K/V.
+
+A model with temporal decay puts a bias on every committed key. Past the graphed range, on CUDA with triton,
+dense computes it inside its own kernel from the slots' frame indices (engine/attention/triton_decay.py,
+`decay_kernel`): 64 key channels instead of the bias channel's 72, which FA2 runs at about half speed, and no
+channel to rewrite every frame; the channel is switched off there as for a model without decay. Elsewhere
+(the CPU, no triton, `decay_kernel: channel`) the bias rides in the channel or a mask, and
+`stats()["decay_kernel"]` says which path ran.
 """
 from __future__ import annotations
 
@@ -21,7 +28,7 @@ from typing import Any
 
 import torch
 
-from engine.attention import kernels
+from engine.attention import kernels, triton_decay
 from engine.attention.base import AttentionMode, StepInfo, capturing
 from engine.cache import KVCache
 
@@ -30,11 +37,15 @@ from engine.cache import KVCache
 class DenseConfig:
     graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames (0: never)
     bucket_frames: int = 16   # frames a bucket: one captured graph per bucket; at most this - 1 of them masked
+    decay_kernel: str = "auto"   # temporal decay past the graphed range: triton (in-kernel), channel, or auto
+                                 # (triton where it can run: CUDA with triton installed, else the channel)
 
     def __post_init__(self) -> None:
         if self.graph_frames < 0 or self.bucket_frames < 1:
             raise ValueError(f"dense attention: graph_frames must be >= 0 and bucket_frames >= 1, got "
                              f"graph_frames={self.graph_frames} bucket_frames={self.bucket_frames}")
+        if self.decay_kernel not in ("auto", "triton", "channel"):
+            raise ValueError(f"dense attention: decay_kernel must be auto, triton or channel, got {self.decay_kernel!r}")
 
 
 class DenseAttention(AttentionMode):
@@ -49,6 +60,9 @@ class DenseAttention(AttentionMode):
         self._own_channel = False                # the bias channel was switched on by this mode (graphs only)
         self._ordered = True                     # the cache holds this mode's own commits, in frame order
         self.skipped = 0.0                       # share of the committed keys the last call skipped (horizon)
+        self.decay_path = "none"                 # how the last long-context call applied a decay (stats)
+        self._hz: tuple[tuple, torch.Tensor] | None = None   # (key, (L, H) int32 horizons) for triton_decay
+        self._warned = False
 
     def bucket_end(self, end: int, n: int) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
@@ -63,15 +77,65 @@ class DenseAttention(AttentionMode):
         e = self.bucket_end(cache.length[layer] + n, n) if cache.pad else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
+        in_kernel = self._in_kernel_decay(cache, q.device)
+        if in_kernel and cache.pad and layer == 0 and not capturing():
+            cache.set_bias_channel(False)   # past the graphed range the channel is unused: 64 channels, no refresh
         end = cache.write_scratch(layer, k, v)
-        # Slots may hold TempCache groups if the cache was filled by another mode and then switched to dense:
-        # keep their bias so the switch stays exact; a plain dense cache has none and takes the bias-free path.
-        # committed slots change only at the commit below: their bias channel is the frame's refresh
-        out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True,
-                                      runs=self._horizon_runs(cache, layer, n))
+        if in_kernel:
+            out = self._decay_attention(layer, q, cache, end, n)
+        else:
+            # Slots may hold TempCache groups if the cache was filled by another mode and then switched to
+            # dense: keep their bias so the switch stays exact; a plain dense cache has none and takes the
+            # bias-free path. Committed slots change only at the commit below: their channel is the frame's.
+            self.decay_path = "none" if cache.decay is None else ("channel" if cache.pad else "mask")
+            out = kernels.cache_attention(q, cache, layer, end, self._biased, committed_fresh=True,
+                                          runs=self._horizon_runs(cache, layer, n))
         if info.commit:
             cache.commit_scratch(layer, n, info.frame)
         return out
+
+    def _in_kernel_decay(self, cache: KVCache, device: torch.device) -> bool:
+        """Whether this call takes triton_decay (module docstring): a decay, no group biases, and the kernel
+        runnable (decay_kernel=triton insists, auto says once when it cannot)."""
+        if cache.decay is None or self._biased or self.cfg.decay_kernel == "channel":
+            return False
+        ok = triton_decay.available(device)
+        if not ok and self.cfg.decay_kernel == "triton":
+            raise RuntimeError(f"dense: decay_kernel=triton needs triton and a CUDA device, got device {device} "
+                               f"(triton {'installed' if triton_decay._triton_ok else 'not installed'})")
+        if not ok and device.type == "cuda" and not self._warned:
+            print("dense: triton not installed: the temporal decay rides in the bias channel (72 key channels, "
+                  "slower; engine/attention/triton_decay.py)", flush=True)
+            self._warned = True
+        return ok
+
+    def _decay_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int) -> torch.Tensor:
+        """q (B, H, n, D) against slots [0, end) with the decay computed in the kernel, each head from its
+        horizon's first slot on (as _horizon_runs)."""
+        assert cache.decay is not None
+        key = (id(cache), id(cache.horizon), self._ordered, cache.decay.data_ptr())
+        if self._hz is None or self._hz[0] != key:
+            rows = cache.horizon if (cache.horizon is not None and self._ordered) else \
+                [[None] * cache.n_heads for _ in range(cache.n_layers)]
+            hz = torch.tensor([[0 if w is None else w for w in row] for row in rows], dtype=torch.int32)
+            self._hz = (key, hz.to(cache.device))
+        starts = self._horizon_starts(cache, layer, n)
+        self.decay_path = "triton"
+        kernels.note_kernel("triton_decay")
+        return triton_decay.decay_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
+                                            cache.frame[layer, :end], cache.now, cache.decay[layer].float(),
+                                            self._hz[1][layer], cache.length[layer], n,
+                                            min_start=min(starts) if starts else 0)
+
+    def _horizon_starts(self, cache: KVCache, layer: int, n: int) -> list[int] | None:
+        """Per head, the first slot its decay horizon reads (see _horizon_runs), or None without a horizon.
+        Sets stats' horizon_skipped."""
+        if cache.horizon is None or not self._ordered or self._biased:
+            return None
+        length = cache.length[layer]
+        starts = [0 if w is None else max(0, length - w * n) for w in cache.horizon[layer]]
+        self.skipped = sum(starts) / (len(starts) * max(length, 1))
+        return starts
 
     def _horizon_runs(self, cache: KVCache, layer: int, n: int) -> list[tuple[int, int, int]] | None:
         """With a temporal decay, heads whose horizon (KVCache.set_decay) is shorter than the context skip the
@@ -79,11 +143,8 @@ class DenseAttention(AttentionMode):
         rounding, and a 0.1-a-frame head reads ~900 frames instead of all of them. Runs of adjacent heads
         with the same first slot, or None when every head reads everything. Only for a cache this mode filled
         itself: its slots then hold consecutive frames in order, the newest last."""
-        if cache.horizon is None or not self._ordered or self._biased:
-            return None
-        length = cache.length[layer]
-        starts = [0 if w is None else max(0, length - w * n) for w in cache.horizon[layer]]
-        if not any(starts):
+        starts = self._horizon_starts(cache, layer, n)
+        if not starts or not any(starts):
             return None
         runs: list[tuple[int, int, int]] = []
         for h, st in enumerate(starts):
@@ -91,7 +152,6 @@ class DenseAttention(AttentionMode):
                 runs[-1] = (runs[-1][0], h + 1, st)
             else:
                 runs.append((h, h + 1, st))
-        self.skipped = sum(starts) / (len(starts) * max(length, 1))
         return runs
 
     def _bucketed(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
@@ -154,4 +214,4 @@ class DenseAttention(AttentionMode):
         self.skipped = 0.0
 
     def stats(self) -> dict[str, Any]:
-        return {**super().stats(), "horizon_skipped": round(self.skipped, 4)}
+        return {**super().stats(), "horizon_skipped": round(self.skipped, 4), "decay_kernel": self.decay_path}

@@ -1,0 +1,138 @@
+"""Dense attention with the temporal decay computed from frame indices inside the kernel (no bias channel).
+
+Why: a model with temporal decay (dit.temporal_decay) adds max(slope_h x (frame_j - now), DECAY_FLOOR) to the
+logit of every committed key j (engine/cache.py). The plain kernels cannot take a per-key bias without a slow
+mask argument, so the cache carried it as one extra key channel: 65 channels padded to 72, which FA2 runs at
+about half the speed of 64 (H100, 256 queries against 3000 frames x 256 keys, bf16: 2.13 ms at 72 channels,
+1.09 at 64, 1.78 at 96; tools/gpu/chan_cost.py), and the channel had to be rewritten for every slot every
+frame. This kernel reads the 64 channels and each slot's frame index, and adds the decay itself.
+
+Shape of the work: one frame's 256 queries against up to millions of keys. Tiling only the queries would give
+2 query blocks x 6 heads = 12 programs for 132 SMs, so the keys are split into S chunks as well
+(flash-decoding): each program writes a partial output and log-sum-exp, and a combine step weighs the chunks
+by their log-sum-exps. Per head, keys past its `horizon` are skipped (the decay horizon: engine/cache.py
+set_decay, engine/attention/dense.py). Online softmax in base 2, float32 accumulators, as triton_varlen.py.
+
+Inputs: q (B, H, n, D); k, v (B, H, L, D) with the last dim contiguous (views of padded storage are fine);
+frame (L,) int64 slot frame indices; now () int64 the frame being generated (a device scalar, as the cache's);
+slopes (H,) float32; horizon (H,) int32, per head the frames back it reads (0: all), which makes it skip the
+slots before length - horizon x tokens_per_frame (only for slots in frame order, the newest last: a dense
+cache); `length` the committed slots (slots [length, L) are the scratch frame: no decay). Returns (B, H, n, D) in q's dtype. CUDA with triton only;
+`available()` says whether it can run; on the CPU the tests run it under TRITON_INTERPRET=1.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import torch
+
+from engine.cache import DECAY_FLOOR
+
+_triton_ok = importlib.util.find_spec("triton") is not None
+if _triton_ok:
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, length, end, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+                   D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLOOR: tl.constexpr):
+        """Program (query block, batch x head, key chunk). Partial output (S, B*H, n, D) and lse (S, B*H, n),
+        lse in base 2 (the combine only compares them)."""
+        mb, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        b, h = bh // H, bh % H
+        hz = tl.load(HZ + h).to(tl.int64)                                # horizon in frames, 0: none
+        lo = tl.where(hz > 0, tl.maximum(length - hz * tpf, 0), 0) + split * chunk
+        hi = tl.minimum(lo + chunk, end)
+        offs_m = mb * BLOCK_M + tl.arange(0, BLOCK_M)
+        offs_d = tl.arange(0, D)
+        row_ok = offs_m < n_q
+        q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
+                    mask=row_ok[:, None], other=0.0)
+        slope = tl.load(SLOPE + h) * 1.4426950408889634          # base 2, as the scores
+        now = tl.load(NOW)
+        kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
+        vbase = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, D], tl.float32)
+        for n0 in range(lo, hi, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            col_ok = offs_n < hi
+            k = tl.load(kbase + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            fr = tl.load(FRAME + offs_n, mask=col_ok, other=0)
+            back = tl.minimum(fr - now, 0).to(tl.float32)                           # frames back, <= 0
+            bias = tl.where(offs_n < length, tl.maximum(slope * back, FLOOR * 1.4426950408889634), 0.0)
+            s = tl.dot(q, tl.trans(k)) * qk_scale + bias[None, :]                   # (BLOCK_M, BLOCK_N)
+            s = tl.where(col_ok[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(vbase + offs_n[:, None].to(tl.int64) * svn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        has = l_i > 0
+        out = acc / tl.where(has, l_i, 1.0)[:, None]
+        row = (split * tl.num_programs(1) + bh).to(tl.int64) * n_q + offs_m
+        tl.store(O + row[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
+        tl.store(LSE + row, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf")), mask=row_ok)
+
+
+BLOCK_M, BLOCK_N = 128, 64
+LAUNCH = {"num_warps": 8, "num_stages": 3}   # tools/decay_kernel_bench.py measures the alternatives
+
+
+def available(device: torch.device) -> bool:
+    """Whether the kernel can run on `device`: triton importable and CUDA (or the interpreter, for tests)."""
+    return _triton_ok and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+def splits(n_q: int, heads: int, keys: int, device: torch.device) -> int:
+    """Key chunks a call: about two programs per SM overall, but no chunk below 4 key blocks."""
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    programs = -(-n_q // BLOCK_M) * heads
+    return max(1, min(-(-2 * sms // programs), -(-keys // (4 * BLOCK_N))))
+
+
+def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: torch.Tensor, now: torch.Tensor,
+                    slopes: torch.Tensor, horizon: torch.Tensor, length: int, tokens_per_frame: int,
+                    min_start: int = 0, num_splits: int = 0, block_n: int = BLOCK_N,
+                    launch: dict[str, int] | None = None) -> torch.Tensor:
+    """See the module docstring. min_start: the first slot any head reads (host int: sizes the key chunks
+    without a device read); num_splits: key chunks, 0 = splits(); block_n, launch: tile and launch settings
+    (the defaults are the measured ones)."""
+    if not _triton_ok:
+        raise RuntimeError("triton_decay: triton is not installed")
+    B, H, n, D = q.shape
+    L = k.shape[2]
+    if D not in (16, 32, 64, 128):
+        raise ValueError(f"triton_decay: head dim must be 16/32/64/128, got q {tuple(q.shape)}")
+    if k.shape[:2] != (B, H) or v.shape[:3] != k.shape[:3] or k.shape[-1] != D or v.shape[-1] != D:
+        raise ValueError(f"triton_decay: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
+    if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError("triton_decay: q, k, v need a contiguous last dim")
+    if frame.shape != (L,) or slopes.shape != (H,) or horizon.shape != (H,):
+        raise ValueError(f"triton_decay: frame {tuple(frame.shape)} (want ({L},)), slopes {tuple(slopes.shape)} and "
+                         f"horizon {tuple(horizon.shape)} (want ({H},))")
+    if slopes.dtype != torch.float32 or horizon.dtype != torch.int32 or frame.dtype != torch.int64:
+        raise ValueError(f"triton_decay: slopes float32, horizon int32 and frame int64 expected, got "
+                         f"{slopes.dtype}, {horizon.dtype}, {frame.dtype}")
+    S = num_splits or splits(n, B * H, L - min_start, q.device)
+    chunk = -(-max(L - min_start, 1) // S)
+    chunk = -(-chunk // block_n) * block_n
+    o = torch.empty(S, B * H, n, D, device=q.device, dtype=torch.float32)
+    lse = torch.empty(S, B * H, n, device=q.device, dtype=torch.float32)
+    grid = (-(-n // BLOCK_M), B * H, S)
+    _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, L, tokens_per_frame, chunk,
+                     1.4426950408889634 / math.sqrt(D), n, H,
+                     q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+                     v.stride(0), v.stride(1), v.stride(2),
+                     D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, FLOOR=DECAY_FLOOR, **(launch or LAUNCH))
+    if S == 1:
+        return o[0].view(B, H, n, D).to(q.dtype)
+    w = torch.exp2(lse - lse.amax(0))                                   # (S, BH, n); an empty chunk weighs 0
+    out = (o * w[..., None]).sum(0) / w.sum(0)[..., None]
+    return out.view(B, H, n, D).to(q.dtype)
