@@ -51,7 +51,7 @@ def kernel_check(device: str) -> float:
                 lg = q[b, h].double() @ k[b, h, s:].double().T / math.sqrt(D) + bias[h, s:]
                 ref[b, h] = (torch.softmax(lg, -1) @ v[b, h, s:].double()).cpu()
         for splits in (1, 3):
-            out = td.decay_attention(q, k, v, frame, now, slopes, hz, length, n, min_start=min(starts),
+            out = td.decay_attention(q, k, v, frame, now, slopes, hz, length, n, starts=starts,
                                      num_splits=splits)
             assert out.shape == (B, H, n, D) and out.dtype == q.dtype
             worst = max(worst, float((out.double().cpu() - ref).abs().max()))
@@ -60,9 +60,9 @@ def kernel_check(device: str) -> float:
 
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernel_equals_the_reference() -> None:
-    """float32 inputs, so 1e-4 (tf32 is off for the reference; the kernel's dots round like any GPU kernel)."""
+    """float32 inputs, full-precision dots (no tf32): 1e-4 on the GPU, 1e-5 in the interpreter."""
     if torch.cuda.is_available():
-        assert kernel_check("cuda") < 2e-3
+        assert kernel_check("cuda") < 1e-4
         return
     code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_triton_decay import kernel_check; " \
            "print(kernel_check('cpu'))"

@@ -87,7 +87,7 @@ def main() -> None:
         for name, (k, v, bn, launch) in variants.items():
             def fn(k=k, v=v, bn=bn, launch=launch) -> torch.Tensor:  # type: ignore[no-untyped-def]
                 return triton_decay.decay_attention(q, k, v, frame, now, slopes, hz, length, n,
-                                                    min_start=min(starts), block_n=bn, launch=launch)
+                                                    starts=starts, block_n=bn, launch=launch)
             try:
                 err = float((fn().float() - ref).abs().max())
                 res[f"{name}_ms"], res[f"{name}_max_err"] = timed(fn, args.reps), err

@@ -125,7 +125,7 @@ class DenseAttention(AttentionMode):
         return triton_decay.decay_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
                                             cache.frame[layer, :end], cache.now, cache.decay[layer].float(),
                                             self._hz[1][layer], cache.length[layer], n,
-                                            min_start=min(starts) if starts else 0)
+                                            starts=starts)
 
     def _horizon_starts(self, cache: KVCache, layer: int, n: int) -> list[int] | None:
         """Per head, the first slot its decay horizon reads (see _horizon_runs), or None without a horizon.
