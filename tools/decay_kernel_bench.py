@@ -8,7 +8,8 @@ itself, for F in --frames. Heads 0-3 decay at 0.1 a frame and skip keys past a 1
 at 0.01 read everything (run 12's slopes and horizons, docs/MODEL.md). Rows:
   channel       the cache's bias-channel layout (72 channels) through kernels.padded_attention, one call per
                 run of heads with the same first slot, the SDPA backend chosen by measurement (dense's path)
-  triton        triton_decay on 64-channel storage (dense's path past its graphed range), launch variants
+  triton        triton_decay on 64-channel storage (dense's path past its graphed range); variants: tile,
+                warps, stages, and key chunks sized for 1, 2 or 8 programs per SM instead of WAVES
   triton_strided  the same kernel reading the first 64 channels of the 72-channel storage in place
   plain64       FA2 on 64 channels with no decay and no horizon (a floor for reference, not a valid result)
 Prints a table and writes JSON. CUDA only.
@@ -42,7 +43,7 @@ def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--frames", default="300,1000,3000")
+    ap.add_argument("--frames", default="300,600,1000,3000")
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--out", default="runs/results/decay_kernel_h100.json")
     args = ap.parse_args()
@@ -53,6 +54,7 @@ def main() -> None:
     horizon = [1000] * 4 + [0] * 2
     hz = torch.tensor(horizon, dtype=torch.int32, device=dev)
     rows = []
+    default_waves = triton_decay.WAVES
     torch.manual_seed(0)
     for frames in [int(f) for f in args.frames.split(",")]:
         L, length = (frames + 1) * n, frames * n
@@ -80,19 +82,23 @@ def main() -> None:
         ref = channel().float()
         variants: dict[str, tuple] = {"triton": (k64, v64, 64, None),
                                       "triton_n128": (k64, v64, 128, None),
-                                      "triton_w4": (k64, v64, 64, {"num_warps": 4, "num_stages": 3}),
-                                      "triton_s2": (k64, v64, 64, {"num_warps": 8, "num_stages": 2}),
+                                      "triton_w8": (k64, v64, 64, {"num_warps": 8, "num_stages": 3}),
+                                      "triton_s2": (k64, v64, 64, {"num_warps": 4, "num_stages": 2}),
                                       "triton_strided": (kp[..., :D], vp[..., :D], 64, None)}
+        for waves in (1, 2, 8):
+            variants[f"triton_waves{waves}"] = (k64, v64, 64, None, waves)
         res = {"frames": frames, "keys": L, "channel_ms": timed(channel, args.reps), "channel_kernel": kernels.kernel_name()}
-        for name, (k, v, bn, launch) in variants.items():
+        for name, (k, v, bn, launch, *waves) in variants.items():
             def fn(k=k, v=v, bn=bn, launch=launch) -> torch.Tensor:  # type: ignore[no-untyped-def]
                 return triton_decay.decay_attention(q, k, v, frame, now, slopes, hz, length, n,
                                                     starts=starts, block_n=bn, launch=launch)
+            triton_decay.WAVES = waves[0] if waves else default_waves
             try:
                 err = float((fn().float() - ref).abs().max())
                 res[f"{name}_ms"], res[f"{name}_max_err"] = timed(fn, args.reps), err
             except Exception as e:   # a launch setting the GPU cannot take (shared memory): say so, go on
                 res[f"{name}_ms"], res[f"{name}_error"] = None, f"{type(e).__name__}: {e}"[:200]
+        triton_decay.WAVES = default_waves
         from torch.nn.attention import SDPBackend, sdpa_kernel
         with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
             res["plain64_ms"] = timed(lambda: F.scaled_dot_product_attention(q, k64, v64), args.reps)

@@ -35,7 +35,9 @@ if _triton_ok:
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # the ints that change from frame to frame are not specialised on (divisibility, == 1): one compiled
+    # kernel for the whole rollout, and less work per launch
+    @triton.jit(do_not_specialize=["length", "end", "chunk"])
     def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, length, end, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLOOR: tl.constexpr,
@@ -81,16 +83,43 @@ if _triton_ok:
         tl.store(O + row[:, None] * D + offs_d[None, :], out, mask=row_ok[:, None])
         tl.store(LSE + row, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf")), mask=row_ok)
 
+    @triton.jit(do_not_specialize=["S"])
+    def _combine(O, LSE, OUT, S, rows, D: tl.constexpr, BLOCK_R: tl.constexpr):  # type: ignore[no-untyped-def]
+        """out[r] = sum_s 2^(lse[s, r] - m) o[s, r] / sum_s 2^(lse[s, r] - m), m the row's largest lse: the
+        chunks' partial softmaxes joined in one launch (as torch ops it was ~8 launches a call, and dense's
+        calls past the graphed range are launched one by one)."""
+        r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+        ok = r < rows
+        d = tl.arange(0, D)
+        m = tl.full([BLOCK_R], float("-inf"), tl.float32)
+        for s in range(S):
+            m = tl.maximum(m, tl.load(LSE + s * rows + r, mask=ok, other=float("-inf")))
+        acc = tl.zeros([BLOCK_R, D], tl.float32)
+        total = tl.zeros([BLOCK_R], tl.float32)
+        for s in range(S):
+            lse = tl.load(LSE + s * rows + r, mask=ok, other=float("-inf"))
+            w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - m))            # an empty chunk weighs 0
+            o = tl.load(O + (s * rows + r)[:, None].to(tl.int64) * D + d[None, :], mask=ok[:, None], other=0.0)
+            acc += w[:, None] * o
+            total += w
+        tl.store(OUT + r[:, None].to(tl.int64) * D + d[None, :], (acc / total[:, None]).to(OUT.dtype.element_ty),
+                 mask=ok[:, None])
+
 
 BLOCK_M, BLOCK_N = 128, 64
 LAUNCH = {"num_warps": 4, "num_stages": 3}   # measured on the H100 (tools/decay_kernel_bench.py): 8 warps
                                              # 0.59 / 1.71 ms at 1000 / 3000 frames, 4 warps 0.40 / 1.15
-WAVES = 4   # key chunks sized for about this many programs per SM: a head that reads more keys gets more chunks
+WAVES = 2   # key chunks sized for about this many programs per SM (a head that reads more keys gets more chunks);
+            # H100, run 12's horizons: 2 -> 0.18 / 0.26 / 0.42 / 0.74 ms at 300 / 600 / 1000 / 3000 frames,
+            # 4 -> 0.30 / 0.28 / 0.43 / 0.73, 1 -> 0.20 / 0.34 / 0.56 / 1.25 (docs/results/decay_kernel_h100.json)
 
 
 def available(device: torch.device) -> bool:
     """Whether the kernel can run on `device`: triton importable and CUDA (or the interpreter, for tests)."""
     return _triton_ok and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
+
+
+_sms: dict[torch.device, int] = {}
 
 
 def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, block_n: int = BLOCK_N) -> int:
@@ -99,7 +128,9 @@ def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, bl
     shorter range just has fewer chunks (its other programs exit at once). Why not a fixed number of chunks:
     at 3000 frames with run 12's horizons, 22 chunks gave 146 equal programs for 132 SMs, two waves for the
     work of ~1.1 (1.71 ms against FA2's 1.09 at 64 channels with no horizon)."""
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    if device not in _sms:
+        _sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+    sms = _sms[device]
     work = -(-n_q // BLOCK_M) * batch * sum(ranges)
     chunk = max(4 * block_n, -(-work // (WAVES * sms)))
     return -(-chunk // block_n) * block_n
@@ -146,8 +177,7 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
                      v.stride(0), v.stride(1), v.stride(2),
                      D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
                      PREC="ieee" if q.dtype == torch.float32 else "tf32", **(launch or LAUNCH))
-    if S == 1:
-        return o[0].view(B, H, n, D).to(q.dtype)
-    w = torch.exp2(lse - lse.amax(0))                                   # (S, BH, n); an empty chunk weighs 0
-    out = (o * w[..., None]).sum(0) / w.sum(0)[..., None]
-    return out.view(B, H, n, D).to(q.dtype)
+    out = torch.empty(B, H, n, D, device=q.device, dtype=q.dtype)
+    rows = B * H * n
+    _combine[(-(-rows // 64),)](o, lse, out, S, rows, D=D, BLOCK_R=64, num_warps=4)
+    return out
