@@ -208,6 +208,8 @@ class GraphedPass:
         self.seen[key] = self.seen.get(key, 0) + 1
         if self.seen[key] == 1:   # once eagerly with this key: kernel choices and lazy state happen outside capture
             return self._run_pieces(attn, [p.__call__ for p in self.pieces])
+        for old in [k for k in self.whole if fa.mode.graph_stale(k[0], key[0])]:
+            del self.whole[old]   # a graph the mode will not replay again: its pool is freed (before the capture)
         g = torch.cuda.CUDAGraph()
         with capturing(g, torch.cuda.graph_pool_handle()):
             out = self._run_pieces(attn, [p.fn for p in self.pieces])

@@ -18,6 +18,7 @@ from engine.attention import build_mode
 from engine.cache import DECAY_FLOOR
 from engine.env import make_action
 from engine.sampler import Sampler
+from tests.test_model_core import random_model
 from tests.test_model_decay import _steep_decay_model
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
@@ -26,55 +27,110 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def kernel_check(device: str) -> float:
     """Largest |kernel - reference| over cases with horizons, a frame index past `now`'s floor, key chunks
-    1 and 3 and storage padded to 72 channels (the cache's bias-channel layout, read in place)."""
+    1 and 3, storage padded to 72 channels (the cache's bias-channel layout, read in place), slots past the
+    frame that must not be read (a bucket's tail, filled with huge values), and no decay at all."""
     from engine.attention import triton_decay as td
     torch.manual_seed(0)
     worst = 0.0
-    for B, H, n, D, frames in ((1, 3, 20, 16, 9), (2, 2, 33, 32, 5)):
-        L = (frames + 1) * n
+    for B, H, n, D, frames, tail, decay in ((1, 3, 20, 16, 9, 0, True), (2, 2, 33, 32, 5, 40, True),
+                                            (1, 3, 20, 16, 6, 25, False)):
+        L = (frames + 1) * n + tail
         q = torch.randn(B, H, n, D, device=device)
         kp, vp = torch.randn(B, H, L, D + 8, device=device), torch.randn(B, H, L, D + 8, device=device)
+        kp[:, :, L - tail:] = 1e4                                       # past the frame: never read
+        vp[:, :, L - tail:] = 1e4
         k, v = kp[..., :D], vp[..., :D]
-        frame = torch.cat([torch.arange(frames).repeat_interleave(n), torch.full((n,), -1)]).to(device)
+        frame = torch.cat([torch.arange(frames).repeat_interleave(n), torch.full((n + tail,), -1)]).to(device)
         now = torch.tensor(frames, device=device)
         slopes = torch.tensor([0.5, 300.0, 0.1][:H], device=device)     # 300: the floor binds a frame back
-        hz = torch.tensor([0, 3, 2][:H], dtype=torch.int32, device=device)
+        hz = torch.tensor([0, 3, 2][:H], dtype=torch.int32, device=device) if decay else None
         length = frames * n
-        starts = [0 if w == 0 else max(0, length - int(w) * n) for w in hz.tolist()]
+        starts = [0 if w == 0 else max(0, length - int(w) * n) for w in hz.tolist()] if decay else [0] * H
         back = (frame - now).clamp(max=0).double()
-        bias = (slopes.double()[:, None] * back[None]).clamp(min=DECAY_FLOOR)
+        bias = torch.zeros(H, L, dtype=torch.float64, device=device)
+        if decay:
+            bias = (slopes.double()[:, None] * back[None]).clamp(min=DECAY_FLOOR)
         bias[:, length:] = 0.0
+        end = length + n
         ref = torch.empty(B, H, n, D, dtype=torch.float64)
         for b in range(B):
             for h in range(H):
                 s = starts[h]
-                lg = q[b, h].double() @ k[b, h, s:].double().T / math.sqrt(D) + bias[h, s:]
-                ref[b, h] = (torch.softmax(lg, -1) @ v[b, h, s:].double()).cpu()
+                lg = q[b, h].double() @ k[b, h, s:end].double().T / math.sqrt(D) + bias[h, s:end]
+                ref[b, h] = (torch.softmax(lg, -1) @ v[b, h, s:end].double()).cpu()
         for splits in (1, 3):
-            out = td.decay_attention(q, k, v, frame, now, slopes, hz, length, n, starts=starts,
-                                     num_splits=splits)
+            out = td.decay_attention(q, k, v, frame if decay else None, now if decay else None,
+                                     slopes if decay else None, hz, torch.tensor(length, device=device), n,
+                                     starts=starts, num_splits=splits)
             assert out.shape == (B, H, n, D) and out.dtype == q.dtype
             worst = max(worst, float((out.double().cpu() - ref).abs().max()))
     return worst
 
 
+def worst_error(check: str) -> float:
+    """Run the check named `check` (a function of this module taking a device) on CUDA, or on the CPU under
+    triton's interpreter in a subprocess; return its largest error."""
+    if torch.cuda.is_available():
+        return float(globals()[check]("cuda"))
+    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_triton_decay import {check}; " \
+           f"print({check}('cpu'))"
+    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
+                       capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-2000:]
+    return float(r.stdout.strip().splitlines()[-1])
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernel_equals_the_reference() -> None:
     """float32 inputs, full-precision dots (no tf32): 1e-4 on the GPU, 1e-5 in the interpreter."""
-    if torch.cuda.is_available():
-        assert kernel_check("cuda") < 1e-4
-        return
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_triton_decay import kernel_check; " \
-           "print(kernel_check('cpu'))"
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert float(r.stdout.strip().splitlines()[-1]) < 1e-5
+    assert worst_error("kernel_check") < (1e-4 if torch.cuda.is_available() else 1e-5)
+
+
+def dense_check(device: str) -> float:
+    """Largest |frame difference| between dense by buckets on triton_decay (bucket_kernel=triton: the length
+    read on the device, slots past the frame never read, the channel off) and plain dense on the mask path,
+    over 12 frames of a tiny float32 model with and without decay: buckets of 3 frames to frame 8 (edges
+    crossed), then the long-context path. Eager passes (graphs off): what a captured call would run."""
+    from engine.attention import triton_decay as td
+    from tests.test_graphs import _decay_model, _roll
+    worst = 0.0
+    plain = td.decay_attention
+    calls = [0]
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return plain(*args, **kwargs)
+    td.decay_attention = counted   # dense calls it through the module: count that the kernel path ran
+    try:
+        for decay in (False, True):
+            m = (_decay_model(torch.float32) if decay else random_model(torch.float32)).to(device)
+            ref = _roll(m, "dense", "off", frames=12, channel=False,
+                        params={"graph_frames": 0, "decay_kernel": "channel"})
+            assert calls[0] == 0
+            kept: list[Sampler] = []
+            got = _roll(m, "dense", "off", frames=12, channel=False, out_sampler=kept,
+                        params={"graph_frames": 8, "bucket_frames": 3, "bucket_kernel": "triton"})
+            # 2 layers x 4 passes (3 steps + commit) a frame; frames 1-6 lie in buckets that end by frame 8
+            # (3 and 6; frame 7's would end at 9), later frames take the kernel only for a decay
+            assert calls[0] == 2 * 4 * (12 if decay else 6), calls[0]
+            calls[0] = 0
+            assert kept[0].mode.stats()["decay_kernel"] == ("triton" if decay else "none")
+            worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(ref, got)))
+    finally:
+        td.decay_attention = plain
+    return worst
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_dense_triton_buckets_equal_plain_dense() -> None:
+    assert worst_error("dense_check") < 1e-4
 
 
 def test_decay_kernel_option_is_checked() -> None:
     with pytest.raises(ValueError, match="decay_kernel must be auto, triton or channel, got 'fast'"):
         build_mode("dense", decay_kernel="fast")
+    with pytest.raises(ValueError, match="bucket_kernel must be triton or channel, got 'auto'"):
+        build_mode("dense", bucket_kernel="auto")
     if not HAS_TRITON and not torch.cuda.is_available():
         s = Sampler(_steep_decay_model(), build_mode("dense", graph_frames=0, decay_kernel="triton"), steps=2)
         s.reset(seed=3, prompt="night stone")
@@ -106,3 +162,22 @@ def test_cuda_dense_in_kernel_decay_equals_the_channel() -> None:
         assert (st.mode.stats()["horizon_skipped"] > 0.05) == horizon
         for a, b in zip(ref, got):
             torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="the CUDA kernel's check")
+@pytest.mark.parametrize("decay", [False, True])
+def test_cuda_dense_triton_buckets_are_captured(decay: bool) -> None:
+    """Dense by buckets on triton_decay, captured as whole-pass graphs over a graphed range longer than
+    MAX_PRESIZE: the frames equal eager plain dense (1e-4), the graphs replay, the buckets behind the frame
+    are dropped (graph_stale: at most the current bucket's two graphs, the pass and the commit, stay) and
+    the channel is off."""
+    from tests.test_graphs import _decay_model, _roll
+    m = (_decay_model(torch.float32) if decay else random_model(torch.float32)).cuda()
+    ref = _roll(m, "dense", "off", frames=14, params={"graph_frames": 0, "decay_kernel": "channel"})
+    kept: list[Sampler] = []
+    got = _roll(m, "dense", "cuda", frames=14, out_sampler=kept,
+                params={"graph_frames": 300, "bucket_frames": 3, "bucket_kernel": "triton"})
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    s = kept[0]
+    assert s.run.whole_replays > 0 and len(s.run.whole) <= 2 and s.cache.pad == 0

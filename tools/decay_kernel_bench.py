@@ -69,6 +69,7 @@ def main() -> None:
         kp[..., D + 1:] = 0
         vp[..., D:] = 0
         starts = [0 if w == 0 else max(0, length - w * n) for w in horizon]
+        length_t = torch.tensor(length, device=dev)
         runs: list[tuple[int, int, int]] = []
         for h, st in enumerate(starts):
             if runs and runs[-1][2] == st:
@@ -90,7 +91,7 @@ def main() -> None:
         res = {"frames": frames, "keys": L, "channel_ms": timed(channel, args.reps), "channel_kernel": kernels.kernel_name()}
         for name, (k, v, bn, launch, *waves) in variants.items():
             def fn(k=k, v=v, bn=bn, launch=launch) -> torch.Tensor:  # type: ignore[no-untyped-def]
-                return triton_decay.decay_attention(q, k, v, frame, now, slopes, hz, length, n,
+                return triton_decay.decay_attention(q, k, v, frame, now, slopes, hz, length_t, n,
                                                     starts=starts, block_n=bn, launch=launch)
             triton_decay.WAVES = waves[0] if waves else default_waves
             try:

@@ -76,6 +76,11 @@ class AttentionMode:
         host value frozen into the capture other than through `graph_inputs` (the frame index: frame_tensor)."""
         return None
 
+    def graph_stale(self, old: Hashable, new: Hashable) -> bool:
+        """Whether the graph captured under key `old` can be dropped now that one is captured under `new` (its
+        memory pool freed): a mode whose keys only move forward says so (dense's buckets); default never."""
+        return False
+
     def graph_inputs(self, info: StepInfo) -> None:
         """Write the host values the captured calls read into the mode's device tensors; called before every
         capture and replay of a whole-pass graph."""

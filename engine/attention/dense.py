@@ -33,12 +33,18 @@ from engine.attention.base import AttentionMode, StepInfo, capturing
 from engine.cache import KVCache
 
 
+MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (the default graph_frames)
+
+
 @dataclass
 class DenseConfig:
     graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames (0: never)
     bucket_frames: int = 16   # frames a bucket: one captured graph per bucket; at most this - 1 of them masked
     decay_kernel: str = "auto"   # temporal decay past the graphed range: triton (in-kernel), channel, or auto
                                  # (triton where it can run: CUDA with triton installed, else the channel)
+    bucket_kernel: str = "channel"   # the bucketed (graphed) range: channel (masked through the bias channel,
+                                     # 72 key channels) or triton (triton_decay with the length on the device:
+                                     # 64 channels, with or without a decay; needs triton)
 
     def __post_init__(self) -> None:
         if self.graph_frames < 0 or self.bucket_frames < 1:
@@ -46,6 +52,8 @@ class DenseConfig:
                              f"graph_frames={self.graph_frames} bucket_frames={self.bucket_frames}")
         if self.decay_kernel not in ("auto", "triton", "channel"):
             raise ValueError(f"dense attention: decay_kernel must be auto, triton or channel, got {self.decay_kernel!r}")
+        if self.bucket_kernel not in ("triton", "channel"):
+            raise ValueError(f"dense attention: bucket_kernel must be triton or channel, got {self.bucket_kernel!r}")
 
 
 class DenseAttention(AttentionMode):
@@ -74,7 +82,7 @@ class DenseAttention(AttentionMode):
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         self._n = n
-        e = self.bucket_end(cache.length[layer] + n, n) if cache.pad else None
+        e = self.bucket_end(cache.length[layer] + n, n) if (cache.pad or self._triton_buckets(q.device)) else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
         in_kernel = self._in_kernel_decay(cache, q.device)
@@ -109,23 +117,51 @@ class DenseAttention(AttentionMode):
             self._warned = True
         return ok
 
-    def _decay_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int) -> torch.Tensor:
-        """q (B, H, n, D) against slots [0, end) with the decay computed in the kernel, each head from its
-        horizon's first slot on (as _horizon_runs)."""
-        assert cache.decay is not None
-        key = (id(cache), id(cache.horizon), self._ordered, cache.decay.data_ptr())
-        if self._hz is None or self._hz[0] != key:
-            rows = cache.horizon if (cache.horizon is not None and self._ordered) else \
-                [[None] * cache.n_heads for _ in range(cache.n_layers)]
-            hz = torch.tensor([[0 if w is None else w for w in row] for row in rows], dtype=torch.int32)
-            self._hz = (key, hz.to(cache.device))
+    def _triton_buckets(self, device: torch.device) -> bool:
+        """Whether the bucketed range runs on triton_decay (bucket_kernel=triton; an error where it cannot)."""
+        if self.cfg.bucket_kernel != "triton" or self._biased:
+            return False
+        if not triton_decay.available(device):
+            raise RuntimeError(f"dense: bucket_kernel=triton needs triton and a CUDA device, got device {device} "
+                               f"(triton {'installed' if triton_decay._triton_ok else 'not installed'})")
+        return True
+
+    def _length_tensor(self, device: torch.device) -> torch.Tensor:
+        """The committed length as a device scalar, made once (the kernels and the bucketed writes read it)."""
+        if self._len_t is None or self._len_t.device != device:
+            if capturing():
+                raise RuntimeError("dense: length tensor created during a CUDA graph capture; run a pass eagerly first")
+            self._len_t = torch.zeros((), dtype=torch.long, device=device)
+        return self._len_t
+
+    def _decay_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int,
+                         lag: int = 0) -> torch.Tensor:
+        """q (B, H, n, D) against slots [0, end) through triton_decay: the decay (if any) computed in the kernel,
+        each head from its horizon's first slot on (as _horizon_runs), the committed length read from the
+        device scalar (filled here when eager). end may lie past the frame (a bucket); lag: how many tokens
+        the length may fall short of its host value when this call is replayed (a bucket's graph), so that
+        the key chunks are sized for the longest range any replay reads."""
+        hz = None
+        if cache.decay is not None:
+            key = (id(cache), id(cache.horizon), self._ordered, cache.decay.data_ptr())
+            if self._hz is None or self._hz[0] != key:
+                rows = cache.horizon if (cache.horizon is not None and self._ordered) else \
+                    [[None] * cache.n_heads for _ in range(cache.n_layers)]
+                hz_all = torch.tensor([[0 if w is None else w for w in row] for row in rows], dtype=torch.int32)
+                self._hz = (key, hz_all.to(cache.device))
+            hz = self._hz[1][layer]
+        length = self._length_tensor(cache.frame.device)
+        if not capturing():
+            length.fill_(cache.length[layer])
         starts = self._horizon_starts(cache, layer, n)
-        self.decay_path = "triton"
+        if starts is not None and lag:
+            starts = [max(0, st - lag) for st in starts]
+        self.decay_path = "triton" if cache.decay is not None else "none"
         kernels.note_kernel("triton_decay")
         return triton_decay.decay_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
-                                            cache.frame[layer, :end], cache.now, cache.decay[layer].float(),
-                                            self._hz[1][layer], cache.length[layer], n,
-                                            starts=starts)
+                                            cache.frame[layer, :end], cache.now,
+                                            None if cache.decay is None else cache.decay[layer].float(), hz,
+                                            length, n, starts=starts)
 
     def _horizon_starts(self, cache: KVCache, layer: int, n: int) -> list[int] | None:
         """Per head, the first slot its decay horizon reads (see _horizon_runs), or None without a horizon.
@@ -156,19 +192,21 @@ class DenseAttention(AttentionMode):
 
     def _bucketed(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                   info: StepInfo, e: int) -> torch.Tensor:
-        """The same attention over slots [0, e), the slots past the frame masked (module docstring)."""
+        """The same attention over slots [0, e), the slots past the frame masked (module docstring): by the
+        bias channel, or (bucket_kernel=triton) by the kernel, which reads the length on the device."""
         n = k.shape[2]
-        if self._len_t is None or self._len_t.device != cache.frame.device:
-            if capturing():
-                raise RuntimeError("dense: length tensor created during a CUDA graph capture; run a pass eagerly first")
-            self._len_t = torch.zeros((), dtype=torch.long, device=cache.frame.device)
+        length = self._length_tensor(cache.frame.device)
         if not capturing():   # eager: the host length is current; captured: graph_inputs fills it before a replay
             cache.ensure_capacity(e)
-            self._len_t.fill_(cache.length[layer])
-        cache.write_scratch_at(layer, k, v, self._len_t)
-        # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is refreshed
-        kp, vp = cache.padded_bucket(layer, self._len_t, n, e - self.cfg.bucket_frames * n, e)
-        out = kernels.padded_attention(q, kp, vp)
+            length.fill_(cache.length[layer])
+        cache.write_scratch_at(layer, k, v, length)
+        if self._triton_buckets(q.device):
+            out = self._decay_attention(layer, q, cache, e, n, lag=self.cfg.bucket_frames * n)
+        else:
+            # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is
+            # the frame's refresh
+            kp, vp = cache.padded_bucket(layer, length, n, e - self.cfg.bucket_frames * n, e)
+            out = kernels.padded_attention(q, kp, vp)
         if info.commit:
             cache.commit_scratch_at(layer, self._len_t, n, self.frame_tensor(info, cache.frame.device))
         return out
@@ -184,15 +222,26 @@ class DenseAttention(AttentionMode):
                 cache.set_bias_channel(False)   # long context: unpadded K/V (the channel was only for graphs)
             self._own_channel = False
             return None
-        if not cache.pad:
+        if self._triton_buckets(cache.frame.device):
+            if cache.pad:
+                cache.set_bias_channel(False)   # the kernel masks and decays: 64 channels read, none to refresh
+        elif not cache.pad:
             cache.set_bias_channel(True)
             cache.refresh_channel()   # the committed slots' channel for this frame (refreshed before it was on)
             self._own_channel = True
-        # room for the whole graphed range at once, here, outside any capture: each growth moves the cache (new
-        # addresses), which drops every graph captured so far
-        cache.ensure_capacity(self.cfg.graph_frames * n)
+        # room for the graphed range (at most MAX_PRESIZE frames of it) at once, here, outside any capture: each
+        # growth moves the cache (new addresses), which drops every graph captured so far; past that, room for
+        # this bucket (a longer range grows by doubling, as plain dense, so that memory still follows the frames)
+        cache.ensure_capacity(max(min(self.cfg.graph_frames, MAX_PRESIZE) * n, e))
         self._cache = cache
         return ("dense", e, info.commit)
+
+    def graph_stale(self, old: Any, new: Any) -> bool:
+        """With a graphed range longer than MAX_PRESIZE frames, a bucket behind the frame's: dense's context only
+        grows until a reset, which starts again at the first bucket and captures it anew. Keeps the graphs'
+        memory bounded; the default range keeps its 16 buckets' graphs across resets, as before."""
+        return (self.cfg.graph_frames > MAX_PRESIZE and old[0] == "dense" and new[0] == "dense"
+                and old[1] < new[1])
 
     def graph_inputs(self, info: StepInfo) -> None:
         super().graph_inputs(info)

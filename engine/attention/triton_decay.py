@@ -17,8 +17,11 @@ Inputs: q (B, H, n, D); k, v (B, H, L, D) with the last dim contiguous (views of
 frame (L,) int64 slot frame indices; now () int64 the frame being generated (a device scalar, as the cache's);
 slopes (H,) float32; horizon (H,) int32, per head the frames back it reads (0: all), which makes it skip the
 slots before length - horizon x tokens_per_frame (only for slots in frame order, the newest last: a dense
-cache); `length` the committed slots (slots [length, L) are the scratch frame: no decay). Returns (B, H, n, D) in q's dtype. CUDA with triton only;
-`available()` says whether it can run; on the CPU the tests run it under TRITON_INTERPRET=1.
+cache); `length` () int64 on the device, the committed slots: the frame's own n keys are slots
+[length, length + n) (no decay over them), and slots past them are never read. With no slopes it is plain
+attention over slots [0, length + n), which is what dense's bucketed graphs need: the length on the device,
+so one captured call serves every frame of a bucket. Returns (B, H, n, D) in q's dtype. CUDA with triton
+only; `available()` says whether it can run; on the CPU the tests run it under TRITON_INTERPRET=1.
 """
 from __future__ import annotations
 
@@ -37,15 +40,18 @@ if _triton_ok:
 
     # the ints that change from frame to frame are not specialised on (divisibility, == 1): one compiled
     # kernel for the whole rollout, and less work per launch
-    @triton.jit(do_not_specialize=["length", "end", "chunk"])
-    def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, length, end, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
+    @triton.jit(do_not_specialize=["chunk"])
+    def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, LEN, n_new, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLOOR: tl.constexpr,
-                   PREC: tl.constexpr):
+                   PREC: tl.constexpr, HAS_DECAY: tl.constexpr):
         """Program (query block, batch x head, key chunk). Partial output (S, B*H, n, D) and lse (S, B*H, n),
-        lse in base 2 (the combine only compares them)."""
+        lse in base 2 (the combine only compares them). The committed length is read on the device, so a
+        captured call stays right as the cache grows: keys [length + n_new, L) are never read."""
         mb, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, h = bh // H, bh % H
+        length = tl.load(LEN)
+        end = length + n_new
         hz = tl.load(HZ + h).to(tl.int64)                                # horizon in frames, 0: none
         lo = tl.where(hz > 0, tl.maximum(length - hz * tpf, 0), 0) + split * chunk
         hi = tl.minimum(lo + chunk, end)
@@ -54,8 +60,9 @@ if _triton_ok:
         row_ok = offs_m < n_q
         q = tl.load(Q + b.to(tl.int64) * sqb + h * sqh + offs_m[:, None] * sqm + offs_d[None, :],
                     mask=row_ok[:, None], other=0.0)
-        slope = tl.load(SLOPE + h) * 1.4426950408889634          # base 2, as the scores
-        now = tl.load(NOW)
+        if HAS_DECAY:
+            slope = tl.load(SLOPE + h) * 1.4426950408889634      # base 2, as the scores
+            now = tl.load(NOW)
         kbase = K + b.to(tl.int64) * skb + h.to(tl.int64) * skh
         vbase = V + b.to(tl.int64) * svb + h.to(tl.int64) * svh
         m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -65,10 +72,12 @@ if _triton_ok:
             offs_n = n0 + tl.arange(0, BLOCK_N)
             col_ok = offs_n < hi
             k = tl.load(kbase + offs_n[:, None].to(tl.int64) * skn + offs_d[None, :], mask=col_ok[:, None], other=0.0)
-            fr = tl.load(FRAME + offs_n, mask=col_ok, other=0)
-            back = tl.minimum(fr - now, 0).to(tl.float32)                           # frames back, <= 0
-            bias = tl.where(offs_n < length, tl.maximum(slope * back, FLOOR * 1.4426950408889634), 0.0)
-            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale + bias[None, :]                   # (BLOCK_M, BLOCK_N)
+            s = tl.dot(q, tl.trans(k), input_precision=PREC) * qk_scale                # (BLOCK_M, BLOCK_N)
+            if HAS_DECAY:
+                fr = tl.load(FRAME + offs_n, mask=col_ok, other=0)
+                back = tl.minimum(fr - now, 0).to(tl.float32)                       # frames back, <= 0
+                bias = tl.where(offs_n < length, tl.maximum(slope * back, FLOOR * 1.4426950408889634), 0.0)
+                s += bias[None, :]
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -122,6 +131,17 @@ def available(device: torch.device) -> bool:
 COMBINE, COMBINE_ROWS = "triton", 8   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
                                      # time a call against 230-260 for the torch ops on one H100 host
 _sms: dict[torch.device, int] = {}
+_zero: dict[tuple[int, torch.device], torch.Tensor] = {}
+
+
+def _zeros(h: int, device: torch.device) -> torch.Tensor:
+    """(h,) int32 zeros on `device`, made once (a per-call tensor inside a capture would be a new address)."""
+    key = (h, device)
+    if key not in _zero:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError("triton_decay: first call inside a CUDA graph capture; run a pass eagerly first")
+        _zero[key] = torch.zeros(h, dtype=torch.int32, device=device)
+    return _zero[key]
 
 
 def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, block_n: int = BLOCK_N) -> int:
@@ -138,14 +158,17 @@ def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, bl
     return -(-chunk // block_n) * block_n
 
 
-def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: torch.Tensor, now: torch.Tensor,
-                    slopes: torch.Tensor, horizon: torch.Tensor, length: int, tokens_per_frame: int,
-                    starts: list[int] | None = None, num_splits: int = 0, block_n: int = BLOCK_N,
-                    launch: dict[str, int] | None = None) -> torch.Tensor:
-    """See the module docstring. starts: per head the first slot it reads, as the kernel computes it from
-    `horizon` (host ints: they size the key chunks without a device read; None: 0 for every head);
-    num_splits: key chunks for the longest range, 0 = sized by chunk_keys(); block_n, launch: tile and launch
-    settings (the defaults are the measured ones)."""
+def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: torch.Tensor | None,
+                    now: torch.Tensor | None, slopes: torch.Tensor | None, horizon: torch.Tensor | None,
+                    length: torch.Tensor, tokens_per_frame: int, starts: list[int] | None = None,
+                    num_splits: int = 0, block_n: int = BLOCK_N, launch: dict[str, int] | None = None) -> torch.Tensor:
+    """See the module docstring. length: the committed slots, an int64 device scalar (a captured call reads
+    it at replay); the scratch frame is slots [length, length + n), n = q's tokens, and k, v may extend
+    past it (a bucket: those slots are never read). slopes None: no decay (frame, now unused), plain
+    attention to the slots before length + n. horizon None: every head reads every slot. starts: per head
+    the first slot it reads, as the kernel computes it from `horizon` (host ints that size the key chunks
+    without a device read; None: 0 for every head); num_splits: key chunks for the longest range, 0 = sized
+    by chunk_keys(); block_n, launch: tile and launch settings (the defaults are the measured ones)."""
     if not _triton_ok:
         raise RuntimeError("triton_decay: triton is not installed")
     B, H, n, D = q.shape
@@ -156,12 +179,22 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
         raise ValueError(f"triton_decay: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("triton_decay: q, k, v need a contiguous last dim")
-    if frame.shape != (L,) or slopes.shape != (H,) or horizon.shape != (H,):
-        raise ValueError(f"triton_decay: frame {tuple(frame.shape)} (want ({L},)), slopes {tuple(slopes.shape)} and "
-                         f"horizon {tuple(horizon.shape)} (want ({H},))")
-    if slopes.dtype != torch.float32 or horizon.dtype != torch.int32 or frame.dtype != torch.int64:
-        raise ValueError(f"triton_decay: slopes float32, horizon int32 and frame int64 expected, got "
-                         f"{slopes.dtype}, {horizon.dtype}, {frame.dtype}")
+    if length.shape != () or length.dtype != torch.int64 or length.device != q.device:
+        raise ValueError(f"triton_decay: length must be an int64 scalar on {q.device}, got {tuple(length.shape)} "
+                         f"{length.dtype} on {length.device}")
+    decay = slopes is not None
+    if horizon is None:
+        horizon = _zeros(H, q.device)
+    if decay:
+        if frame is None or now is None or frame.shape != (L,) or slopes.shape != (H,):
+            raise ValueError(f"triton_decay: frame {None if frame is None else tuple(frame.shape)} (want ({L},)), "
+                             f"now {now} and slopes {tuple(slopes.shape)} (want ({H},))")
+        if slopes.dtype != torch.float32 or frame.dtype != torch.int64:
+            raise ValueError(f"triton_decay: slopes float32 and frame int64 expected, got {slopes.dtype}, {frame.dtype}")
+    else:                       # placeholders the kernel never reads
+        frame, now, slopes = length, length, horizon
+    if horizon.shape != (H,) or horizon.dtype != torch.int32:
+        raise ValueError(f"triton_decay: horizon must be ({H},) int32, got {tuple(horizon.shape)} {horizon.dtype}")
     starts = [0] * H if starts is None else starts
     longest = max(L - min(starts), 1)
     if num_splits:
@@ -173,12 +206,12 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
     o = torch.empty(S, B * H, n, D, device=q.device, dtype=torch.float32)
     lse = torch.empty(S, B * H, n, device=q.device, dtype=torch.float32)
     grid = (-(-n // BLOCK_M), B * H, S)
-    _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, L, tokens_per_frame, chunk,
+    _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, n, tokens_per_frame, chunk,
                      1.4426950408889634 / math.sqrt(D), n, H,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2),
                      D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
-                     PREC="ieee" if q.dtype == torch.float32 else "tf32", **(launch or LAUNCH))
+                     PREC="ieee" if q.dtype == torch.float32 else "tf32", HAS_DECAY=decay, **(launch or LAUNCH))
     if COMBINE == "torch":
         w = torch.exp2(lse - lse.amax(0))                               # (S, BH, n); an empty chunk weighs 0
         return ((o * w[..., None]).sum(0) / w.sum(0)[..., None]).view(B, H, n, D).to(q.dtype)

@@ -8,7 +8,8 @@ k = torch.randn(1, H, (F + 1) * n, D, device=dev, dtype=torch.bfloat16); v = tor
 frame = torch.cat([torch.arange(F, device=dev).repeat_interleave(n), torch.full((n,), -1, device=dev)])
 now = torch.tensor(F, device=dev); sl = torch.tensor([0.1] * 4 + [0.01] * 2, device=dev)
 hz = torch.tensor([1000] * 4 + [0] * 2, dtype=torch.int32, device=dev)
-def call(): return td.decay_attention(q, k, v, frame, now, sl, hz, F * n, n, starts=[0] * 6)
+length = torch.tensor(F * n, device=dev)
+def call(): return td.decay_attention(q, k, v, frame, now, sl, hz, length, n, starts=[0] * 6)
 for _ in range(5): call()
 torch.cuda.synchronize()
 for comb, rows in (("torch", 0), ("triton", 8), ("triton", 32), ("triton", 64)):
