@@ -181,3 +181,27 @@ def test_cuda_dense_triton_buckets_are_captured(decay: bool) -> None:
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
     s = kept[0]
     assert s.run.whole_replays > 0 and len(s.run.whole) <= 2 and s.cache.pad == 0
+
+
+@pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs triton; on a GPU the kernels run")
+def test_kernels_compile_for_hopper() -> None:
+    """With triton but no GPU (the interpreter runs Python, not the compiler): both kernels, with and without a
+    decay, compile to PTX for sm_90, the H100's target, so a GPU run does not meet a compile error first."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from engine.attention import triton_decay as td
+
+    def compile_(fn, types: dict[str, str], const: dict[str, object], warps: int) -> str:  # type: ignore[no-untyped-def]
+        sig = {p.name: "constexpr" if p.name in const else types.get(p.name, "i32") for p in fn.params}
+        src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
+        return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
+    ptrs = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*fp32", "LSE": "*fp32", "FRAME": "*i64",
+            "SLOPE": "*fp32", "HZ": "*i32", "NOW": "*i64", "LEN": "*i64", "qk_scale": "fp32"}
+    for decay in (True, False):
+        const = {"D": 64, "BLOCK_M": td.BLOCK_M, "BLOCK_N": td.BLOCK_N, "FLOOR": -1000.0, "PREC": "tf32",
+                 "HAS_DECAY": decay}
+        assert ".entry" in compile_(td._decay_fwd, ptrs, const, td.LAUNCH["num_warps"])
+    assert ".entry" in compile_(td._combine, {"O": "*fp32", "LSE": "*fp32", "OUT": "*bf16"},
+                                {"D": 64, "BLOCK_R": td.COMBINE_ROWS}, 2)
