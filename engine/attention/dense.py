@@ -19,7 +19,10 @@ dense computes it inside its own kernel from the slots' frame indices (engine/at
 `decay_kernel`): 64 key channels instead of the bias channel's 72, which FA2 runs at about half speed, and no
 channel to rewrite every frame; the channel is switched off there as for a model without decay. Elsewhere
 (the CPU, no triton, `decay_kernel: channel`) the bias rides in the channel or a mask, and
-`stats()["decay_kernel"]` says which path ran.
+`stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` runs the bucketed range on the same
+kernel, with or without a decay: it reads the committed length on the device and never reads past the frame,
+so no channel masks the bucket's tail, and `graph_frames` may then be raised well past 256 (the cache then
+grows by doubling and the buckets behind the frame drop their graphs: graph_stale).
 """
 from __future__ import annotations
 
@@ -90,7 +93,7 @@ class DenseAttention(AttentionMode):
             cache.set_bias_channel(False)   # past the graphed range the channel is unused: 64 channels, no refresh
         end = cache.write_scratch(layer, k, v)
         if in_kernel:
-            out = self._decay_attention(layer, q, cache, end, n)
+            out = self._triton_attention(layer, q, cache, end, n)
         else:
             # Slots may hold TempCache groups if the cache was filled by another mode and then switched to
             # dense: keep their bias so the switch stays exact; a plain dense cache has none and takes the
@@ -134,7 +137,7 @@ class DenseAttention(AttentionMode):
             self._len_t = torch.zeros((), dtype=torch.long, device=device)
         return self._len_t
 
-    def _decay_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int,
+    def _triton_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int,
                          lag: int = 0) -> torch.Tensor:
         """q (B, H, n, D) against slots [0, end) through triton_decay: the decay (if any) computed in the kernel,
         each head from its horizon's first slot on (as _horizon_runs), the committed length read from the
@@ -201,7 +204,7 @@ class DenseAttention(AttentionMode):
             length.fill_(cache.length[layer])
         cache.write_scratch_at(layer, k, v, length)
         if self._triton_buckets(q.device):
-            out = self._decay_attention(layer, q, cache, e, n, lag=self.cfg.bucket_frames * n)
+            out = self._triton_attention(layer, q, cache, e, n, lag=self.cfg.bucket_frames * n)
         else:
             # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is
             # the frame's refresh

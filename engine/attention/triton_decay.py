@@ -38,8 +38,8 @@ if _triton_ok:
     import triton
     import triton.language as tl
 
-    # the ints that change from frame to frame are not specialised on (divisibility, == 1): one compiled
-    # kernel for the whole rollout, and less work per launch
+    # the chunk size changes from call to call: not specialised on (divisibility by 16, == 1), so one compiled
+    # kernel serves the whole rollout (the lengths are read on the device)
     @triton.jit(do_not_specialize=["chunk"])
     def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, LEN, n_new, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
                    sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
