@@ -126,6 +126,49 @@ def test_dense_triton_buckets_equal_plain_dense() -> None:
     assert worst_error("dense_check") < 1e-4
 
 
+def choice_check(device: str) -> float:
+    """decay_kernel=auto measures once, at the first call past the graphed range with the channel still on:
+    with a timer that finds the kernel faster, dense takes it, lists the choice among the measured kernels and
+    switches the channel off from the next frame; with one that finds the channel faster, it keeps the
+    channel. Both give plain dense's frames. Returns the largest frame difference (asserts the rest)."""
+    from engine.attention import kernels
+    from tests.test_graphs import ACTIONS, _decay_model, _roll
+    m = _decay_model(torch.float32).to(device)
+    ref = _roll(m, "dense", "off", frames=6, channel=False, params={"graph_frames": 0, "decay_kernel": "channel"})
+    worst = 0.0
+    orig = kernels.record_choice
+    for kernel_ms, expect in ((0.1, "triton_decay"), (0.3, "channel")):
+        timed: list[float] = []
+        recorded: list[str] = []
+
+        def timer(fn, kernel_ms=kernel_ms, timed=timed):  # type: ignore[no-untyped-def]
+            fn()
+            timed.append(0.2 if not timed else kernel_ms)   # the channel is timed first, then the kernel
+            return timed[-1]
+        s = Sampler(m, build_mode("dense", graph_frames=0, decay_kernel="auto"), steps=3)
+        s.reset(seed=3, prompt="night stone")
+        s.cache.set_bias_channel(True)
+        s.mode._timer = timer
+        kernels.record_choice = lambda q, keys, tag, choice, times, r=recorded: r.append(f"{tag}:{choice}")  # type: ignore
+        try:
+            got = []
+            for i in range(6):
+                k, dx = ACTIONS[i % len(ACTIONS)]
+                got.append(s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device=device)))
+        finally:
+            kernels.record_choice = orig
+        assert s.mode.decay_choice == expect and recorded == [f"decay:{expect}"] and len(timed) == 2, \
+            (s.mode.decay_choice, recorded, timed)
+        assert (s.cache.pad == 0) == (expect == "triton_decay")
+        worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(ref, got)))
+    return worst
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_auto_decay_kernel_is_chosen_by_measurement() -> None:
+    assert worst_error("choice_check") < 1e-4
+
+
 def test_decay_kernel_option_is_checked() -> None:
     with pytest.raises(ValueError, match="decay_kernel must be auto, triton or channel, got 'fast'"):
         build_mode("dense", decay_kernel="fast")

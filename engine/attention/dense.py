@@ -74,6 +74,8 @@ class DenseAttention(AttentionMode):
         self.decay_path = "none"                 # how the last long-context call applied a decay (stats)
         self._hz: tuple[tuple, torch.Tensor] | None = None   # (key, (L, H) int32 horizons) for triton_decay
         self._warned = False
+        self.decay_choice: str | None = None     # decay_kernel=auto: "triton_decay" or "channel", measured once
+        self._timer = None                       # GPU ms of a call (kernels._time); tests inject one
 
     def bucket_end(self, end: int, n: int) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
@@ -88,10 +90,13 @@ class DenseAttention(AttentionMode):
         e = self.bucket_end(cache.length[layer] + n, n) if (cache.pad or self._triton_buckets(q.device)) else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
-        in_kernel = self._in_kernel_decay(cache, q.device)
-        if in_kernel and cache.pad and layer == 0 and not capturing():
+        in_kernel = self._in_kernel_decay(cache, q.device) and self.decay_choice != "channel"
+        if in_kernel and self.decay_choice and cache.pad and layer == 0 and not capturing():
             cache.set_bias_channel(False)   # past the graphed range the channel is unused: 64 channels, no refresh
         end = cache.write_scratch(layer, k, v)
+        if in_kernel and self.decay_choice is None:
+            self.decay_choice = self._choose_decay_path(layer, q, cache, end, n)
+            in_kernel = self.decay_choice == "triton_decay"
         if in_kernel:
             out = self._triton_attention(layer, q, cache, end, n)
         else:
@@ -120,6 +125,40 @@ class DenseAttention(AttentionMode):
             self._warned = True
         return ok
 
+    def _choose_decay_path(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int) -> str:
+        """decay_kernel=auto, the first call past the graphed range: time the bias-channel path (SDPA on 72
+        channels, its backend itself chosen by measurement) against triton_decay on a contiguous copy of the
+        keys (what it reads once the channel is off) and keep the faster for the rest of the run, as the issue
+        asks of the dense baseline; listed by kernels.chosen_kernels(). Once only: after the channel is off
+        its path cannot be timed again, and the synthetic benchmark shows the kernel's lead growing with the
+        context (docs/MODEL.md). The two must agree first; a disagreement is printed and keeps the channel.
+        decay_kernel=triton, or no channel to compare with (it is off: the mask path is the slow one), choose
+        the kernel without timing."""
+        if self.cfg.decay_kernel == "triton" or not cache.pad:
+            return "triton_decay"
+        runs = self._horizon_runs(cache, layer, n)
+
+        def channel() -> torch.Tensor:
+            return kernels.cache_attention(q, cache, layer, end, False, committed_fresh=True, runs=runs)
+        kc, vc = cache.k[layer, :, :, :end].contiguous(), cache.v[layer, :, :, :end].contiguous()
+
+        def kernel() -> torch.Tensor:
+            return self._triton_attention(layer, q, cache, end, n, kv=(kc, vc))
+        a, b = channel().float(), kernel().float()
+        err = kernels.relative_error(b, a)
+        if not err <= 3 * kernels.tolerance(q.dtype):
+            print(f"dense: triton_decay disagrees with the bias channel (relative error {err:.2g}): the decay "
+                  f"stays in the channel", flush=True)
+            kernels.record_choice(q, end, "decay", "channel", {"triton_decay (wrong)": None})
+            return "channel"
+        timer = self._timer or kernels._time
+        times: dict[str, float | None] = {"channel": timer(channel), "triton_decay": timer(kernel)}
+        choice = min(times, key=lambda k: times[k] or float("inf"))
+        kernels.record_choice(q, end, "decay", choice, times)
+        print(f"dense: decay kernel chosen by measurement over {end // n} frames of keys: {choice} "
+              f"({', '.join(f'{k} {v:.3f} ms' for k, v in times.items() if v is not None)})", flush=True)
+        return choice
+
     def _triton_buckets(self, device: torch.device) -> bool:
         """Whether the bucketed range runs on triton_decay (bucket_kernel=triton; an error where it cannot)."""
         if self.cfg.bucket_kernel != "triton" or self._biased:
@@ -138,12 +177,13 @@ class DenseAttention(AttentionMode):
         return self._len_t
 
     def _triton_attention(self, layer: int, q: torch.Tensor, cache: KVCache, end: int, n: int,
-                         lag: int = 0) -> torch.Tensor:
+                          lag: int = 0, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """q (B, H, n, D) against slots [0, end) through triton_decay: the decay (if any) computed in the kernel,
         each head from its horizon's first slot on (as _horizon_runs), the committed length read from the
         device scalar (filled here when eager). end may lie past the frame (a bucket); lag: how many tokens
         the length may fall short of its host value when this call is replayed (a bucket's graph), so that
-        the key chunks are sized for the longest range any replay reads."""
+        the key chunks are sized for the longest range any replay reads. kv: K, V to read instead of the
+        cache's (the measurement's contiguous copy)."""
         hz = None
         if cache.decay is not None:
             key = (id(cache), id(cache.horizon), self._ordered, cache.decay.data_ptr())
@@ -161,7 +201,8 @@ class DenseAttention(AttentionMode):
             starts = [max(0, st - lag) for st in starts]
         self.decay_path = "triton" if cache.decay is not None else "none"
         kernels.note_kernel("triton_decay")
-        return triton_decay.decay_attention(q, cache.k[layer, :, :, :end], cache.v[layer, :, :, :end],
+        K, V = kv if kv is not None else (cache.k[layer, :, :, :end], cache.v[layer, :, :, :end])
+        return triton_decay.decay_attention(q, K, V,
                                             cache.frame[layer, :end], cache.now,
                                             None if cache.decay is None else cache.decay[layer].float(), hz,
                                             length, n, starts=starts)

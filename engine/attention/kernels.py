@@ -304,6 +304,14 @@ def tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 4e-2
 
 
+def record_choice(q: torch.Tensor, keys: int, tag: str, choice: str, times: dict[str, float | None]) -> None:
+    """A choice made by measurement outside `attention` (dense's decay path: engine/attention/dense.py), listed
+    with the others by chosen_kernels() and kernel_timings(); `tag` names what was chosen between."""
+    lk = 1 << max(0, math.ceil(math.log2(max(keys, 1))))
+    key = (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + "_" + tag)
+    _choice[key], _timings[key] = choice, times
+
+
 def kernel_timings() -> dict[str, dict[str, float | None]]:
     """Measured ms of every candidate per shape bucket (what the choice was made from), for the benchmark."""
     return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _timings.items()}
