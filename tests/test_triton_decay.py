@@ -1,7 +1,9 @@
-"""The in-kernel temporal decay (engine/attention/triton_decay.py): the kernel against a float64 reference, and
-dense's rollout through it against the bias-channel path. Needs triton: on CUDA directly; on a CPU with triton
-installed the kernel check runs under triton's interpreter (TRITON_INTERPRET=1, in a subprocess because the
-variable is read when the kernel is defined); CI has neither and skips."""
+"""The in-kernel temporal decay (engine/attention/triton_decay.py): the kernel against a float64 reference;
+dense through it (past the graphed range, by buckets with the length on the device, and decay_kernel=auto's
+one-time measurement) against plain dense; its CUDA graphs. Needs triton: on CUDA directly; on a CPU with
+triton installed the checks run under triton's interpreter (TRITON_INTERPRET=1, in a subprocess because the
+variable is read when a kernel is defined), and the kernels are compiled to PTX for sm_90. CI has neither
+triton nor a GPU: only the option checks run there."""
 from __future__ import annotations
 
 import importlib.util
