@@ -15,6 +15,13 @@ attends to is bounded.
 
 Runs the evaluation's revisit protocol (engine/evaluate.py: one true frame, then 120 x turn_right; the second
 turn's frames against the first turn's) and prints the PSNR and, for recall, which frames were retrieved.
+
+Memory guidance (`--guidance G`, session 14): each denoising step runs the model twice, once in `--mode` (the
+memory: dense) and once in `--guide-mode` (a short window, no memory), and steps along
+v_mode + G (v_mode - v_guide), as classifier-free guidance does with a condition: it amplifies whatever the
+older frames pull the frame toward. Both caches commit the guided frame. G = 0 is plain `--mode`.
+
+    python tools/recall_probe.py --checkpoint runs/base12/export --mode dense --guidance 1 --device cpu
 """
 from __future__ import annotations
 
@@ -112,6 +119,23 @@ class RecallAttention(AttentionMode):
         return out
 
 
+@torch.no_grad()
+def guided_step(env: NeuralEnv, guide: NeuralEnv, action: np.ndarray, g: float) -> np.ndarray:
+    """One frame with memory guidance (module docstring): env's sampler (the memory) and guide's (no memory)
+    see the same noisy latent at every step; the step follows v + g (v - v_guide); both commit the result.
+    The noise is env's, as its own step would draw it; guide's commit adds its own context noise."""
+    s, sg = env.sampler, guide.sampler
+    act = torch.as_tensor(np.asarray(action, np.float32)[None]).to(env.device)
+    f, fg = s.frame_inputs(act), sg.frame_inputs(act)
+    x = torch.randn((s.batch, s.C, s.size, s.size), generator=s.gen, device=s.device).to(s.xdtype)
+    for i in range(s.steps):
+        v = s._pass(x, i, f, commit=False)
+        x = x + s.dts[i] * (v + g * (v - sg._pass(x, i, fg, commit=False)))
+    s.commit(x, act, f)
+    sg.commit(x, act, fg)
+    return env._decode(x)[0].cpu().numpy()
+
+
 def _motion(frames: np.ndarray) -> float:
     """Mean absolute change between consecutive frames (uint8 (T, H, W, 3)): the benchmark's motion, averaged."""
     return round(float(np.mean(motion(frames, None)[1:])), 2)
@@ -140,6 +164,8 @@ def main() -> None:
                    "sampling temperature, Sampler.noise_scale): does a steadier sampler redraw a view better?")
     p.add_argument("--noise-corr", type=float, default=0.0, help="correlation of consecutive frames' initial "
                    "noise (Sampler.noise_corr; each draw stays a standard normal): less redrawn detail per frame?")
+    p.add_argument("--guidance", type=float, default=0.0, help="memory guidance weight G (module docstring)")
+    p.add_argument("--guide-mode", default="window", help="the no-memory condition of --guidance")
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -160,18 +186,30 @@ def main() -> None:
     e = Truth(0, 1)
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
+    step = env.step
+    guide: NeuralEnv | None = None
+    if a.guidance:
+        if a.decay is not None or a.noise_scale != 1.0 or a.noise_corr:
+            p.error("--guidance goes with the model's own decay and plain noise (no --decay, --noise-scale, "
+                    "--noise-corr)")
+        guide = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.guide_mode)
+        guide.sampler.reset(0, e.prompt)
+        guide.prime(e.frames[:1], e.actions[:1])
+        step = lambda act: guided_step(env, guide, act, a.guidance)   # noqa: E731
     t0 = time.perf_counter()
     half = a.turns // 2
     turn = make_action(("turn_right",))
     true_turn = np.stack([e.env.step(turn) for _ in range(half)])   # the simulator's turn from the same start
     if a.true_first_turn:   # ... as context
         env.prime(list(true_turn), [turn] * half)
-        gen = np.concatenate([true_turn, np.stack([env.step(turn) for _ in range(a.turns - half)])])
+        if guide is not None:
+            guide.prime(list(true_turn), [turn] * half)
+        gen = np.concatenate([true_turn, np.stack([step(turn) for _ in range(a.turns - half)])])
     else:
-        gen = np.stack([env.step(turn) for _ in range(a.turns)])
+        gen = np.stack([step(turn) for _ in range(a.turns)])
     res = {"mode": a.mode, "checkpoint": env.checkpoint_sha256, "seed": SEED0, "turns": a.turns,
            "true_first_turn": a.true_first_turn, "decay": a.decay, "params": over, "noise_scale": a.noise_scale,
-           "noise_corr": a.noise_corr,
+           "noise_corr": a.noise_corr, "guidance": a.guidance, "guide_mode": a.guide_mode if a.guidance else None,
            "revisit_psnr_db": round(mean_psnr(gen[half:], gen[:half]), 3),
            # per frame of the second turn: does memory hold each view, or does the error grow from the start?
            "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],
