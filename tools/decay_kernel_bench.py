@@ -26,6 +26,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.attention import kernels, triton_decay  # noqa: E402
+from engine.attention.dense import head_runs  # noqa: E402
 
 
 def timed(fn, reps: int) -> float:  # type: ignore[no-untyped-def]
@@ -70,12 +71,7 @@ def main() -> None:
         vp[..., D:] = 0
         starts = [0 if w == 0 else max(0, length - w * n) for w in horizon]
         length_t = torch.tensor(length, device=dev)
-        runs: list[tuple[int, int, int]] = []
-        for h, st in enumerate(starts):
-            if runs and runs[-1][2] == st:
-                runs[-1] = (runs[-1][0], h + 1, st)
-            else:
-                runs.append((h, h + 1, st))
+        runs = head_runs(starts)
 
         def channel() -> torch.Tensor:
             return torch.cat([kernels.padded_attention(q[:, a:b], kp[:, a:b, s:], vp[:, a:b, s:]) for a, b, s in runs], 1)

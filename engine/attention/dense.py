@@ -39,6 +39,18 @@ from engine.cache import KVCache
 MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (the default graph_frames)
 
 
+def head_runs(starts: list[int]) -> list[tuple[int, int, int]]:
+    """Per-head first slots -> [(h0, h1, start)]: runs of adjacent heads with the same first slot (one
+    attention call per run)."""
+    runs: list[tuple[int, int, int]] = []
+    for h, st in enumerate(starts):
+        if runs and runs[-1][2] == st:
+            runs[-1] = (runs[-1][0], h + 1, st)
+        else:
+            runs.append((h, h + 1, st))
+    return runs
+
+
 @dataclass
 class DenseConfig:
     graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames (0: never)
@@ -94,6 +106,8 @@ class DenseAttention(AttentionMode):
         if in_kernel and self.decay_choice and cache.pad and layer == 0 and not capturing():
             cache.set_bias_channel(False)   # past the graphed range the channel is unused: 64 channels, no refresh
         end = cache.write_scratch(layer, k, v)
+        if in_kernel:
+            self._length_tensor(cache.frame.device).fill_(cache.length[layer])   # what the kernel reads
         if in_kernel and self.decay_choice is None:
             self.decay_choice = self._choose_decay_path(layer, q, cache, end, n)
             in_kernel = self.decay_choice == "triton_decay"
@@ -180,7 +194,7 @@ class DenseAttention(AttentionMode):
                           lag: int = 0, kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         """q (B, H, n, D) against slots [0, end) through triton_decay: the decay (if any) computed in the kernel,
         each head from its horizon's first slot on (as _horizon_runs), the committed length read from the
-        device scalar (filled here when eager). end may lie past the frame (a bucket); lag: how many tokens
+        device scalar (which the caller fills). end may lie past the frame (a bucket); lag: how many tokens
         the length may fall short of its host value when this call is replayed (a bucket's graph), so that
         the key chunks are sized for the longest range any replay reads. kv: K, V to read instead of the
         cache's (the measurement's contiguous copy)."""
@@ -193,9 +207,7 @@ class DenseAttention(AttentionMode):
                 hz_all = torch.tensor([[0 if w is None else w for w in row] for row in rows], dtype=torch.int32)
                 self._hz = (key, hz_all.to(cache.device))
             hz = self._hz[1][layer]
-        length = self._length_tensor(cache.frame.device)
-        if not capturing():
-            length.fill_(cache.length[layer])
+        length = self._length_tensor(cache.frame.device)   # filled by the caller (eager) or graph_inputs
         starts = self._horizon_starts(cache, layer, n)
         if starts is not None and lag:
             starts = [max(0, st - lag) for st in starts]
@@ -226,13 +238,7 @@ class DenseAttention(AttentionMode):
         starts = self._horizon_starts(cache, layer, n)
         if not starts or not any(starts):
             return None
-        runs: list[tuple[int, int, int]] = []
-        for h, st in enumerate(starts):
-            if runs and runs[-1][2] == st:
-                runs[-1] = (runs[-1][0], h + 1, st)
-            else:
-                runs.append((h, h + 1, st))
-        return runs
+        return head_runs(starts)
 
     def _bucketed(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                   info: StepInfo, e: int) -> torch.Tensor:
