@@ -82,6 +82,40 @@ def worst_error(check: str) -> float:
     return float(r.stdout.strip().splitlines()[-1])
 
 
+def split_check(device: str) -> float:
+    """kernels.py's triton_split against a float64 reference: plain (all of k, the length a host int), with a
+    per-key bias (B, H, L), and on bias-channel storage (64 channels and the bias read in place from channel
+    64 of 72, as padded_attention uses it), for a frame's queries against more keys than queries and fewer
+    (cross-attention's shape). Returns the largest error."""
+    from engine.attention import kernels
+    torch.manual_seed(1)
+    worst = 0.0
+    for B, H, n, L, D in ((1, 3, 20, 70, 16), (2, 2, 33, 9, 32)):
+        q = torch.randn(B, H, n, D, device=device)
+        kp, vp = torch.randn(B, H, L, D + 8, device=device), torch.randn(B, H, L, D + 8, device=device)
+        kp[..., D] = torch.randn(B, H, L, device=device) * 3      # the channel: a bias per key
+        k, v, b = kp[..., :D], vp[..., :D], kp[..., D]
+
+        def ref(bias: torch.Tensor | None) -> torch.Tensor:
+            lg = q.double() @ k.double().transpose(-1, -2) / math.sqrt(D)
+            if bias is not None:
+                lg = lg + bias.double()[:, :, None, :]
+            return torch.softmax(lg, -1) @ v.double()
+        for out, r in ((kernels._triton_split(q, k.contiguous(), v.contiguous(), 1 / math.sqrt(D)), ref(None)),
+                       (kernels._triton_split(q, k, v, 1 / math.sqrt(D), bias=b.contiguous()), ref(b)),
+                       (kernels._padded_triton(q, kp, vp), ref(b))):
+            assert out.shape == (B, H, n, D)
+            worst = max(worst, float((out.double() - r).abs().max()))
+    with pytest.raises(ValueError, match="softmax scale"):
+        kernels._triton_split(q, k, v, 0.5)
+    return worst
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_triton_split_equals_the_reference() -> None:
+    assert worst_error("split_check") < (1e-4 if torch.cuda.is_available() else 1e-5)
+
+
 @pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
 def test_kernel_equals_the_reference() -> None:
     """float32 inputs, full-precision dots (no tf32): 1e-4 on the GPU, 1e-5 in the interpreter."""
@@ -174,8 +208,8 @@ def test_auto_decay_kernel_is_chosen_by_measurement() -> None:
 def test_decay_kernel_option_is_checked() -> None:
     with pytest.raises(ValueError, match="decay_kernel must be auto, triton or channel, got 'fast'"):
         build_mode("dense", decay_kernel="fast")
-    with pytest.raises(ValueError, match="bucket_kernel must be triton or channel, got 'auto'"):
-        build_mode("dense", bucket_kernel="auto")
+    with pytest.raises(ValueError, match="bucket_kernel must be auto, triton or channel, got 'fast'"):
+        build_mode("dense", bucket_kernel="fast")
     if not HAS_TRITON and not torch.cuda.is_available():
         s = Sampler(_steep_decay_model(), build_mode("dense", graph_frames=0, decay_kernel="triton"), steps=2)
         s.reset(seed=3, prompt="night stone")
@@ -243,10 +277,33 @@ def test_kernels_compile_for_hopper() -> None:
         src = ASTSource(fn=fn, signature=sig, constexprs={(fn.arg_names.index(k),): v for k, v in const.items()})
         return triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": warps}).asm["ptx"]
     ptrs = {"Q": "*bf16", "K": "*bf16", "V": "*bf16", "O": "*fp32", "LSE": "*fp32", "FRAME": "*i64",
-            "SLOPE": "*fp32", "HZ": "*i32", "NOW": "*i64", "LEN": "*i64", "qk_scale": "fp32"}
-    for decay in (True, False):
+            "SLOPE": "*fp32", "HZ": "*i32", "NOW": "*i64", "LEN": "*i64", "BIAS": "*i32", "qk_scale": "fp32"}
+    # dense's decay and buckets (length on the device); a plain call with a host length and the bias channel
+    for decay, bias, on_device in ((True, False, True), (False, False, True), (False, True, False)):
+        types = {**ptrs, **({"BIAS": "*bf16"} if bias else {}), **({} if on_device else {"LEN": "i32"})}
         const = {"D": 64, "BLOCK_M": td.BLOCK_M, "BLOCK_N": td.BLOCK_N, "FLOOR": -1000.0, "PREC": "tf32",
-                 "HAS_DECAY": decay}
-        assert ".entry" in compile_(td._decay_fwd, ptrs, const, td.LAUNCH["num_warps"])
+                 "HAS_DECAY": decay, "HAS_BIAS": bias, "LEN_ON_DEVICE": on_device}
+        assert ".entry" in compile_(td._decay_fwd, types, const, td.LAUNCH["num_warps"])
     assert ".entry" in compile_(td._combine, {"O": "*fp32", "LSE": "*fp32", "OUT": "*bf16"},
                                 {"D": 64, "BLOCK_R": td.COMBINE_ROWS}, 2)
+
+
+@pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="the CUDA kernel's check")
+def test_cuda_padded_attention_is_chosen_by_measurement(monkeypatch) -> None:
+    """On bias-channel storage (TempCache's groups, a decay) the plain kernels on 72 channels and triton_split
+    reading 64 channels plus the channel are both checked against the reference and timed; the faster runs,
+    and agrees with the reference at a bf16 frame shape."""
+    from engine.attention import kernels
+    monkeypatch.setattr(kernels, "_choice", {})
+    monkeypatch.setattr(kernels, "_timings", {})
+    g = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.randn(1, 6, 256, 64, device="cuda", generator=g).bfloat16()
+    kp, vp = (torch.randn(1, 6, 8192, 72, device="cuda", generator=g).bfloat16() for _ in range(2))
+    kp[..., 64] = torch.rand(1, 6, 8192, device="cuda", generator=g).bfloat16() * 2   # log(group size)-like
+    kp[..., 65:] = 0
+    vp[..., 64:] = 0
+    out = kernels.padded_attention(q, kp, vp)
+    timings = next(v for k, v in kernels._timings.items() if "padded" in k[3])
+    assert set(timings) == {"bias_channel", "triton_split+channel"}, timings
+    ref = kernels._reference(q, kp[..., :64], vp[..., :64], kp[..., 64].float(), 0.125)
+    assert kernels.relative_error(out, ref) <= kernels.tolerance(torch.bfloat16)

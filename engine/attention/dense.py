@@ -19,10 +19,13 @@ dense computes it inside its own kernel from the slots' frame indices (engine/at
 `decay_kernel`): 64 key channels instead of the bias channel's 72, which FA2 runs at about half speed, and no
 channel to rewrite every frame; the channel is switched off there as for a model without decay. Elsewhere
 (the CPU, no triton, `decay_kernel: channel`) the bias rides in the channel or a mask, and
-`stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` runs the bucketed range on the same
-kernel, with or without a decay: it reads the committed length on the device and never reads past the frame,
-so no channel masks the bucket's tail, and `graph_frames` may then be raised well past 256 (the cache then
-grows by doubling and the buckets behind the frame drop their graphs: graph_stale).
+`stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` (the default on CUDA with triton:
+`auto`) runs the bucketed range on the same kernel, with or without a decay: it reads the committed length on
+the device and never reads past the frame, so no channel masks the bucket's tail, and the graphed range then
+defaults to TRITON_GRAPH_FRAMES, a whole long rollout (the cache grows by doubling and the buckets behind the
+frame drop their graphs: graph_stale). Its key chunks spread one frame's queries over every SM, which FA2 does
+not (12 programs for 132 SMs): on the H100 with the bundled model, 128 against 82 fps at ~100-200 frames of
+context and 25 against 19 fps at frame 3000.
 """
 from __future__ import annotations
 
@@ -36,7 +39,8 @@ from engine.attention.base import AttentionMode, StepInfo, capturing
 from engine.cache import KVCache
 
 
-MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (the default graph_frames)
+MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (graph_frames' default with channel buckets)
+TRITON_GRAPH_FRAMES = 4096   # graph_frames' default with triton buckets: the whole benchmark captured
 
 
 def head_runs(starts: list[int]) -> list[tuple[int, int, int]]:
@@ -53,22 +57,24 @@ def head_runs(starts: list[int]) -> list[tuple[int, int, int]]:
 
 @dataclass
 class DenseConfig:
-    graph_frames: int = 256   # attend by buckets (capturable) while the context is at most this many frames (0: never)
+    graph_frames: int | None = None   # attend by buckets (capturable) while the context is at most this many frames
+                                      # (0: never; None: TRITON_GRAPH_FRAMES with triton buckets, else MAX_PRESIZE)
     bucket_frames: int = 16   # frames a bucket: one captured graph per bucket; at most this - 1 of them masked
     decay_kernel: str = "auto"   # temporal decay past the graphed range: triton (in-kernel), channel, or auto
                                  # (triton where it can run: CUDA with triton installed, else the channel)
-    bucket_kernel: str = "channel"   # the bucketed (graphed) range: channel (masked through the bias channel,
-                                     # 72 key channels) or triton (triton_decay with the length on the device:
-                                     # 64 channels, with or without a decay; needs triton)
+    bucket_kernel: str = "auto"   # the bucketed (graphed) range: channel (masked through the bias channel,
+                                  # 72 key channels), triton (triton_decay with the length on the device: 64
+                                  # channels, with or without a decay; needs triton), auto (triton on CUDA
+                                  # where triton is installed, else channel)
 
     def __post_init__(self) -> None:
-        if self.graph_frames < 0 or self.bucket_frames < 1:
+        if (self.graph_frames is not None and self.graph_frames < 0) or self.bucket_frames < 1:
             raise ValueError(f"dense attention: graph_frames must be >= 0 and bucket_frames >= 1, got "
                              f"graph_frames={self.graph_frames} bucket_frames={self.bucket_frames}")
         if self.decay_kernel not in ("auto", "triton", "channel"):
             raise ValueError(f"dense attention: decay_kernel must be auto, triton or channel, got {self.decay_kernel!r}")
-        if self.bucket_kernel not in ("triton", "channel"):
-            raise ValueError(f"dense attention: bucket_kernel must be triton or channel, got {self.bucket_kernel!r}")
+        if self.bucket_kernel not in ("auto", "triton", "channel"):
+            raise ValueError(f"dense attention: bucket_kernel must be auto, triton or channel, got {self.bucket_kernel!r}")
 
 
 class DenseAttention(AttentionMode):
@@ -86,20 +92,29 @@ class DenseAttention(AttentionMode):
         self.decay_path = "none"                 # how the last long-context call applied a decay (stats)
         self._hz: tuple[tuple, torch.Tensor] | None = None   # (key, (L, H) int32 horizons) for triton_decay
         self._warned = False
+        self._warned_buckets = False
         self.decay_choice: str | None = None     # decay_kernel=auto: "triton_decay" or "channel", measured once
         self._timer = None                       # GPU ms of a call (kernels._time); tests inject one
 
-    def bucket_end(self, end: int, n: int) -> int | None:
+    def graph_frames(self, device: torch.device) -> int:
+        """The bucketed range in frames: the config's, or by default the whole of a long rollout when the buckets
+        run on triton (its graphs read the length on the device and cost no padding), else MAX_PRESIZE."""
+        if self.cfg.graph_frames is not None:
+            return self.cfg.graph_frames
+        return TRITON_GRAPH_FRAMES if self._triton_buckets(device) else MAX_PRESIZE
+
+    def bucket_end(self, end: int, n: int, device: torch.device) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
         g = self.cfg.bucket_frames * n
         e = -(-end // g) * g
-        return e if e <= self.cfg.graph_frames * n else None
+        return e if e <= self.graph_frames(device) * n else None
 
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         self._n = n
-        e = self.bucket_end(cache.length[layer] + n, n) if (cache.pad or self._triton_buckets(q.device)) else None
+        e = self.bucket_end(cache.length[layer] + n, n, q.device) if (cache.pad or self._triton_buckets(q.device)) \
+            else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
         in_kernel = self._in_kernel_decay(cache, q.device) and self.decay_choice != "channel"
@@ -174,9 +189,18 @@ class DenseAttention(AttentionMode):
         return choice
 
     def _triton_buckets(self, device: torch.device) -> bool:
-        """Whether the bucketed range runs on triton_decay (bucket_kernel=triton; an error where it cannot)."""
-        if self.cfg.bucket_kernel != "triton" or self._biased:
+        """Whether the bucketed range runs on triton_decay (bucket_kernel=triton, an error where it cannot; auto:
+        on CUDA where triton is installed, which measured 128 against 82 fps at ~100-200 frames of context and
+        25 against 19 at frame 3000 on the H100 with the bundled model, docs/BENCHMARKS.md session 15)."""
+        if self.cfg.bucket_kernel == "channel" or self._biased:
             return False
+        if self.cfg.bucket_kernel == "auto":
+            ok = device.type == "cuda" and triton_decay.available(device)
+            if device.type == "cuda" and not ok and not self._warned_buckets:
+                print("dense: triton not installed: the graphed buckets are masked through the bias channel (72 key "
+                      "channels, slower; engine/attention/dense.py)", flush=True)
+                self._warned_buckets = True
+            return ok
         if not triton_decay.available(device):
             raise RuntimeError(f"dense: bucket_kernel=triton needs triton and a CUDA device, got device {device} "
                                f"(triton {'installed' if triton_decay._triton_ok else 'not installed'})")
@@ -266,7 +290,7 @@ class DenseAttention(AttentionMode):
         n = self._n
         if n is None or len(set(cache.length)) != 1:
             return None
-        e = self.bucket_end(cache.length[0] + n, n)
+        e = self.bucket_end(cache.length[0] + n, n, cache.frame.device)
         if e is None:
             if self._own_channel and cache.pad and cache.decay is None and not self._biased:
                 cache.set_bias_channel(False)   # long context: unpadded K/V (the channel was only for graphs)
@@ -282,7 +306,7 @@ class DenseAttention(AttentionMode):
         # room for the graphed range (at most MAX_PRESIZE frames of it) at once, here, outside any capture: each
         # growth moves the cache (new addresses), which drops every graph captured so far; past that, room for
         # this bucket (a longer range grows by doubling, as plain dense, so that memory still follows the frames)
-        cache.ensure_capacity(max(min(self.cfg.graph_frames, MAX_PRESIZE) * n, e))
+        cache.ensure_capacity(max(min(self.graph_frames(cache.frame.device), MAX_PRESIZE) * n, e))
         self._cache = cache
         return ("dense", e, info.commit)
 
@@ -290,7 +314,8 @@ class DenseAttention(AttentionMode):
         """With a graphed range longer than MAX_PRESIZE frames, a bucket behind the frame's: dense's context only
         grows until a reset, which starts again at the first bucket and captures it anew. Keeps the graphs'
         memory bounded; the default range keeps its 16 buckets' graphs across resets, as before."""
-        return (self.cfg.graph_frames > MAX_PRESIZE and old[0] == "dense" and new[0] == "dense"
+        return (self._cache is not None and self.graph_frames(self._cache.frame.device) > MAX_PRESIZE
+                and old[0] == "dense" and new[0] == "dense"
                 and old[1] < new[1])
 
     def graph_inputs(self, info: StepInfo) -> None:

@@ -105,6 +105,29 @@ def _flashinfer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
     return o.transpose(0, 1)[None]
 
 
+def _triton_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
+                  bias: torch.Tensor | None = None) -> torch.Tensor:
+    """triton_decay with no decay: the keys split into chunks across the SMs (flash-decoding), which the SDPA
+    backends do not do for one frame's 256 queries; bias (B, H, Lk) read in place. Scale 1/sqrt(D) only."""
+    from engine.attention import triton_decay
+    D, n, L = q.shape[-1], q.shape[2], k.shape[2]
+    if abs(scale * math.sqrt(D) - 1.0) > 1e-6:
+        raise ValueError(f"triton_split: softmax scale 1/sqrt({D}) only, got {scale}")
+    # the kernel attends to slots [0, length + n): all of k
+    return triton_decay.decay_attention(q, k, v, None, None, None, None, L - n, n, bias=bias)
+
+
+_triton: list[bool] = []
+
+
+def _triton_runs() -> bool:
+    """Whether triton_split can run on CUDA here (asked once: the answer does not change within a process)."""
+    if not _triton:
+        from engine.attention import triton_decay
+        _triton.append(triton_decay.available(torch.device("cuda")))
+    return _triton[0]
+
+
 def _plain() -> dict[str, Callable[..., torch.Tensor]]:
     from torch.nn.attention import SDPBackend
     c: dict[str, Callable[..., torch.Tensor]] = {
@@ -116,6 +139,8 @@ def _plain() -> dict[str, Callable[..., torch.Tensor]]:
         c["flash_attn"] = _flash_attn
     if _fi_prefill is not None:
         c["flashinfer"] = _flashinfer
+    if _triton_runs():
+        c["triton_split"] = _triton_split
     return c
 
 
@@ -143,9 +168,11 @@ def _make_candidates(biased: bool) -> dict[str, Fn]:
             qp, kp, vp = with_bias_channel(q, k, v, b, s)  # type: ignore[arg-type]
             return f(qp, kp, vp, s)[..., :D]
         return run
-    c: dict[str, Fn] = {name + "+bias_channel": chan(f) for name, f in plain.items()}
+    c: dict[str, Fn] = {name + "+bias_channel": chan(f) for name, f in plain.items() if f is not _triton_split}
     c["sdpa_efficient+bias_mask"] = _sdpa_mask(SDPBackend.EFFICIENT_ATTENTION)
     c["sdpa_cudnn+bias_mask"] = _sdpa_mask(SDPBackend.CUDNN_ATTENTION)
+    if "triton_split" in plain:   # the bias read per key by the kernel itself: 64 channels
+        c["triton_split+bias"] = lambda q, k, v, b, s: _triton_split(q, k, v, s, bias=b)
     return c
 
 
@@ -219,11 +246,41 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
 
 def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
     """q (B, H, n, D) against bias-channel storage kp, vp (B, H, L, Dp) (KVCache.padded): q padded as
-    [q, 1/scale, 0...], so a plain kernel adds each key's channel-D bias to its logit. Returns (B, H, n, D)."""
+    [q, 1/scale, 0...], so a plain kernel adds each key's channel-D bias to its logit; or, where triton runs
+    and the measurement finds it faster, triton_split reading 64 channels and the channel as a per-key bias,
+    both in place. Returns (B, H, n, D)."""
+    global _last_kernel
+    if q.device.type == "cuda" and q.dtype != torch.float64 and _triton_runs():
+        key = _bucket(q, kp, True)[:3] + ("padded_" + str(q.dtype).removeprefix("torch."),)
+        if key not in _choice:
+            if torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"attention shape {key} first seen inside a CUDA graph capture: run the pass "
+                                   f"eagerly once first")
+            D = q.shape[-1]
+            ref = lambda: _reference(q, kp[..., :D], vp[..., :D], kp[..., D].float(), 1.0 / math.sqrt(D))  # noqa: E731
+            _choice[key], _timings[key] = choose(_PADDED, q, kp, vp, None, 1.0 / math.sqrt(D), reference=ref)
+        if _choice[key] == "triton_split+channel":
+            out = _PADDED[_choice[key]](q, kp, vp, None, 0.0)
+            _last_kernel = "triton_split+channel"
+            return out
+    return _padded_plain(q, kp, vp)
+
+
+def _padded_plain(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
+    """padded_attention on the plain kernels: q padded as [q, 1/scale, 0...] (their choice is attention's)."""
     D, Dp = q.shape[-1], kp.shape[-1]
     scale = 1.0 / math.sqrt(D)
     qp = torch.cat([q, _q_tail(Dp - D, scale, q).expand(*q.shape[:-1], Dp - D)], -1)   # one kernel
     return attention(qp, kp, vp, scale=scale)[..., :D]
+
+
+def _padded_triton(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
+    D = q.shape[-1]
+    return _triton_split(q, kp[..., :D], vp[..., :D], 1.0 / math.sqrt(D), bias=kp[..., D])
+
+
+_PADDED: dict[str, Fn] = {"bias_channel": lambda q, kp, vp, b, s: _padded_plain(q, kp, vp),
+                          "triton_split+channel": lambda q, kp, vp, b, s: _padded_triton(q, kp, vp)}
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None = None,
@@ -251,17 +308,18 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 
 
 def choose(cands: dict[str, Fn], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
-           scale: float, timer: Callable[[Callable[[], torch.Tensor]], float] | None = None
-           ) -> tuple[str, dict[str, float | None]]:
+           scale: float, timer: Callable[[Callable[[], torch.Tensor]], float] | None = None,
+           reference: Callable[[], torch.Tensor] | None = None) -> tuple[str, dict[str, float | None]]:
     """The fastest candidate that computes the call, and every candidate's ms (None: failed or wrong).
     Each candidate is first checked against the float32 reference: a kernel that runs but computes
     something else is never chosen; the bound follows the best candidate's error, so the inputs' own
-    rounding never rules out every kernel. timer: GPU ms of a call (default _time, CUDA)."""
+    rounding never rules out every kernel. timer: GPU ms of a call (default _time, CUDA). reference: the
+    float32 result when the candidates' inputs are not plain q, k, v, bias (padded_attention's storage)."""
     timer = _time if timer is None else timer
     times: dict[str, float] = {}
     times_failed: list[str] = []
     errs: dict[str, float] = {}
-    ref = _reference(q, k, v, bias, scale)
+    ref = _reference(q, k, v, bias, scale) if reference is None else reference()
     for name, fn in cands.items():
         try:
             errs[name] = relative_error(fn(q, k, v, bias, scale), ref)

@@ -20,8 +20,15 @@ slots before length - horizon x tokens_per_frame (only for slots in frame order,
 cache); `length` () int64 on the device, the committed slots: the frame's own n keys are slots
 [length, length + n) (no decay over them), and slots past them are never read. With no slopes it is plain
 attention over slots [0, length + n), which is what dense's bucketed graphs need: the length on the device,
-so one captured call serves every frame of a bucket. Returns (B, H, n, D) in q's dtype. CUDA with triton
-only; `available()` says whether it can run; on the CPU the tests run it under TRITON_INTERPRET=1.
+so one captured call serves every frame of a bucket (a host int does for a call whose length is fixed, as
+engine/attention/kernels.py's plain use). Optionally a per-key bias (B, H, L) read in place, e.g. TempCache's
+log(group size) from the cache's bias channel, so a biased cache is read at 64 channels too. Returns
+(B, H, n, D) in q's dtype. CUDA with triton only; `available()` says whether it can run; on the CPU the tests
+run it under TRITON_INTERPRET=1.
+
+The same split serves the other modes' plain calls (kernels.py's `triton_split` candidate): FA2 gives one
+frame's 256 queries against a window's ~8k keys 12 programs too (18-30 us a call on the H100 in session 15's
+profile, 40 calls a frame); whether the split is faster there is left to the per-shape measurement.
 """
 from __future__ import annotations
 
@@ -40,17 +47,18 @@ if _triton_ok:
 
     # the chunk size changes from call to call: not specialised on (divisibility by 16, == 1), so one compiled
     # kernel serves the whole rollout (the lengths are read on the device)
-    @triton.jit(do_not_specialize=["chunk"])
-    def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, LEN, n_new, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
-                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn,
+    @triton.jit(do_not_specialize=["chunk", "LEN"])
+    def _decay_fwd(Q, K, V, O, LSE, FRAME, SLOPE, HZ, NOW, LEN, BIAS, n_new, tpf, chunk, qk_scale, n_q, H,  # type: ignore[no-untyped-def]
+                   sqb, sqh, sqm, skb, skh, skn, svb, svh, svn, sbb, sbh, sbn,
                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, FLOOR: tl.constexpr,
-                   PREC: tl.constexpr, HAS_DECAY: tl.constexpr):
+                   PREC: tl.constexpr, HAS_DECAY: tl.constexpr, HAS_BIAS: tl.constexpr,
+                   LEN_ON_DEVICE: tl.constexpr):
         """Program (query block, batch x head, key chunk). Partial output (S, B*H, n, D) and lse (S, B*H, n),
         lse in base 2 (the combine only compares them). The committed length is read on the device, so a
         captured call stays right as the cache grows: keys [length + n_new, L) are never read."""
         mb, bh, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         b, h = bh // H, bh % H
-        length = tl.load(LEN)
+        length = tl.load(LEN) if LEN_ON_DEVICE else LEN
         end = length + n_new
         hz = tl.load(HZ + h).to(tl.int64)                                # horizon in frames, 0: none
         lo = tl.where(hz > 0, tl.maximum(length - hz * tpf, 0), 0) + split * chunk
@@ -78,6 +86,10 @@ if _triton_ok:
                 back = tl.minimum(fr - now, 0).to(tl.float32)                       # frames back, <= 0
                 bias = tl.where(offs_n < length, tl.maximum(slope * back, FLOOR * 1.4426950408889634), 0.0)
                 s += bias[None, :]
+            if HAS_BIAS:   # a per-key logit bias (natural log units), read in place (e.g. the cache's bias channel)
+                kb = tl.load(BIAS + b.to(tl.int64) * sbb + h.to(tl.int64) * sbh + offs_n.to(tl.int64) * sbn,
+                             mask=col_ok, other=0.0)
+                s += kb.to(tl.float32)[None, :] * 1.4426950408889634
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -160,15 +172,18 @@ def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, bl
 
 def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: torch.Tensor | None,
                     now: torch.Tensor | None, slopes: torch.Tensor | None, horizon: torch.Tensor | None,
-                    length: torch.Tensor, tokens_per_frame: int, starts: list[int] | None = None,
-                    num_splits: int = 0, block_n: int = BLOCK_N, launch: dict[str, int] | None = None) -> torch.Tensor:
+                    length: torch.Tensor | int, tokens_per_frame: int, starts: list[int] | None = None,
+                    num_splits: int = 0, block_n: int = BLOCK_N, launch: dict[str, int] | None = None,
+                    bias: torch.Tensor | None = None) -> torch.Tensor:
     """See the module docstring. length: the committed slots, an int64 device scalar (a captured call reads
     it at replay); the scratch frame is slots [length, length + n), n = q's tokens, and k, v may extend
     past it (a bucket: those slots are never read). slopes None: no decay (frame, now unused), plain
     attention to the slots before length + n. horizon None: every head reads every slot. starts: per head
     the first slot it reads, as the kernel computes it from `horizon` (host ints that size the key chunks
     without a device read; None: 0 for every head); num_splits: key chunks for the longest range, 0 = sized
-    by chunk_keys(); block_n, launch: tile and launch settings (the defaults are the measured ones)."""
+    by chunk_keys(); block_n, launch: tile and launch settings (the defaults are the measured ones).
+    bias: (B, H, L) a per-key logit bias added to every query's logit of that key (any strides: the cache's
+    bias channel kp[..., D] is read in place), as TempCache's log(group size); with a decay, it is added too."""
     if not _triton_ok:
         raise RuntimeError("triton_decay: triton is not installed")
     B, H, n, D = q.shape
@@ -179,7 +194,8 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
         raise ValueError(f"triton_decay: q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)} do not match")
     if q.stride(-1) != 1 or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError("triton_decay: q, k, v need a contiguous last dim")
-    if length.shape != () or length.dtype != torch.int64 or length.device != q.device:
+    on_device = isinstance(length, torch.Tensor)
+    if on_device and (length.shape != () or length.dtype != torch.int64 or length.device != q.device):
         raise ValueError(f"triton_decay: length must be an int64 scalar on {q.device}, got {tuple(length.shape)} "
                          f"{length.dtype} on {length.device}")
     decay = slopes is not None
@@ -192,9 +208,12 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
         if slopes.dtype != torch.float32 or frame.dtype != torch.int64:
             raise ValueError(f"triton_decay: slopes float32 and frame int64 expected, got {slopes.dtype}, {frame.dtype}")
     else:                       # placeholders the kernel never reads
-        frame, now, slopes = length, length, horizon
+        frame, now, slopes = horizon, horizon, horizon
     if horizon.shape != (H,) or horizon.dtype != torch.int32:
         raise ValueError(f"triton_decay: horizon must be ({H},) int32, got {tuple(horizon.shape)} {horizon.dtype}")
+    if bias is not None and tuple(bias.shape) != (B, H, L):
+        raise ValueError(f"triton_decay: bias {tuple(bias.shape)}, expected (B, H, L) = {(B, H, L)}")
+    bstride = (0, 0, 0) if bias is None else bias.stride()
     starts = [0] * H if starts is None else starts
     longest = max(L - min(starts), 1)
     if num_splits:
@@ -206,12 +225,13 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
     o = torch.empty(S, B * H, n, D, device=q.device, dtype=torch.float32)
     lse = torch.empty(S, B * H, n, device=q.device, dtype=torch.float32)
     grid = (-(-n // BLOCK_M), B * H, S)
-    _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, n, tokens_per_frame, chunk,
-                     1.4426950408889634 / math.sqrt(D), n, H,
+    _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, horizon if bias is None else bias, n,
+                     tokens_per_frame, chunk, 1.4426950408889634 / math.sqrt(D), n, H,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-                     v.stride(0), v.stride(1), v.stride(2),
+                     v.stride(0), v.stride(1), v.stride(2), *bstride,
                      D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
-                     PREC="ieee" if q.dtype == torch.float32 else "tf32", HAS_DECAY=decay, **(launch or LAUNCH))
+                     PREC="ieee" if q.dtype == torch.float32 else "tf32", HAS_DECAY=decay, HAS_BIAS=bias is not None,
+                     LEN_ON_DEVICE=on_device, **(launch or LAUNCH))
     if COMBINE == "torch":
         w = torch.exp2(lse - lse.amax(0))                               # (S, BH, n); an empty chunk weighs 0
         return ((o * w[..., None]).sum(0) / w.sum(0)[..., None]).view(B, H, n, D).to(q.dtype)

@@ -9,6 +9,7 @@ for ((i = 0; i < wait_s; i += 10)); do
   sleep 10
 done
 echo "--- $name: rc=$(cat /tmp/jobs/$name/rc 2>/dev/null || echo running)"
-tail -n 40 /tmp/jobs/$name/log
+tail -n ${TAIL:-40} /tmp/jobs/$name/log
+[ -d /tmp/snap/$name ] && cd /tmp/snap/$name   # bg.sh ran the job in a snapshot of the tree
 for g in "$@"; do for f in $g; do [ -f "$f" ] && cp "$f" "$OUT/"; done; done
 ls -la "$OUT"
