@@ -96,25 +96,24 @@ class DenseAttention(AttentionMode):
         self.decay_choice: str | None = None     # decay_kernel=auto: "triton_decay" or "channel", measured once
         self._timer = None                       # GPU ms of a call (kernels._time); tests inject one
 
-    def graph_frames(self, device: torch.device) -> int:
+    def graph_frames(self, x: torch.Tensor) -> int:
         """The bucketed range in frames: the config's, or by default the whole of a long rollout when the buckets
         run on triton (its graphs read the length on the device and cost no padding), else MAX_PRESIZE."""
         if self.cfg.graph_frames is not None:
             return self.cfg.graph_frames
-        return TRITON_GRAPH_FRAMES if self._triton_buckets(device) else MAX_PRESIZE
+        return TRITON_GRAPH_FRAMES if self._triton_buckets(x) else MAX_PRESIZE
 
-    def bucket_end(self, end: int, n: int, device: torch.device) -> int | None:
+    def bucket_end(self, end: int, n: int, x: torch.Tensor) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
         g = self.cfg.bucket_frames * n
         e = -(-end // g) * g
-        return e if e <= self.graph_frames(device) * n else None
+        return e if e <= self.graph_frames(x) * n else None
 
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         self._n = n
-        e = self.bucket_end(cache.length[layer] + n, n, q.device) if (cache.pad or self._triton_buckets(q.device)) \
-            else None
+        e = self.bucket_end(cache.length[layer] + n, n, q) if (cache.pad or self._triton_buckets(q)) else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
         in_kernel = self._in_kernel_decay(cache, q.device) and self.decay_choice != "channel"
@@ -144,11 +143,11 @@ class DenseAttention(AttentionMode):
         runnable (decay_kernel=triton insists, auto says once when it cannot)."""
         if cache.decay is None or self._biased or self.cfg.decay_kernel == "channel":
             return False
-        ok = triton_decay.available(device)
+        ok = triton_decay.available(device) and (self.cfg.decay_kernel == "triton" or triton_decay.supports(cache.k))
         if not ok and self.cfg.decay_kernel == "triton":
             raise RuntimeError(f"dense: decay_kernel=triton needs triton and a CUDA device, got device {device} "
                                f"(triton {'installed' if triton_decay._triton_ok else 'not installed'})")
-        if not ok and device.type == "cuda" and not self._warned:
+        if not triton_decay.available(device) and device.type == "cuda" and not self._warned:
             print("dense: triton not installed: the temporal decay rides in the bias channel (72 key channels, "
                   "slower; engine/attention/triton_decay.py)", flush=True)
             self._warned = True
@@ -188,15 +187,18 @@ class DenseAttention(AttentionMode):
               f"({', '.join(f'{k} {v:.3f} ms' for k, v in times.items() if v is not None)})", flush=True)
         return choice
 
-    def _triton_buckets(self, device: torch.device) -> bool:
-        """Whether the bucketed range runs on triton_decay (bucket_kernel=triton, an error where it cannot; auto:
-        on CUDA where triton is installed, which measured 128 against 82 fps at ~100-200 frames of context and
-        25 against 19 at frame 3000 on the H100 with the bundled model, docs/BENCHMARKS.md session 15)."""
+    def _triton_buckets(self, x: torch.Tensor) -> bool:
+        """Whether the bucketed range runs on triton_decay, for attention on x's device and dtype (q or the
+        cache's keys): bucket_kernel=triton, an error where it cannot; auto: on CUDA where triton is installed
+        and for the kernel's dtypes (not float64), which measured 128 against 82 fps at ~100-200 frames of
+        context and 25 against 19 at frame 3000 on the H100 with the bundled model (docs/BENCHMARKS.md,
+        session 15)."""
         if self.cfg.bucket_kernel == "channel" or self._biased:
             return False
+        device = x.device
         if self.cfg.bucket_kernel == "auto":
-            ok = device.type == "cuda" and triton_decay.available(device)
-            if device.type == "cuda" and not ok and not self._warned_buckets:
+            ok = device.type == "cuda" and triton_decay.supports(x)
+            if device.type == "cuda" and not triton_decay.available(device) and not self._warned_buckets:
                 print("dense: triton not installed: the graphed buckets are masked through the bias channel (72 key "
                       "channels, slower; engine/attention/dense.py)", flush=True)
                 self._warned_buckets = True
@@ -274,7 +276,7 @@ class DenseAttention(AttentionMode):
             cache.ensure_capacity(e)
             length.fill_(cache.length[layer])
         cache.write_scratch_at(layer, k, v, length)
-        if self._triton_buckets(q.device):
+        if self._triton_buckets(q):
             out = self._triton_attention(layer, q, cache, e, n, lag=self.cfg.bucket_frames * n)
         else:
             # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is
@@ -290,13 +292,13 @@ class DenseAttention(AttentionMode):
         n = self._n
         if n is None or len(set(cache.length)) != 1:
             return None
-        e = self.bucket_end(cache.length[0] + n, n, cache.frame.device)
+        e = self.bucket_end(cache.length[0] + n, n, cache.k)
         if e is None:
             if self._own_channel and cache.pad and cache.decay is None and not self._biased:
                 cache.set_bias_channel(False)   # long context: unpadded K/V (the channel was only for graphs)
             self._own_channel = False
             return None
-        if self._triton_buckets(cache.frame.device):
+        if self._triton_buckets(cache.k):
             if cache.pad:
                 cache.set_bias_channel(False)   # the kernel masks and decays: 64 channels read, none to refresh
         elif not cache.pad:
@@ -306,7 +308,7 @@ class DenseAttention(AttentionMode):
         # room for the graphed range (at most MAX_PRESIZE frames of it) at once, here, outside any capture: each
         # growth moves the cache (new addresses), which drops every graph captured so far; past that, room for
         # this bucket (a longer range grows by doubling, as plain dense, so that memory still follows the frames)
-        cache.ensure_capacity(max(min(self.graph_frames(cache.frame.device), MAX_PRESIZE) * n, e))
+        cache.ensure_capacity(max(min(self.graph_frames(cache.k), MAX_PRESIZE) * n, e))
         self._cache = cache
         return ("dense", e, info.commit)
 
@@ -314,7 +316,7 @@ class DenseAttention(AttentionMode):
         """With a graphed range longer than MAX_PRESIZE frames, a bucket behind the frame's: dense's context only
         grows until a reset, which starts again at the first bucket and captures it anew. Keeps the graphs'
         memory bounded; the default range keeps its 16 buckets' graphs across resets, as before."""
-        return (self._cache is not None and self.graph_frames(self._cache.frame.device) > MAX_PRESIZE
+        return (self._cache is not None and self.graph_frames(self._cache.k) > MAX_PRESIZE
                 and old[0] == "dense" and new[0] == "dense"
                 and old[1] < new[1])
 

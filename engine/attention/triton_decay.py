@@ -140,6 +140,11 @@ def available(device: torch.device) -> bool:
     return _triton_ok and (device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1")
 
 
+def supports(x: torch.Tensor) -> bool:
+    """Whether the kernel can run on x's device and dtype (float64, the tests' reference dtype, is not one)."""
+    return available(x.device) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
+
+
 COMBINE, COMBINE_ROWS = "triton", 8   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
                                      # time a call against 230-260 for the torch ops on one H100 host
 _sms: dict[torch.device, int] = {}
