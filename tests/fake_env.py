@@ -89,7 +89,9 @@ SMALL = ["controls.window.scale=1", "controls.window.video_scale=1"]
 def headless_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     """The environment of a play.py subprocess with no display at all."""
     env = {k: v for k, v in os.environ.items() if k not in ("DISPLAY", "WAYLAND_DISPLAY", "SDL_VIDEODRIVER")}
-    env.update(PYTHONPATH=str(REPO), **(extra or {}))
+    # the repository first, then whatever the parent had (a GPU machine's carried wheels live on PYTHONPATH)
+    env.update(PYTHONPATH=os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p),
+               **(extra or {}))
     return env
 
 
