@@ -205,6 +205,61 @@ def test_auto_decay_kernel_is_chosen_by_measurement() -> None:
     assert worst_error("choice_check") < 1e-4
 
 
+def bucket_choice_check(device: str) -> float:
+    """bucket_kernel=auto measures once, at the first call (before any capture): with a timer that finds the
+    kernel faster, dense's buckets run on triton_decay (the kernel is called for the bucketed frames) and the
+    choice is listed among the measured kernels; with one that finds the channel faster, they stay on the
+    channel (the kernel is called only by the measurement). Both give plain dense's frames. Returns the
+    largest frame difference (asserts the rest)."""
+    from engine.attention import kernels
+    from engine.attention import triton_decay as td
+    from tests.test_graphs import ACTIONS
+    m = random_model(torch.float32).to(device)
+    orig_record, orig_kernel = kernels.record_choice, td.decay_attention
+
+    def roll(params: dict, timer=None) -> tuple[list[torch.Tensor], Sampler]:  # type: ignore[no-untyped-def]
+        s = Sampler(m, build_mode("dense", **params), steps=3)
+        s.reset(seed=3, prompt="night stone")
+        s.mode._timer = timer
+        acts = [ACTIONS[i % len(ACTIONS)] for i in range(10)]
+        return [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32, device=device))
+                for k, dx in acts], s
+    ref, _ = roll({"graph_frames": 0, "bucket_kernel": "channel"})
+    worst = 0.0
+    for kernel_ms, expect in ((0.1, "triton_decay"), (0.3, "channel")):
+        timed: list[float] = []
+        recorded: list[str] = []
+        calls = [0]
+
+        def timer(fn, kernel_ms=kernel_ms, timed=timed):  # type: ignore[no-untyped-def]
+            fn()
+            timed.append(0.2 if not timed else kernel_ms)   # the channel is timed first, then the kernel
+            return timed[-1]
+
+        def counted(*args, calls=calls, **kwargs):  # type: ignore[no-untyped-def]
+            calls[0] += 1
+            return orig_kernel(*args, **kwargs)
+        kernels.record_choice = lambda q, keys, tag, choice, times, r=recorded: r.append(f"{tag}:{choice}")  # type: ignore
+        td.decay_attention = counted
+        try:
+            got, s = roll({"graph_frames": 8, "bucket_frames": 3}, timer)
+        finally:
+            kernels.record_choice, td.decay_attention = orig_record, orig_kernel
+        assert s.mode.bucket_choice == expect and recorded == [f"buckets:{expect}"] and len(timed) == 2, \
+            (s.mode.bucket_choice, recorded, timed)
+        # the measurement calls the kernel twice (the agreement check, the injected timer's call); with triton
+        # chosen, also 2 layers x 4 passes a frame for the frames whose buckets end by frame 8 (frames 0-5, in
+        # the buckets ending at 3 and 6; frame 6's would end at 9), frame 0 included: the choice precedes it
+        assert calls[0] == 2 + (2 * 4 * 6 if expect == "triton_decay" else 0), calls[0]
+        worst = max(worst, max(float((a - b).abs().max()) for a, b in zip(ref, got)))
+    return worst
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_auto_bucket_kernel_is_chosen_by_measurement() -> None:
+    assert worst_error("bucket_choice_check") < 1e-4
+
+
 def test_decay_kernel_option_is_checked() -> None:
     with pytest.raises(ValueError, match="decay_kernel must be auto, triton or channel, got 'fast'"):
         build_mode("dense", decay_kernel="fast")

@@ -19,8 +19,9 @@ dense computes it inside its own kernel from the slots' frame indices (engine/at
 `decay_kernel`): 64 key channels instead of the bias channel's 72, which FA2 runs at about half speed, and no
 channel to rewrite every frame; the channel is switched off there as for a model without decay. Elsewhere
 (the CPU, no triton, `decay_kernel: channel`) the bias rides in the channel or a mask, and
-`stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` (the default on CUDA with triton:
-`auto`) runs the bucketed range on the same kernel, with or without a decay: it reads the committed length on
+`stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` (what `auto`, the default, takes
+where triton runs and a one-time measurement at the first call finds it faster) runs the bucketed range on
+the same kernel, with or without a decay: it reads the committed length on
 the device and never reads past the frame, so no channel masks the bucket's tail, and the graphed range then
 defaults to TRITON_GRAPH_FRAMES, a whole long rollout (the cache grows by doubling and the buckets behind the
 frame drop their graphs: graph_stale). Its key chunks spread one frame's queries over every SM, which FA2 does
@@ -36,7 +37,7 @@ import torch
 
 from engine.attention import kernels, triton_decay
 from engine.attention.base import AttentionMode, StepInfo, capturing
-from engine.cache import KVCache
+from engine.cache import NEG_BIAS, KVCache
 
 
 MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (graph_frames' default with channel buckets)
@@ -64,8 +65,8 @@ class DenseConfig:
                                  # (triton where it can run: CUDA with triton installed, else the channel)
     bucket_kernel: str = "auto"   # the bucketed (graphed) range: channel (masked through the bias channel,
                                   # 72 key channels), triton (triton_decay with the length on the device: 64
-                                  # channels, with or without a decay; needs triton), auto (triton on CUDA
-                                  # where triton is installed, else channel)
+                                  # channels, with or without a decay; needs triton), auto (where triton
+                                  # runs, the faster of the two, timed once at the first call; else channel)
 
     def __post_init__(self) -> None:
         if (self.graph_frames is not None and self.graph_frames < 0) or self.bucket_frames < 1:
@@ -94,6 +95,7 @@ class DenseAttention(AttentionMode):
         self._warned = False
         self._warned_buckets = False
         self.decay_choice: str | None = None     # decay_kernel=auto: "triton_decay" or "channel", measured once
+        self.bucket_choice: str | None = None    # bucket_kernel=auto: "triton_decay" or "channel", measured once
         self._timer = None                       # GPU ms of a call (kernels._time); tests inject one
 
     def graph_frames(self, x: torch.Tensor) -> int:
@@ -113,6 +115,9 @@ class DenseAttention(AttentionMode):
                        info: StepInfo) -> torch.Tensor:
         n = k.shape[2]
         self._n = n
+        if self.cfg.bucket_kernel == "auto" and self.bucket_choice is None and self.cfg.graph_frames != 0 \
+                and not self._biased and triton_decay.supports(q) and not capturing():
+            self.bucket_choice = self._choose_bucket_path(q, cache, layer, n)
         e = self.bucket_end(cache.length[layer] + n, n, q) if (cache.pad or self._triton_buckets(q)) else None
         if e is not None:
             return self._bucketed(layer, q, k, v, cache, info, e)
@@ -164,6 +169,9 @@ class DenseAttention(AttentionMode):
         the kernel without timing."""
         if self.cfg.decay_kernel == "triton" or not cache.pad:
             return "triton_decay"
+        known = kernels.recorded_choice(q, end, "decay")
+        if known is not None:
+            return known
         runs = self._horizon_runs(cache, layer, n)
 
         def channel() -> torch.Tensor:
@@ -189,15 +197,15 @@ class DenseAttention(AttentionMode):
 
     def _triton_buckets(self, x: torch.Tensor) -> bool:
         """Whether the bucketed range runs on triton_decay, for attention on x's device and dtype (q or the
-        cache's keys): bucket_kernel=triton, an error where it cannot; auto: on CUDA where triton is installed
-        and for the kernel's dtypes (not float64), which measured 128 against 82 fps at ~100-200 frames of
-        context and 25 against 19 at frame 3000 on the H100 with the bundled model (docs/BENCHMARKS.md,
-        session 15)."""
+        cache's keys): bucket_kernel=triton, an error where it cannot; auto: where triton runs, for the
+        kernel's dtypes (not float64), if the first call's measurement chose it (_choose_bucket_path). On the
+        H100 with the bundled model triton measured 128 against 82 fps at ~100-200 frames of context and 25
+        against 19 at frame 3000 (docs/BENCHMARKS.md, session 15)."""
         if self.cfg.bucket_kernel == "channel" or self._biased:
             return False
         device = x.device
         if self.cfg.bucket_kernel == "auto":
-            ok = device.type == "cuda" and triton_decay.supports(x)
+            ok = triton_decay.supports(x) and self.bucket_choice == "triton_decay"
             if device.type == "cuda" and not triton_decay.available(device) and not self._warned_buckets:
                 print("dense: triton not installed: the graphed buckets are masked through the bias channel (72 key "
                       "channels, slower; engine/attention/dense.py)", flush=True)
@@ -207,6 +215,46 @@ class DenseAttention(AttentionMode):
             raise RuntimeError(f"dense: bucket_kernel=triton needs triton and a CUDA device, got device {device} "
                                f"(triton {'installed' if triton_decay._triton_ok else 'not installed'})")
         return True
+
+    def _choose_bucket_path(self, q: torch.Tensor, cache: KVCache, layer: int, n: int) -> str:
+        """bucket_kernel=auto, at the first call (eager, before any capture): time the channel buckets
+        (kernels.padded_attention on 72 channels with the slots past the frame masked, itself choosing its kernel
+        by measurement) against triton_decay with the length on the device, on the first bucket's shape with
+        random keys, and keep the faster for the run, as the issue asks of the dense baseline; listed by
+        kernels.chosen_kernels(). The two must agree first. One shape decides for the whole range: session 15's
+        two H100 runs found triton faster at every context from 16 to 3000 frames (docs/BENCHMARKS.md)."""
+        B, H, _, D = q.shape
+        L0 = cache.length[layer]
+        g = self.cfg.bucket_frames * n
+        e = -(-(L0 + n) // g) * g
+        known = kernels.recorded_choice(q, e, "buckets")
+        if known is not None:
+            return known
+        gen = torch.Generator(device=q.device).manual_seed(0)
+        k, v = (torch.randn(B, H, e, D, device=q.device, generator=gen).to(q.dtype) for _ in range(2))
+        Dp = (D + 1 + 7) // 8 * 8
+        kp, vp = torch.nn.functional.pad(k, (0, Dp - D)), torch.nn.functional.pad(v, (0, Dp - D))
+        kp[..., D] = torch.where(torch.arange(e, device=q.device) < L0 + n, 0.0, NEG_BIAS).to(q.dtype)
+        length = torch.full((), L0, dtype=torch.long, device=q.device)
+
+        def channel() -> torch.Tensor:
+            return kernels.padded_attention(q, kp, vp)
+
+        def kernel() -> torch.Tensor:
+            return triton_decay.decay_attention(q, k, v, None, None, None, None, length, n)
+        err = kernels.relative_error(kernel().float(), channel().float())
+        if not err <= 3 * kernels.tolerance(q.dtype):
+            print(f"dense: triton_decay disagrees with the channel buckets (relative error {err:.2g}): the buckets "
+                  f"stay on the channel", flush=True)
+            kernels.record_choice(q, e, "buckets", "channel", {"triton_decay (wrong)": None})
+            return "channel"
+        timer = self._timer or kernels._time
+        times: dict[str, float | None] = {"channel": timer(channel), "triton_decay": timer(kernel)}
+        choice = min(times, key=lambda c: times[c] or float("inf"))
+        kernels.record_choice(q, e, "buckets", choice, times)
+        print(f"dense: bucket kernel chosen by measurement over {e // n} frames of keys: {choice} "
+              f"({', '.join(f'{c} {t:.3f} ms' for c, t in times.items() if t is not None)})", flush=True)
+        return choice
 
     def _length_tensor(self, device: torch.device) -> torch.Tensor:
         """The committed length as a device scalar, made once (the kernels and the bucketed writes read it)."""

@@ -362,12 +362,23 @@ def tolerance(dtype: torch.dtype) -> float:
     return 1e-4 if dtype in (torch.float32, torch.float64) else 4e-2
 
 
-def record_choice(q: torch.Tensor, keys: int, tag: str, choice: str, times: dict[str, float | None]) -> None:
-    """A choice made by measurement outside `attention` (dense's decay path: engine/attention/dense.py), listed
-    with the others by chosen_kernels() and kernel_timings(); `tag` names what was chosen between."""
+def _tag_key(q: torch.Tensor, keys: int, tag: str) -> tuple:
     lk = 1 << max(0, math.ceil(math.log2(max(keys, 1))))
-    key = (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + "_" + tag)
+    return (q.shape[2], lk, q.shape[-1], str(q.dtype).removeprefix("torch.") + "_" + tag)
+
+
+def record_choice(q: torch.Tensor, keys: int, tag: str, choice: str, times: dict[str, float | None]) -> None:
+    """A choice made by measurement outside `attention` (dense's decay path and buckets:
+    engine/attention/dense.py), listed with the others by chosen_kernels() and kernel_timings(); `tag` names
+    what was chosen between."""
+    key = _tag_key(q, keys, tag)
     _choice[key], _timings[key] = choice, times
+
+
+def recorded_choice(q: torch.Tensor, keys: int, tag: str) -> str | None:
+    """The choice record_choice kept for this shape and tag, if any: a later env of the same process reuses it
+    rather than timing again, as `attention` does, so that two rollouts with one seed draw the same frames."""
+    return _choice.get(_tag_key(q, keys, tag))
 
 
 def kernel_timings() -> dict[str, dict[str, float | None]]:
