@@ -492,3 +492,28 @@ def test_kernel_chooser_never_picks_a_wrong_candidate(monkeypatch):
         assert not [n for n in timings if "(wrong" in n and not n.startswith("bogus")], timings
         ref = kernels._reference(q, k, v, bias if biased else None, 0.125)
         assert kernels.relative_error(out, ref) <= kernels.tolerance(torch.bfloat16)
+
+
+def test_tempcache_bias_layout_is_checked() -> None:
+    with pytest.raises(ValueError, match="tempcache.bias_layout: invalid value 'mask'"):
+        build_mode("fastar", tempcache={"bias_layout": "mask"})
+    assert build_mode("fastar", tempcache={"bias_layout": "array"}).cfg.tempcache.bias_layout == "array"
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the bias channel is a CUDA layout")
+@pytest.mark.parametrize("mode", ["tempcache", "fastar"])
+def test_cuda_bias_array_layout_equals_the_channel(mode: str) -> None:
+    """tempcache.bias_layout=array keeps the cache at 64 channels (the group biases stay in the bias array, read
+    by a bias-taking kernel) and draws the channel layout's frames (float32, CUDA graphs, 1e-4)."""
+    from tests.test_graphs import SMALL, _roll
+    from tests.test_model_core import random_model
+    m = random_model(torch.float32).cuda()
+    ref_s: list = []
+    got_s: list = []
+    ref = _roll(m, mode, "cuda", frames=12, out_sampler=ref_s)
+    params = {k: dict(v) if isinstance(v, dict) else v for k, v in SMALL[mode].items()}
+    params["tempcache"] = {**params["tempcache"], "bias_layout": "array"}
+    got = _roll(m, mode, "cuda", frames=12, out_sampler=got_s, params=params)
+    assert ref_s[0].cache.pad > 0 and got_s[0].cache.pad == 0
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)

@@ -162,7 +162,8 @@ class FastARAttention(AttentionMode):
             self._search_layers = self.tc.check_layers(cache.n_layers)
         if self._needs_codes():
             cache.add_slot_tensor(CODES, (self.hasher.tables,), torch.int64, fill=self.hasher.n_buckets)
-        if self.tc is not None and cache.device.type == "cuda" and not cache.pad:
+        if self.tc is not None and cache.device.type == "cuda" and not cache.pad \
+                and self.tc.cfg.bias_layout == "channel":
             cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
         if self._bucket_order():
             if cache.pad:

@@ -90,6 +90,11 @@ class TempCacheConfig:
     overflow: str = "evict"       # a full cache: evict the least recently touched groups | merge below the threshold
     layers: list[int] | None = None   # layers whose new keys search for a repeat; None: every layer. Elsewhere
                                       # nothing merges: with evict the layer keeps the last capacity_frames frames
+    bias_layout: str = "channel"  # on CUDA the group biases ride in the cache's key channel 64 (channel: one plain
+                                  # kernel on 72 channels) or stay in the cache's bias array (array: 64 channels,
+                                  # the biased calls choose among the kernels that take a bias, triton_split+bias
+                                  # reading the array in place; session 15's kernel timings suggest ~20 against
+                                  # ~35 us a call, not yet measured end to end)
 
     def __post_init__(self) -> None:
         checks = {
@@ -104,6 +109,7 @@ class TempCacheConfig:
             "compile": self.compile in ("auto", "on", "off"),
             "top1": self.top1 in ("auto", "triton", "matmul"),
             "overflow": self.overflow in ("merge", "evict"),
+            "bias_layout": self.bias_layout in ("channel", "array"),
             "layers": self.layers is None or (all(isinstance(x, int) and x >= 0 for x in self.layers)
                                               and self.overflow == "evict"),
         }
@@ -113,7 +119,8 @@ class TempCacheConfig:
                                  f"(threshold in [0, 1] for cosine and >= 0 for dot; metric cosine|dot; "
                                  f"group head|layer; match_by key|query; search ann|exact; engine torch|faiss; "
                                  f"capacity_frames >= 1; compact_every >= 1; compile auto|on|off; "
-                                 f"top1 auto|triton|matmul; overflow merge|evict; layers null or a list of "
+                                 f"top1 auto|triton|matmul; overflow merge|evict; bias_layout channel|array; "
+                                 f"layers null or a list of "
                                  f"layer indices >= 0, with overflow evict: a layer that never searches cannot "
                                  f"merge at capacity)")
 
