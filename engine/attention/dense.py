@@ -21,12 +21,12 @@ channel to rewrite every frame; the channel is switched off there as for a model
 (the CPU, no triton, `decay_kernel: channel`) the bias rides in the channel or a mask, and
 `stats()["decay_kernel"]` says which path ran. `bucket_kernel: triton` (what `auto`, the default, takes
 where triton runs and a one-time measurement at the first call finds it faster) runs the bucketed range on
-the same kernel, with or without a decay: it reads the committed length on
-the device and never reads past the frame, so no channel masks the bucket's tail, and the graphed range then
+the same kernel, with or without a decay: it reads the committed length on the device and never reads past
+the frame, so no channel masks the bucket's tail, and the graphed range then
 defaults to TRITON_GRAPH_FRAMES, a whole long rollout (the cache grows by doubling and the buckets behind the
-frame drop their graphs: graph_stale). Its key chunks spread one frame's queries over every SM, which FA2 does
-not (12 programs for 132 SMs): on the H100 with the bundled model, 128 against 82 fps at ~100-200 frames of
-context and 25 against 19 fps at frame 3000.
+frame drop their graphs: graph_stale). Its key chunks are sized for the SM count at every length: on the H100
+with the bundled model, 128 against 82 fps at ~100-200 frames of context and 25 against 19 fps at frame 3000
+(the channel buckets, then torch's FA2 past frame 256).
 """
 from __future__ import annotations
 

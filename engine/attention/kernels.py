@@ -107,8 +107,8 @@ def _flashinfer(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float)
 
 def _triton_split(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float,
                   bias: torch.Tensor | None = None) -> torch.Tensor:
-    """triton_decay with no decay: the keys split into chunks across the SMs (flash-decoding), which the SDPA
-    backends do not do for one frame's 256 queries; bias (B, H, Lk) read in place. Scale 1/sqrt(D) only."""
+    """triton_decay with no decay: the keys split into chunks sized for the SM count (flash-decoding; torch's
+    FA2 splits by its own heuristic); bias (B, H, Lk) read in place. Scale 1/sqrt(D) only."""
     from engine.attention import triton_decay
     D, n, L = q.shape[-1], q.shape[2], k.shape[2]
     if abs(scale * math.sqrt(D) - 1.0) > 1e-6:

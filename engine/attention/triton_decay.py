@@ -26,9 +26,9 @@ log(group size) from the cache's bias channel, so a biased cache is read at 64 c
 (B, H, n, D) in q's dtype. CUDA with triton only; `available()` says whether it can run; on the CPU the tests
 run it under TRITON_INTERPRET=1.
 
-The same split serves the other modes' plain calls (kernels.py's `triton_split` candidate): FA2 gives one
-frame's 256 queries against a window's ~8k keys 12 programs too (18-30 us a call on the H100 in session 15's
-profile, 40 calls a frame); whether the split is faster there is left to the per-shape measurement.
+The same split serves the other modes' plain calls (kernels.py's `triton_split` candidate). At a window's
+~8k keys torch's FA2 splits the keys too (`flash_fwd_splitkv_kernel`, ~19 us a call on the H100), and the two
+measured within noise of each other in session 15; the per-shape measurement picks.
 """
 from __future__ import annotations
 
