@@ -251,7 +251,7 @@ def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> tor
     both in place. Returns (B, H, n, D)."""
     global _last_kernel
     if q.device.type == "cuda" and q.dtype != torch.float64 and _triton_runs():
-        key = _bucket(q, kp, True)[:3] + ("padded_" + str(q.dtype).removeprefix("torch."),)
+        key = _tag_key(q, kp.shape[2], "padded")
         if key not in _choice:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError(f"attention shape {key} first seen inside a CUDA graph capture: run the pass "
