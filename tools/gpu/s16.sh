@@ -17,5 +17,12 @@ for run in "b1 [dense,window,fastar]" "b2 [dense,fastar] +mode_params.fastar.tem
     compile=true ${3:-} 2>&1 | grep -v Warn | tail -22
   cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json; gzip -f $o/$1_bench.json
 done
+# dense's short-context speed with 16- and 64-frame buckets: on triton the kernel never reads the padding, so a
+# longer bucket costs no compute and captures 4x less often (profile_step's "commit pass" held ~3 ms a frame of
+# captures in session 15)
+for bf in 16 64; do
+  python3 tools/profile_step.py --attention dense --context 96 --frames 100 --no-profile --compile \
+    --params "{\"bucket_frames\": $bf}" 2>&1 | grep -E "^(device|step)|rror" | tee -a $o/speed.txt
+done
 tar czf runs/results/s16.tgz -C runs/results s16
 echo "=== done $(date)"
