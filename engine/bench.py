@@ -89,6 +89,8 @@ class BenchConfig:
     device: str = "auto"
     steps: int = 4
     noise_scale: float = 1.0       # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
+    guidance: float = 0.0          # memory guidance weight for every mode (Sampler; 0: off), against guide_attention
+    guide_attention: str = "window"
     compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
     frames: int = 3000             # generated frames (env.step calls) per mode
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
@@ -197,6 +199,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     if cfg.compile:
         source["compile"] = True
     source["noise_scale"] = cfg.noise_scale
+    if cfg.guidance:
+        source.update(guidance=cfg.guidance, guide_attention=cfg.guide_attention)
 
     results: dict[str, dict[str, Any]] = {}
     dense_frames: np.ndarray | None = None

@@ -55,6 +55,8 @@ class EvalConfig:
     device: str = "auto"
     steps: int = 4
     noise_scale: float = 1.0          # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
+    guidance: float = 0.0             # memory guidance weight (Sampler; 0: off) against guide_attention
+    guide_attention: str = "window"
     out: str = "docs/results/world_model.json"
     episodes: int = 4
     context: int = 16
@@ -217,9 +219,14 @@ def controllability_pass(ctrl: dict[str, dict[str, Any]]) -> bool:
     return all(r["psnr_db"] > r["copy_psnr_db"] for r in ctrl.values())
 
 
+def _sampling(cfg: EvalConfig) -> dict[str, Any]:
+    """The sampler settings every env of the evaluation shares."""
+    return {"steps": cfg.steps, "noise_scale": cfg.noise_scale, "guidance": cfg.guidance,
+            "guide_attention": cfg.guide_attention}
+
+
 def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:
-    return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, steps=cfg.steps,
-                     noise_scale=cfg.noise_scale)
+    return NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, attention=attention, **_sampling(cfg))
 
 
 def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
@@ -311,16 +318,14 @@ def evaluate(cfg: EvalConfig, env: NeuralEnv | None = None) -> dict[str, Any]:
         res["fps_gpu_by_mode"] = by_mode
         res["cuda_graphs"] = env.info()["cuda_graphs"]
         if cfg.fps_compiled:   # the same rows with the graph pieces compiled (engine.compile; off in play)
-            c_env = NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, steps=cfg.steps, compile=True,
-                              noise_scale=cfg.noise_scale)
+            c_env = NeuralEnv(checkpoint=cfg.checkpoint, device=cfg.device, compile=True, **_sampling(cfg))
             res["fps_gpu_by_mode_compiled"] = {}
             for m in cfg.fps_modes:
                 c_env.set_attention(m)
                 res["fps_gpu_by_mode_compiled"][m] = round(fps(c_env, cfg.fps_frames, cfg.fps_warmup), 2)
     else:
         res["fps_gpu_short_context"] = None
-    cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", steps=cfg.steps,
-                                                      noise_scale=cfg.noise_scale)
+    cpu_env = env if dev.type == "cpu" else NeuralEnv(checkpoint=cfg.checkpoint, device="cpu", **_sampling(cfg))
     res["fps_cpu"] = fps(cpu_env, cfg.cpu_fps_frames, 1)
     res["cpu_threads"] = torch.get_num_threads()
     ck = Path(cfg.checkpoint) if cfg.checkpoint else None

@@ -71,7 +71,8 @@ class NeuralEnv:
                  attention: str | dict[str, Any] | None = "dense", steps: int = 4, bootstrap: Env | None = None,
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
                  cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
-                 noise_corr: float = 0.0) -> None:
+                 noise_corr: float = 0.0, guidance: float = 0.0,
+                 guide_attention: str | dict[str, Any] = "window") -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -80,7 +81,11 @@ class NeuralEnv:
         compile: fuse each graph piece and the decoder with torch.compile (needs cuda_graphs; the first frames
         compile for about a minute). info()["compiled"] says whether it is on.
         noise_scale: each frame's initial noise scale, a sampling temperature (Sampler; 1: as trained).
-        noise_corr: correlation of consecutive frames' initial noise (Sampler; 0: independent, as trained)."""
+        noise_corr: correlation of consecutive frames' initial noise (Sampler; 0: independent, as trained).
+        guidance: memory guidance weight (Sampler; 0: off, one pass a denoising step; > 0 doubles the passes),
+        with guide_attention the memory-less condition (a mode like `attention`; its parameters from
+        conf/attention when only a name is given). The guide keeps its mode when set_attention switches this
+        env's."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -111,9 +116,15 @@ class NeuralEnv:
             raise ValueError(f"cuda_graphs=true needs a CUDA device, got device {self.device}")
         if compile and not graphs:
             raise ValueError("compile=true fuses the CUDA-graph pieces: it needs cuda_graphs (a CUDA device)")
+        guide = None
+        if guidance:
+            g_name, g_params = _mode_spec(guide_attention)
+            if g_name not in MODES:
+                raise ValueError(f"guide_attention: unknown attention mode {g_name!r}; available: {sorted(MODES)}")
+            guide = build_mode(g_name, **(g_params or _default_params(g_name)))
         self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames,
                                graphs="cuda" if graphs else "off", compile=compile, noise_scale=noise_scale,
-                               noise_corr=noise_corr)
+                               noise_corr=noise_corr, guidance=guidance, guide=guide)
         lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
         self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
                         else model.decode)
@@ -173,6 +184,8 @@ class NeuralEnv:
                 "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
                 "noise_scale": self.sampler.noise_scale, "noise_corr": self.sampler.noise_corr,
+                "guidance": self.sampler.guidance,
+                "guide_attention": None if self.sampler.guide is None else self.sampler.guide.mode.name,
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 
     # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------

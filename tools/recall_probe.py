@@ -16,10 +16,11 @@ attends to is bounded.
 Runs the evaluation's revisit protocol (engine/evaluate.py: one true frame, then 120 x turn_right; the second
 turn's frames against the first turn's) and prints the PSNR and, for recall, which frames were retrieved.
 
-Memory guidance (`--guidance G`, session 14): each denoising step runs the model twice, once in `--mode` (the
-memory: dense) and once in `--guide-mode` (a short window, no memory), and steps along
-v_mode + G (v_mode - v_guide), as classifier-free guidance does with a condition: it amplifies whatever the
-older frames pull the frame toward. Both caches commit the guided frame. G = 0 is plain `--mode`.
+Memory guidance (`--guidance G`, session 14; since session 15 the engine's own, engine/sampler.py): each
+denoising step runs the model twice, once in `--mode` (the memory: dense) and once in `--guide-mode` (a short
+window, no memory), and steps along v_mode + G (v_mode - v_guide), as classifier-free guidance does with a
+condition: it amplifies whatever the older frames pull the frame toward. Both caches commit the guided frame.
+G = 0 is plain `--mode`.
 
     python tools/recall_probe.py --checkpoint runs/base12/export --mode dense --guidance 1 --device cpu
 """
@@ -119,23 +120,6 @@ class RecallAttention(AttentionMode):
         return out
 
 
-@torch.no_grad()
-def guided_step(env: NeuralEnv, guide: NeuralEnv, action: np.ndarray, g: float) -> np.ndarray:
-    """One frame with memory guidance (module docstring): env's sampler (the memory) and guide's (no memory)
-    see the same noisy latent at every step; the step follows v + g (v - v_guide); both commit the result.
-    The noise is env's, as its own step would draw it; guide's commit adds its own context noise."""
-    s, sg = env.sampler, guide.sampler
-    act = torch.as_tensor(np.asarray(action, np.float32)[None]).to(env.device)
-    f, fg = s.frame_inputs(act), sg.frame_inputs(act)
-    x = torch.randn((s.batch, s.C, s.size, s.size), generator=s.gen, device=s.device).to(s.xdtype)
-    for i in range(s.steps):
-        v = s._pass(x, i, f, commit=False)
-        x = x + s.dts[i] * (v + g * (v - sg._pass(x, i, fg, commit=False)))
-    s.commit(x, act, f)
-    sg.commit(x, act, fg)
-    return env._decode(x)[0].cpu().numpy()
-
-
 def _motion(frames: np.ndarray) -> float:
     """Mean absolute change between consecutive frames (uint8 (T, H, W, 3)): the benchmark's motion, averaged."""
     return round(float(np.mean(motion(frames, None)[1:])), 2)
@@ -177,7 +161,7 @@ def main() -> None:
     over = json.loads(a.params)
     attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale,
-                    noise_corr=a.noise_corr)
+                    noise_corr=a.noise_corr, guidance=a.guidance, guide_attention=a.guide_mode)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
@@ -187,23 +171,12 @@ def main() -> None:
     env.sampler.reset(0, e.prompt)
     env.prime(e.frames[:1], e.actions[:1])
     step = env.step
-    guide: NeuralEnv | None = None
-    if a.guidance:
-        if a.decay is not None or a.noise_scale != 1.0 or a.noise_corr:
-            p.error("--guidance goes with the model's own decay and plain noise (no --decay, --noise-scale, "
-                    "--noise-corr)")
-        guide = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.guide_mode)
-        guide.sampler.reset(0, e.prompt)
-        guide.prime(e.frames[:1], e.actions[:1])
-        step = lambda act: guided_step(env, guide, act, a.guidance)   # noqa: E731
     t0 = time.perf_counter()
     half = a.turns // 2
     turn = make_action(("turn_right",))
     true_turn = np.stack([e.env.step(turn) for _ in range(half)])   # the simulator's turn from the same start
     if a.true_first_turn:   # ... as context
-        env.prime(list(true_turn), [turn] * half)
-        if guide is not None:
-            guide.prime(list(true_turn), [turn] * half)
+        env.prime(list(true_turn), [turn] * half)   # (with guidance, into the guide's cache too)
         gen = np.concatenate([true_turn, np.stack([step(turn) for _ in range(a.turns - half)])])
     else:
         gen = np.stack([step(turn) for _ in range(a.turns)])
