@@ -291,6 +291,10 @@ def report_text(doc: dict[str, Any]) -> str:
             table(doc["summary"], doc["early_frame"], doc["late_frame"]), "", "bars:"]
     text += [f"  {b['status']:4}  {b['bar']}: {b['detail']}" for b in doc["bars"]]
     text += [f"note: {n}" for n in doc["trace"]["notes"]]
+    g = (doc.get("config") or {}).get("guidance") or 0
+    if g:   # every mode ran two passes a denoising step: the speed columns are not plain sampling's
+        text.append(f"note: memory guidance {g} against {doc['config'].get('guide_attention')} in every mode "
+                    f"(each denoising step also ran the guide's pass)")
     return "\n".join(text) + "\n"
 
 
