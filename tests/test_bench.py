@@ -87,6 +87,9 @@ def test_report_keeps_a_commit_label_and_names_a_bad_file(tmp_path: Path) -> Non
            "truth": {"revisit_psnr_db": None}, "summary": {}, "early_frame": 1, "late_frame": 8, "bars": []}
     assert "commit 4213dc5-run12," in report_text(doc)
     assert "commit 0123456789ab," in report_text({**doc, "commit": "0123456789ab" + "c" * 28})
+    assert "memory guidance" not in report_text(doc)
+    guided = report_text({**doc, "config": {"guidance": 3.0, "guide_attention": "window"}})
+    assert "note: memory guidance 3.0 against window in every mode" in guided
     bad = tmp_path / "bench.json"
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="bench.json: not a bench.json"):
