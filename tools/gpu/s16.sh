@@ -9,7 +9,7 @@ commit=$1
 source tools/gpu/setup.sh
 o=runs/results/s16
 mkdir -p $o
-python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py tests/test_attention_fastar.py \
+python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py tests/test_attention_fastar.py tests/test_guidance.py \
   tests/test_graphs.py -k "cuda or chooser" 2>&1 | grep -v Warn | tail -12
 for run in "b1 [dense,window,fastar]" "b2 [dense,fastar] +mode_params.fastar.tempcache.bias_layout=array"; do
   set -- $run
