@@ -31,7 +31,7 @@ with the bundled model, 128 against 82 fps at ~100-200 frames of context and 25 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -75,7 +75,8 @@ class DenseConfig:
         if self.decay_kernel not in ("auto", "triton", "channel"):
             raise ValueError(f"dense attention: decay_kernel must be auto, triton or channel, got {self.decay_kernel!r}")
         if self.bucket_kernel not in ("auto", "triton", "channel"):
-            raise ValueError(f"dense attention: bucket_kernel must be auto, triton or channel, got {self.bucket_kernel!r}")
+            raise ValueError(f"dense attention: bucket_kernel must be auto, triton or channel, "
+                             f"got {self.bucket_kernel!r}")
 
 
 class DenseAttention(AttentionMode):
@@ -180,19 +181,26 @@ class DenseAttention(AttentionMode):
 
         def kernel() -> torch.Tensor:
             return self._triton_attention(layer, q, cache, end, n, kv=(kc, vc))
-        a, b = channel().float(), kernel().float()
-        err = kernels.relative_error(b, a)
+        return self._measure(q, end, n, "decay", channel, kernel, "the bias channel", "the decay stays in")
+
+    def _measure(self, q: torch.Tensor, keys: int, n: int, tag: str, channel: Callable[[], torch.Tensor],
+                 kernel: Callable[[], torch.Tensor], other: str, fallback: str) -> str:
+        """The faster of the channel path and triton_decay for one call over `keys` slots ("channel" or
+        "triton_decay"), once they agree (else the channel, printed); recorded under `tag` (decay, buckets)
+        among the measured kernels and printed (`other`, `fallback`: the messages' words). Timed by self._timer
+        (tests) or kernels._time."""
+        err = kernels.relative_error(kernel().float(), channel().float())
         if not err <= 3 * kernels.tolerance(q.dtype):
-            print(f"dense: triton_decay disagrees with the bias channel (relative error {err:.2g}): the decay "
-                  f"stays in the channel", flush=True)
-            kernels.record_choice(q, end, "decay", "channel", {"triton_decay (wrong)": None})
+            print(f"dense: triton_decay disagrees with {other} (relative error {err:.2g}): {fallback} the channel",
+                  flush=True)
+            kernels.record_choice(q, keys, tag, "channel", {"triton_decay (wrong)": None})
             return "channel"
         timer = self._timer or kernels._time
         times: dict[str, float | None] = {"channel": timer(channel), "triton_decay": timer(kernel)}
-        choice = min(times, key=lambda k: times[k] or float("inf"))
-        kernels.record_choice(q, end, "decay", choice, times)
-        print(f"dense: decay kernel chosen by measurement over {end // n} frames of keys: {choice} "
-              f"({', '.join(f'{k} {v:.3f} ms' for k, v in times.items() if v is not None)})", flush=True)
+        choice = min(times, key=lambda c: times[c] or float("inf"))
+        kernels.record_choice(q, keys, tag, choice, times)
+        print(f"dense: {tag.removesuffix('s')} kernel chosen by measurement over {keys // n} frames of keys: "
+              f"{choice} ({', '.join(f'{c} {t:.3f} ms' for c, t in times.items() if t is not None)})", flush=True)
         return choice
 
     def _triton_buckets(self, x: torch.Tensor) -> bool:
@@ -242,19 +250,7 @@ class DenseAttention(AttentionMode):
 
         def kernel() -> torch.Tensor:
             return triton_decay.decay_attention(q, k, v, None, None, None, None, length, n)
-        err = kernels.relative_error(kernel().float(), channel().float())
-        if not err <= 3 * kernels.tolerance(q.dtype):
-            print(f"dense: triton_decay disagrees with the channel buckets (relative error {err:.2g}): the buckets "
-                  f"stay on the channel", flush=True)
-            kernels.record_choice(q, e, "buckets", "channel", {"triton_decay (wrong)": None})
-            return "channel"
-        timer = self._timer or kernels._time
-        times: dict[str, float | None] = {"channel": timer(channel), "triton_decay": timer(kernel)}
-        choice = min(times, key=lambda c: times[c] or float("inf"))
-        kernels.record_choice(q, e, "buckets", choice, times)
-        print(f"dense: bucket kernel chosen by measurement over {e // n} frames of keys: {choice} "
-              f"({', '.join(f'{c} {t:.3f} ms' for c, t in times.items() if t is not None)})", flush=True)
-        return choice
+        return self._measure(q, e, n, "buckets", channel, kernel, "the channel buckets", "the buckets stay on")
 
     def _length_tensor(self, device: torch.device) -> torch.Tensor:
         """The committed length as a device scalar, made once (the kernels and the bucketed writes read it)."""
