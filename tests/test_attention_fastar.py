@@ -505,15 +505,13 @@ def test_tempcache_bias_layout_is_checked() -> None:
 def test_cuda_bias_array_layout_equals_the_channel(mode: str) -> None:
     """tempcache.bias_layout=array keeps the cache at 64 channels (the group biases stay in the bias array, read
     by a bias-taking kernel) and draws the channel layout's frames (float32, CUDA graphs, 1e-4)."""
-    from tests.test_graphs import SMALL, _roll
+    from tests.test_graphs import _roll, with_bias_layout
     from tests.test_model_core import random_model
     m = random_model(torch.float32).cuda()
     ref_s: list = []
     got_s: list = []
-    ref = _roll(m, mode, "cuda", frames=12, out_sampler=ref_s)
-    params = {k: dict(v) if isinstance(v, dict) else v for k, v in SMALL[mode].items()}
-    params["tempcache"] = {**params["tempcache"], "bias_layout": "array"}
-    got = _roll(m, mode, "cuda", frames=12, out_sampler=got_s, params=params)
+    ref = _roll(m, mode, "cuda", frames=12, out_sampler=ref_s, params=with_bias_layout(mode, "channel"))
+    got = _roll(m, mode, "cuda", frames=12, out_sampler=got_s, params=with_bias_layout(mode, "array"))
     assert ref_s[0].cache.pad > 0 and got_s[0].cache.pad == 0
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)

@@ -132,7 +132,7 @@ def test_unknown_mode_is_a_clear_error() -> None:
 def test_mode_params_from_conf_and_overrides() -> None:
     m = mode_configs(BenchConfig(modes=["window", "dense"], mode_params={"window": {"window": 8}}))
     assert list(m) == ["window", "dense"] and m["window"] == {"sinks": 1, "window": 8}
-    assert m["dense"] == {"graph_frames": None, "bucket_frames": 16, "decay_kernel": "auto", "bucket_kernel": "auto"}
+    assert m["dense"] == {"graph_frames": None, "bucket_frames": None, "decay_kernel": "auto", "bucket_kernel": "auto"}
 
 
 def test_revisit_pairs_from_poses() -> None:

@@ -42,6 +42,8 @@ from engine.cache import NEG_BIAS, KVCache
 
 MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (graph_frames' default with channel buckets)
 TRITON_GRAPH_FRAMES = 4096   # graph_frames' default with triton buckets: the whole benchmark captured
+TRITON_BUCKET_FRAMES = 64    # bucket_frames' defaults (DenseAttention.bucket_frames says why they differ)
+CHANNEL_BUCKET_FRAMES = 16
 
 
 def head_runs(starts: list[int]) -> list[tuple[int, int, int]]:
@@ -60,7 +62,10 @@ def head_runs(starts: list[int]) -> list[tuple[int, int, int]]:
 class DenseConfig:
     graph_frames: int | None = None   # attend by buckets (capturable) while the context is at most this many frames
                                       # (0: never; None: TRITON_GRAPH_FRAMES with triton buckets, else MAX_PRESIZE)
-    bucket_frames: int = 16   # frames a bucket: one captured graph per bucket; at most this - 1 of them masked
+    bucket_frames: int | None = None   # frames a bucket: one captured graph per bucket; at most this - 1 of them
+                                       # masked (None: 64 on triton buckets, which never read the masked slots,
+                                       # so a longer bucket only captures less often; 16 on the channel, which
+                                       # reads them)
     decay_kernel: str = "auto"   # temporal decay past the graphed range: triton (in-kernel), channel, or auto
                                  # (triton where it can run: CUDA with triton installed, else the channel)
     bucket_kernel: str = "auto"   # the bucketed (graphed) range: channel (masked through the bias channel,
@@ -69,7 +74,8 @@ class DenseConfig:
                                   # runs, the faster of the two, timed once at the first call; else channel)
 
     def __post_init__(self) -> None:
-        if (self.graph_frames is not None and self.graph_frames < 0) or self.bucket_frames < 1:
+        if (self.graph_frames is not None and self.graph_frames < 0) or \
+                (self.bucket_frames is not None and self.bucket_frames < 1):
             raise ValueError(f"dense attention: graph_frames must be >= 0 and bucket_frames >= 1, got "
                              f"graph_frames={self.graph_frames} bucket_frames={self.bucket_frames}")
         if self.decay_kernel not in ("auto", "triton", "channel"):
@@ -106,9 +112,18 @@ class DenseAttention(AttentionMode):
             return self.cfg.graph_frames
         return TRITON_GRAPH_FRAMES if self._triton_buckets(x) else MAX_PRESIZE
 
+    def bucket_frames(self, x: torch.Tensor) -> int:
+        """Frames a bucket: the config's, or by default TRITON_BUCKET_FRAMES on triton buckets (the kernel reads
+        the length on the device and skips the masked slots, so a longer bucket costs nothing and captures less
+        often: 169 against 134 fps at ~100-200 frames of context on the H100, docs/BENCHMARKS.md session 16),
+        CHANNEL_BUCKET_FRAMES on the channel (which reads every masked slot)."""
+        if self.cfg.bucket_frames is not None:
+            return self.cfg.bucket_frames
+        return TRITON_BUCKET_FRAMES if self._triton_buckets(x) else CHANNEL_BUCKET_FRAMES
+
     def bucket_end(self, end: int, n: int, x: torch.Tensor) -> int | None:
         """The bucket's end for a frame whose slots end at `end` (n tokens a frame), or None past graph_frames."""
-        g = self.cfg.bucket_frames * n
+        g = self.bucket_frames(x) * n
         e = -(-end // g) * g
         return e if e <= self.graph_frames(x) * n else None
 
@@ -233,7 +248,7 @@ class DenseAttention(AttentionMode):
         two H100 runs found triton faster at every context from 16 to 3000 frames (docs/BENCHMARKS.md)."""
         B, H, _, D = q.shape
         L0 = cache.length[layer]
-        g = self.cfg.bucket_frames * n
+        g = (self.cfg.bucket_frames or CHANNEL_BUCKET_FRAMES) * n   # one shape for both: the channel's bucket
         e = -(-(L0 + n) // g) * g
         known = kernels.recorded_choice(q, e, "buckets")
         if known is not None:
@@ -321,11 +336,11 @@ class DenseAttention(AttentionMode):
             length.fill_(cache.length[layer])
         cache.write_scratch_at(layer, k, v, length)
         if self._triton_buckets(q):
-            out = self._triton_attention(layer, q, cache, e, n, lag=self.cfg.bucket_frames * n)
+            out = self._triton_attention(layer, q, cache, e, n, lag=self.bucket_frames(q) * n)
         else:
             # slots [0, e - bucket) are committed (the frame's end lies in the last bucket): their channel is
             # the frame's refresh
-            kp, vp = cache.padded_bucket(layer, length, n, e - self.cfg.bucket_frames * n, e)
+            kp, vp = cache.padded_bucket(layer, length, n, e - self.bucket_frames(q) * n, e)
             out = kernels.padded_attention(q, kp, vp)
         if info.commit:
             cache.commit_scratch_at(layer, self._len_t, n, self.frame_tensor(info, cache.frame.device))

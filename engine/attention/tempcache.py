@@ -90,11 +90,11 @@ class TempCacheConfig:
     overflow: str = "evict"       # a full cache: evict the least recently touched groups | merge below the threshold
     layers: list[int] | None = None   # layers whose new keys search for a repeat; None: every layer. Elsewhere
                                       # nothing merges: with evict the layer keeps the last capacity_frames frames
-    bias_layout: str = "channel"  # on CUDA the group biases ride in the cache's key channel 64 (channel: one plain
-                                  # kernel on 72 channels) or stay in the cache's bias array (array: 64 channels,
+    bias_layout: str = "array"    # on CUDA the group biases stay in the cache's bias array (array: 64 channels,
                                   # the biased calls choose among the kernels that take a bias, triton_split+bias
-                                  # reading the array in place; session 15's kernel timings suggest ~20 against
-                                  # ~35 us a call, not yet measured end to end)
+                                  # reading the array in place) or ride in the key channel 64 (channel: one plain
+                                  # kernel on 72 channels). H100, bundle, frame 3000: fastar 4.11 ms a frame with
+                                  # array against 4.91 with channel (docs/BENCHMARKS.md, session 16)
 
     def __post_init__(self) -> None:
         checks = {

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Session 16's last machine (docs/GPU.md, session 16), carrying .whl and runs/base15/export (run 15, trained on
+# this session's first machine):
+#   bash tools/gpu/bg.sh s16c bash tools/gpu/s16c.sh COMMIT
+#   WAIT=540 bash tools/gpu/poll.sh s16c 'runs/results/s16c.tgz'     (back to back)
+# 1. the CUDA tests the new defaults touch (bias_layout=array, bucket_frames by path); 2. the bundle's three-mode
+# benchmark at the new defaults; 3. run 15's three-mode benchmark; 4. a profiler trace of fastar's step (where its
+# 4.1 ms go); 5. run 15's evaluation.
+set -u
+commit=$1
+source tools/gpu/setup.sh
+o=runs/results/s16c
+mkdir -p $o
+python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_attention_fastar.py tests/test_graphs.py \
+  tests/test_triton_decay.py -k "bias_array or tempcache_equals_the_cpu or bucket or chooser" 2>&1 | grep -v Warn | tail -6
+bench() {   # NAME CHECKPOINT
+  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json commit=$commit progress=false \
+    'modes=[dense,window,fastar]' compile=true ${2:+checkpoint=$2} 2>&1 | grep -v Warn | tail -22
+  cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json
+  for f in runs/results/$1/*.png; do cp $f $o/$1_$(basename $f); done
+  gzip -f $o/$1_bench.json
+  tar czf runs/results/s16c.tgz -C runs/results s16c   # what has run so far, in case the machine goes first
+}
+bench bundle ""
+bench run15 runs/base15/export
+python3 tools/profile_step.py --attention fastar --context 400 --frames 30 --compile --trace $o/fastar_trace.json \
+  2>&1 | grep -E "^(device|step|host|runtime)" | tee $o/fastar_profile.txt
+gzip -f $o/fastar_trace.json
+tar czf runs/results/s16c.tgz -C runs/results s16c
+python3 -m engine.evaluate checkpoint=runs/base15/export out=$o/world_model_run15.json stability_frames=3000 \
+  commit=$commit 2>&1 | tail -18
+tar czf runs/results/s16c.tgz -C runs/results s16c
+echo "=== done $(date)"
