@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# Session 16's last machine (docs/GPU.md, session 16), carrying .whl and runs/base15/export (run 15, trained on
-# this session's first machine):
+# Session 16's last machine (docs/GPU.md, session 16), with run 15's export (trained on this session's first
+# machine) copied over worlds/maze/weights in the working tree (the bundle and run 15 together exceed the 64 MiB
+# that travels), carrying .whl:
 #   bash tools/gpu/bg.sh s16c bash tools/gpu/s16c.sh COMMIT
 #   WAIT=540 bash tools/gpu/poll.sh s16c 'runs/results/s16c.tgz'     (back to back)
-# 1. the CUDA tests the new defaults touch (bias_layout=array, bucket_frames by path); 2. the bundle's three-mode
-# benchmark at the new defaults; 3. run 15's three-mode benchmark; 4. a profiler trace of fastar's step (where its
-# 4.1 ms go); 5. run 15's evaluation.
+# 1. the CUDA tests the new defaults touch (bias_layout=array, bucket_frames by path); 2. run 15's three-mode
+# benchmark at the new defaults; 3. a profiler trace of fastar's step (where its 4.1 ms go); 4. run 15's evaluation.
 set -u
 commit=$1
 source tools/gpu/setup.sh
@@ -21,13 +21,12 @@ bench() {   # NAME CHECKPOINT
   gzip -f $o/$1_bench.json
   tar czf runs/results/s16c.tgz -C runs/results s16c   # what has run so far, in case the machine goes first
 }
-bench bundle ""
-bench run15 runs/base15/export
+bench run15 ""
 python3 tools/profile_step.py --attention fastar --context 400 --frames 30 --compile --trace $o/fastar_trace.json \
   2>&1 | grep -E "^(device|step|host|runtime)" | tee $o/fastar_profile.txt
 gzip -f $o/fastar_trace.json
 tar czf runs/results/s16c.tgz -C runs/results s16c
-python3 -m engine.evaluate checkpoint=runs/base15/export out=$o/world_model_run15.json stability_frames=3000 \
+python3 -m engine.evaluate out=$o/world_model_run15.json stability_frames=3000 \
   commit=$commit 2>&1 | tail -18
 tar czf runs/results/s16c.tgz -C runs/results s16c
 echo "=== done $(date)"
