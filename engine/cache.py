@@ -22,7 +22,9 @@ is invariant to the order of keys, so modes may reuse slots in any order (a ring
 
 The current frame's own K/V are written into a scratch region right after the valid slots,
 [length, length + n), so that one kernel call attends to the past and the frame together without a
-concatenation; `commit` then advances the length (or a mode moves the scratch into its ring slot).
+concatenation; `commit` then advances the length (or a mode moves the scratch into its ring slot). With
+`fused_writes` (set_fused_writes) that write is one triton kernel instead of three torch ops
+(engine/cache_kernels.py).
 
 Lengths are host integers: no device sync is needed to know how much of the cache is valid.
 
@@ -42,6 +44,8 @@ from __future__ import annotations
 import math
 
 import torch
+
+from engine import cache_kernels
 
 HORIZON_MARGIN = 50.0  # a skipped key's weight is below e^-50 (2e-22) of the newest key's (set_decay): even a
                        # billion of them sum to < 1e-12 of the result, float32 rounding is ~1e-7
@@ -76,6 +80,7 @@ class KVCache:
         self.horizon: list[list[int | None]] | None = None   # [L][H] frames back that matter (set_decay), or None
         self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
         self._aranges: dict[int, torch.Tensor] = {}   # n -> arange(n) on the device (the *_at methods)
+        self.fused_writes = False   # the scratch writes as one kernel (set_fused_writes; engine/cache_kernels.py)
         self._allocate(capacity)
 
     def _allocate(self, capacity: int) -> None:
@@ -109,6 +114,15 @@ class KVCache:
         if pad != self.pad:
             self.pad = pad
             self._allocate(self.capacity)
+
+    def set_fused_writes(self, on: bool) -> None:
+        """write_scratch / write_scratch_at as one kernel (engine/cache_kernels.py) instead of three or four torch
+        ops: the same values, fewer launches. Needs triton on CUDA (or its interpreter); asking for it where it
+        cannot run is an error, not a quiet fallback."""
+        if on and not cache_kernels.available(self.device):
+            raise RuntimeError(f"KVCache: fused_writes needs triton and a CUDA device, got device {self.device} "
+                               f"(triton {'installed' if cache_kernels._triton_ok else 'not installed'})")
+        self.fused_writes = bool(on)
 
     def padded(self, layer: int, end: int, committed_fresh: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """k, v (B, H, end, Dp) of slots [0, end) with each slot's attention bias in key channel D (written here).
@@ -213,6 +227,9 @@ class KVCache:
         n = k.shape[2]
         start = self.length[layer]
         self.ensure_capacity(start + n)
+        if self.fused_writes:
+            cache_kernels.write_kv(self.k[layer], self.v[layer], self.bias[layer], k, v, start)
+            return start + n
         self.k[layer, :, :, start:start + n] = k
         self.v[layer, :, :, start:start + n] = v
         self.bias[layer, :, :, start:start + n] = 0.0
@@ -236,6 +253,9 @@ class KVCache:
 
     def write_scratch_at(self, layer: int, k: torch.Tensor, v: torch.Tensor, start: torch.Tensor) -> None:
         """write_scratch with the first scratch slot as a device scalar `start` (the caller made room)."""
+        if self.fused_writes:
+            cache_kernels.write_kv(self.k[layer], self.v[layer], self.bias[layer], k, v, start)
+            return
         idx = start + self._arange(k.shape[2])
         self.k[layer].index_copy_(2, idx, k)
         self.v[layer].index_copy_(2, idx, v)

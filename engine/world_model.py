@@ -72,7 +72,7 @@ class NeuralEnv:
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
                  cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
                  noise_corr: float = 0.0, guidance: float = 0.0,
-                 guide_attention: str | dict[str, Any] = "window") -> None:
+                 guide_attention: str | dict[str, Any] = "window", fused_writes: bool = False) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -85,7 +85,8 @@ class NeuralEnv:
         guidance: memory guidance weight (Sampler; 0: off, one pass a denoising step; > 0 doubles the passes),
         with guide_attention the memory-less condition (a mode like `attention`; its parameters from
         conf/attention when only a name is given). The guide keeps its mode when set_attention switches this
-        env's."""
+        env's.
+        fused_writes: the cache's per-call scratch writes as one triton kernel (Sampler; CUDA with triton)."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -124,7 +125,7 @@ class NeuralEnv:
             guide = build_mode(g_name, **(g_params or _default_params(g_name)))
         self.sampler = Sampler(model, build_mode(name, **params), steps=steps, max_frames=max_frames,
                                graphs="cuda" if graphs else "off", compile=compile, noise_scale=noise_scale,
-                               noise_corr=noise_corr, guidance=guidance, guide=guide)
+                               noise_corr=noise_corr, guidance=guidance, guide=guide, fused_writes=fused_writes)
         lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
         self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
                         else model.decode)
@@ -184,7 +185,7 @@ class NeuralEnv:
                 "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
                 "noise_scale": self.sampler.noise_scale, "noise_corr": self.sampler.noise_corr,
-                "guidance": self.sampler.guidance,
+                "guidance": self.sampler.guidance, "fused_writes": self.sampler.cache.fused_writes,
                 "guide_attention": None if self.sampler.guide is None else self.sampler.guide.mode.name,
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
-import os
-import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
@@ -22,9 +19,9 @@ from engine.env import make_action
 from engine.sampler import Sampler
 from tests.test_model_core import random_model
 from tests.test_model_decay import _steep_decay_model
+from tests.triton_checks import worst_error_of
 
 HAS_TRITON = importlib.util.find_spec("triton") is not None
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def kernel_check(device: str) -> float:
@@ -70,16 +67,9 @@ def kernel_check(device: str) -> float:
 
 
 def worst_error(check: str) -> float:
-    """Run the check named `check` (a function of this module taking a device) on CUDA, or on the CPU under
-    triton's interpreter in a subprocess; return its largest error."""
-    if torch.cuda.is_available():
-        return float(globals()[check]("cuda"))
-    code = f"import sys; sys.path.insert(0, {str(ROOT)!r}); from tests.test_triton_decay import {check}; " \
-           f"print({check}('cpu'))"
-    r = subprocess.run([sys.executable, "-c", code], env={**os.environ, "TRITON_INTERPRET": "1"},
-                       capture_output=True, text=True, timeout=900)
-    assert r.returncode == 0, r.stderr[-2000:]
-    return float(r.stdout.strip().splitlines()[-1])
+    """Run the check named `check` (a function of this module taking a device) where triton runs; its largest
+    error (tests/triton_checks.py)."""
+    return worst_error_of("tests.test_triton_decay", check, globals()[check])
 
 
 def split_check(device: str) -> float:
@@ -329,8 +319,9 @@ def test_cuda_dense_triton_buckets_are_captured(decay: bool) -> None:
 
 @pytest.mark.skipif(not HAS_TRITON or torch.cuda.is_available(), reason="needs triton; on a GPU the kernels run")
 def test_kernels_compile_for_hopper() -> None:
-    """With triton but no GPU (the interpreter runs Python, not the compiler): both kernels, with and without a
-    decay, compile to PTX for sm_90, the H100's target, so a GPU run does not meet a compile error first."""
+    """With triton but no GPU (the interpreter runs Python, not the compiler): the attention kernels, with and
+    without a decay, and the cache's fused write compile to PTX for sm_90, the H100's target, so a GPU run does
+    not meet a compile error first."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -351,6 +342,13 @@ def test_kernels_compile_for_hopper() -> None:
         assert ".entry" in compile_(td._decay_fwd, types, const, td.LAUNCH["num_warps"])
     assert ".entry" in compile_(td._combine, {"O": "*fp32", "LSE": "*fp32", "OUT": "*bf16"},
                                 {"D": 64, "BLOCK_R": td.COMBINE_ROWS}, 2)
+    # the cache's fused scratch write (engine/cache_kernels.py), with the start on the host and on the device
+    from engine import cache_kernels as ck
+    for on_device in (False, True):
+        types = {"KC": "*bf16", "VC": "*bf16", "BC": "*fp32", "KS": "*bf16", "VS": "*bf16",
+                 "START": "*i64" if on_device else "*fp32"}
+        const = {"D": 64, "DP": 64, "BLOCK": ck.BLOCK, "START_ON_DEVICE": on_device}
+        assert ".entry" in compile_(ck._write_kv, types, const, 4)
 
 
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="the CUDA kernel's check")
