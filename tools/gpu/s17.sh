@@ -3,7 +3,7 @@
 # then  WAIT=540 bash tools/gpu/poll.sh s17 'runs/results/s17.tgz'  back to back.
 # 1. the CUDA tests of the fused scratch write (engine/cache_kernels.py) and of the graphs; 2. fastar's and dense's
 # step with and without it (profile_step: step, sample, commit, host); 3. the three-mode benchmark with it, the
-# same run's dense and fastar without it for the same machine's ratio.
+# same run's dense and fastar without it for the same machine's ratio; 4. a profiler trace of the bundle's fastar.
 set -u
 commit=$1
 source tools/gpu/setup.sh
@@ -23,4 +23,9 @@ for run in "fw1 [dense,window,fastar] fused_writes=true" "fw0 [dense,fastar] fus
   cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json; gzip -f $o/$1_bench.json
   tar czf runs/results/s17.tgz -C runs/results s17
 done
+# the bundle's fastar as a profiler trace (session 16's was run 15's, on the channel layout)
+python3 tools/profile_step.py --attention fastar --context 400 --frames 30 --compile --trace $o/fastar_trace.json \
+  2>&1 | grep -E "^(device|step|host|runtime)" | tee $o/fastar_profile.txt
+gzip -f $o/fastar_trace.json
+tar czf runs/results/s17.tgz -C runs/results s17
 echo "=== done $(date)"
