@@ -63,7 +63,8 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, bias_cache: torch.Ten
     if v.shape != k.shape or k_cache.shape[:2] != (B, H) or k_cache.shape[-1] != D \
             or v_cache.shape != k_cache.shape or bias_cache.shape != k_cache.shape[:3]:
         raise ValueError(f"cache_kernels.write_kv: k {tuple(k.shape)}, v {tuple(v.shape)}, cache k "
-                         f"{tuple(k_cache.shape)}, v {tuple(v_cache.shape)}, bias {tuple(bias_cache.shape)} do not match")
+                         f"{tuple(k_cache.shape)}, v {tuple(v_cache.shape)}, bias {tuple(bias_cache.shape)} "
+                         f"do not match")
     if k_cache.stride(-1) != 1 or v_cache.stride(-1) != 1:
         raise ValueError("cache_kernels.write_kv: the cache's last dim must be contiguous")
     if k.dtype != k_cache.dtype or v.dtype != v_cache.dtype:
@@ -71,7 +72,7 @@ def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, bias_cache: torch.Ten
     on_device = isinstance(start, torch.Tensor)
     dummy = bias_cache   # START's pointer when the start is a host int (never read)
     grid = (B * H, triton.cdiv(n, BLOCK))
-    _write_kv[grid](k_cache, v_cache, bias_cache, k, v, start if on_device else dummy, 0 if on_device else int(start),
-                    n, H, *k_cache.stride()[:3], *v_cache.stride()[:3], *bias_cache.stride(),
-                    *k.stride(), *v.stride(), D=D, DP=triton.next_power_of_2(D), BLOCK=BLOCK,
+    _write_kv[grid](k_cache, v_cache, bias_cache, k, v, start if on_device else dummy,
+                    0 if on_device else int(start), n, H, *k_cache.stride()[:3], *v_cache.stride()[:3],
+                    *bias_cache.stride(), *k.stride(), *v.stride(), D=D, DP=triton.next_power_of_2(D), BLOCK=BLOCK,
                     START_ON_DEVICE=on_device)

@@ -54,7 +54,8 @@ def write_check(device: str) -> float:
 
 def rollout_check(device: str) -> float:
     """Largest |frame difference| between rollouts with and without fused writes: dense (write_scratch),
-    dense by triton buckets (write_scratch_at), the window and fastar; 10 frames of a tiny float32 model."""
+    dense by triton buckets (write_scratch_at), the window and fastar; 10 frames of a tiny float32 model, under
+    CUDA graphs on a GPU (whole-pass captures replay the kernel), eager in the interpreter."""
     m = random_model(torch.float32).to(device)
     acts = [make_action(("forward",) if i % 3 else ("turn_left",), 0.1 * (i % 4)) for i in range(10)]
     worst = 0.0
@@ -64,7 +65,8 @@ def rollout_check(device: str) -> float:
                          ("fastar", {"tempcache": {"capacity_frames": 4, "layers": [0]}})):
         frames = []
         for fused in (False, True):
-            s = Sampler(m, build_mode(mode, **params), steps=2, fused_writes=fused)
+            s = Sampler(m, build_mode(mode, **params), steps=2, fused_writes=fused,
+                        graphs="cuda" if device == "cuda" else "off")
             s.reset(seed=5, prompt="night stone")
             frames.append([s.step(torch.as_tensor(a[None], device=device)) for a in acts])
             assert s.cache.fused_writes == fused

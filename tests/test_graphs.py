@@ -382,8 +382,9 @@ def test_cuda_decay_channel_refreshed_once_a_frame_equals_the_mask_path(mode: st
 def test_cuda_decay_channel_with_tempcache_equals_the_cpu_mask_path(mode: str, _cpu_noise: None) -> None:
     """TempCache modes with tempcache.bias_layout=channel turn the channel on by themselves on CUDA, so the
     reference is the CPU's mask path, in float64 (no merge decision is that close) and with the CPU's noise:
-    the layout written in full at its first call, then the frame's refresh under graph replays. The bar is not float64's: this model's frames
-    differ by 2-5e-4 between the CPU and CUDA in float64 even in eager dense mode (measured on the H100)."""
+    the layout written in full at its first call, then the frame's refresh under graph replays. The bar is not
+    float64's: this model's frames differ by 2-5e-4 between the CPU and CUDA in float64 even in eager dense
+    mode (measured on the H100)."""
     m = _decay_model(torch.float64)
     ref = _roll(m, mode, "off", frames=16, cpu_noise=True)
     samplers: list[Sampler] = []

@@ -132,8 +132,8 @@ def main() -> None:
     sim = MazeEnv()
     graphs = None if a.graphs == "auto" else a.graphs == "on"
     params = merge_params(_default_params(a.attention), json.loads(a.params))
-    env = NeuralEnv(device=a.device, attention={"name": a.attention, **params}, steps=a.steps, bootstrap=MazeEnv(), cuda_graphs=graphs,
-                    compile=a.compile, fused_writes=a.fused_writes)
+    env = NeuralEnv(device=a.device, attention={"name": a.attention, **params}, steps=a.steps, bootstrap=MazeEnv(),
+                    cuda_graphs=graphs, compile=a.compile, fused_writes=a.fused_writes)
     dev = env.device
     sim.reset(a.seed, "brick day")
     env.reset(a.seed, "brick day")
