@@ -54,6 +54,11 @@ DECAY_FLOOR = -1.0e3  # the temporal decay term's floor: exp(-1000) is 0 already
                       # well above NEG_BIAS / 2, so it is never mistaken for an emptied one
 
 
+def bias_channel_width(head_dim: int) -> int:
+    """Storage channels with the bias channel on: head_dim + 1, rounded up to a multiple of 8 (module docstring)."""
+    return (head_dim + 1 + 7) // 8 * 8
+
+
 class KVCache:
     def __init__(self, n_layers: int, batch: int, n_heads: int, head_dim: int, capacity: int,
                  device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -64,7 +69,7 @@ class KVCache:
         self.n_layers, self.batch, self.n_heads, self.head_dim = n_layers, batch, n_heads, head_dim
         self.device, self.dtype = torch.device(device), dtype
         self.capacity = 0
-        self.pad = (-(head_dim + 1)) % 8 + 1 if bias_channel else 0   # storage channels beyond head_dim
+        self.pad = bias_channel_width(head_dim) - head_dim if bias_channel else 0   # storage channels beyond D
         self.kp: torch.Tensor   # (L, B, H, capacity, D + pad) storage; k, v are its [..., :D] views
         self.vp: torch.Tensor
         self.k: torch.Tensor
@@ -110,7 +115,7 @@ class KVCache:
 
     def set_bias_channel(self, on: bool) -> None:
         """Switch the padded bias-channel storage on or off (module docstring); reallocates, keeps every slot."""
-        pad = (-(self.head_dim + 1)) % 8 + 1 if on else 0
+        pad = bias_channel_width(self.head_dim) - self.head_dim if on else 0
         if pad != self.pad:
             self.pad = pad
             self._allocate(self.capacity)

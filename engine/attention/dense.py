@@ -37,7 +37,7 @@ import torch
 
 from engine.attention import kernels, triton_decay
 from engine.attention.base import AttentionMode, StepInfo, capturing
-from engine.cache import NEG_BIAS, KVCache
+from engine.cache import NEG_BIAS, KVCache, bias_channel_width
 
 
 MAX_PRESIZE = 256   # frames of cache graph_key allocates ahead (graph_frames' default with channel buckets)
@@ -255,7 +255,7 @@ class DenseAttention(AttentionMode):
             return known
         gen = torch.Generator(device=q.device).manual_seed(0)
         k, v = (torch.randn(B, H, e, D, device=q.device, generator=gen).to(q.dtype) for _ in range(2))
-        Dp = (D + 1 + 7) // 8 * 8
+        Dp = bias_channel_width(D)   # the cache's bias-channel storage
         kp, vp = torch.nn.functional.pad(k, (0, Dp - D)), torch.nn.functional.pad(v, (0, Dp - D))
         kp[..., D] = torch.where(torch.arange(e, device=q.device) < L0 + n, 0.0, NEG_BIAS).to(q.dtype)
         length = torch.full((), L0, dtype=torch.long, device=q.device)
