@@ -92,7 +92,8 @@ class BenchConfig:
     guidance: float = 0.0          # memory guidance weight for every mode (Sampler; 0: off), against guide_attention
     guide_attention: str = "window"
     compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
-    fused_writes: bool = False     # the cache's scratch writes as one triton kernel (engine/cache_kernels.py)
+    fused_writes: bool | None = None   # the cache's scratch writes as one triton kernel (engine/cache_kernels.py;
+                                       # None: on CUDA with triton)
     frames: int = 3000             # generated frames (env.step calls) per mode
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     mode_params: dict[str, Any] = field(default_factory=dict)   # per-mode overrides of conf/attention/<mode>.yaml
@@ -199,8 +200,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         source = {"checkpoint": cfg.checkpoint}
     if cfg.compile:
         source["compile"] = True
-    if cfg.fused_writes:
-        source["fused_writes"] = True
+    source["fused_writes"] = cfg.fused_writes
     source["noise_scale"] = cfg.noise_scale
     if cfg.guidance:
         source.update(guidance=cfg.guidance, guide_attention=cfg.guide_attention)

@@ -1,8 +1,8 @@
 """One mode's rollout and its quality, for the benchmark (engine/bench.py).
 
-`rollout` plays the trace in a fresh NeuralEnv and records, per frame, the generation time (CUDA events around
-env.step on the GPU, time.perf_counter on the CPU), and every few frames the CUDA memory statistics and
-env.info() (density, recall, cache size, kernel). `quality` then compares the frames, outside the timed loop.
+`rollout` plays the trace in a fresh NeuralEnv and records, per frame, the generation time (on the GPU the time
+between the ends of consecutive frames' work, from CUDA events; time.perf_counter around env.step on the CPU),
+and every few frames the CUDA memory statistics and env.info() (density, recall, cache size, kernel). `quality` then compares the frames, outside the timed loop.
 Only the Env interface, torch.cuda memory statistics and the kernel registry's report are used: nothing here
 reaches into the sampler.
 """
@@ -108,6 +108,12 @@ def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) ->
     return density, recall, parts
 
 
+def _elapsed(ends: list[Any], k: int) -> float:
+    """ms between the end events of frames k - 1 and k (ends[0]: before frame 1); both complete, or an error."""
+    ends[k].synchronize()
+    return float(ends[k - 1].elapsed_time(ends[k]))
+
+
 def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, Any], device: Any,
             steps: int, warmup: int, sample_every: int, bootstrap: Callable[[], Any] | None,
             dense_tokens: dict[int, int], bar: Any, latents: list[Any] | None = None
@@ -134,26 +140,32 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
     s: dict[str, Any] = {"gen_ms": [], "wall_ms": [], "excluded": {},
                          "memory": {"frame": [], "peak_alloc_mib": [], "reserved_mib": []},
                          "stats": {"frame": [], "density": [], "recall": [], "cache_tokens": [], "parts": []}}
+    # On the GPU a frame's time is the GPU time between the end of the previous frame's work and the end of its
+    # own (events queued after each env.step), which counts any time the GPU waited on the host. The loop never
+    # waits for the GPU itself: env.step hands its frame out while the GPU still runs the commit pass and the
+    # next step's host work overlaps it, as in play. An end event is complete once the next step has returned
+    # (its frame came after it on the stream), so each frame's time is read one frame later.
+    ends: list[Any] = []
     if cuda:
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-        ev0, ev1 = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        ends.append(torch.cuda.Event(enable_timing=True))
+        ends[0].record()
     info: dict[str, Any] = {}
     for k, a in enumerate(trace.actions, start=1):
         measured = len(kernels.chosen_kernels())
         t0 = time.perf_counter()
-        if cuda:
-            ev0.record()
-            frames[k - 1] = env.step(a)
-            ev1.record()
-            ev1.synchronize()
-            ms = ev0.elapsed_time(ev1)
-        else:
-            frames[k - 1] = env.step(a)
+        frames[k - 1] = env.step(a)
         wall = (time.perf_counter() - t0) * 1e3
-        if latents is not None:   # kept on the host: not part of the mode's GPU memory figures
-            latents.append(env.last_latent.to("cpu", copy=True))
-        s["gen_ms"].append(ms if cuda else wall)
+        if cuda:
+            ends.append(torch.cuda.Event(enable_timing=True))
+            ends[-1].record()
+            if k > 1:
+                s["gen_ms"].append(_elapsed(ends, k - 1))
+        else:
+            s["gen_ms"].append(wall)
+        if latents is not None:   # kept on the host: not part of the mode's GPU memory figures (valid once the
+            latents.append(env.last_latent.to("cpu", non_blocking=True))   # stream has passed it: a later sync)
         s["wall_ms"].append(wall)
         if len(kernels.chosen_kernels()) != measured:
             s["excluded"][k] = "kernel_measure"
@@ -174,11 +186,15 @@ def rollout(name: str, params: dict[str, Any], trace: Trace, source: dict[str, A
         bar.update(1)
         if k % 25 == 0:
             bar.set_postfix_str(f"{name} {1e3 / max(s['gen_ms'][-1], 1e-6):.1f} fps")
+    if cuda:
+        torch.cuda.synchronize(device)   # the last frame's time, and every latent's copy, are complete
+        s["gen_ms"].append(_elapsed(ends, T))
     info = env.info()
     stats = info.get("mode_stats") or {}
     s["kernel"] = kernel_label(stats, info)
     s["cuda_graphs"] = {"on": info.get("cuda_graphs"), "compiled": info.get("compiled"),
                         "whole_pass_replays": info.get("whole_pass_replays")}
+    s["fused_writes"] = info.get("fused_writes")
     del env
     gc.collect()
     if cuda:

@@ -24,7 +24,7 @@ for a float64 model) whatever the model's dtype; only the model's input is cast.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import torch
 
@@ -233,10 +233,17 @@ class Sampler:
         return x
 
     @torch.no_grad()
-    def step(self, action: torch.Tensor) -> torch.Tensor:
+    def step(self, action: torch.Tensor,
+             before_commit: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
         """Generate the next frame's latent for `action` (B, A), commit it, return it (B, C, h, w).
+        before_commit(latent): work the caller queues between the last denoising pass and the commit pass.
+        Why: the commit pass only fills the cache for the next frame, so NeuralEnv queues the decode and the
+        frame's copy to the host there and hands the frame out while the GPU still runs the commit; the host
+        then prepares the next frame during it instead of the GPU waiting on the host (docs/BENCHMARKS.md).
         (Teacher forcing calls sample() and then commit() with the true frame instead.)"""
         f = self.frame_inputs(action)
         x = self.sample(action, f)
+        if before_commit is not None:
+            before_commit(x)
         self.commit(x, action, f)
         return x

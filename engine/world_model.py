@@ -10,11 +10,12 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
 
+from engine import cache_kernels
 from engine.attention import MODES, build_mode
 from engine.attention import kernels
 from engine.checkpoint import BUNDLED, load_model
@@ -72,7 +73,7 @@ class NeuralEnv:
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
                  cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
                  noise_corr: float = 0.0, guidance: float = 0.0,
-                 guide_attention: str | dict[str, Any] = "window", fused_writes: bool = False) -> None:
+                 guide_attention: str | dict[str, Any] = "window", fused_writes: bool | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -86,7 +87,8 @@ class NeuralEnv:
         with guide_attention the memory-less condition (a mode like `attention`; its parameters from
         conf/attention when only a name is given). The guide keeps its mode when set_attention switches this
         env's.
-        fused_writes: the cache's per-call scratch writes as one triton kernel (Sampler; CUDA with triton)."""
+        fused_writes: the cache's per-call scratch writes as one triton kernel (Sampler; CUDA with triton;
+        None: on where it can run, and a CUDA run without triton says that it is off). info() says which."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -112,6 +114,11 @@ class NeuralEnv:
         self.bootstrap = bootstrap
         name, params = _mode_spec(attention)
         self._mode_params: dict[str, dict[str, Any]] = {name: params}
+        if fused_writes is None:
+            fused_writes = cache_kernels.available(self.device) and self.device.type == "cuda"
+            if self.device.type == "cuda" and not fused_writes:
+                print("NeuralEnv: fused_writes off: triton is not installed, so each attention call writes the "
+                      "cache with three torch ops instead of one kernel (slower, same frames)", flush=True)
         graphs = self.device.type == "cuda" if cuda_graphs is None else bool(cuda_graphs)
         if graphs and self.device.type != "cuda":
             raise ValueError(f"cuda_graphs=true needs a CUDA device, got device {self.device}")
@@ -133,6 +140,7 @@ class NeuralEnv:
         self.prompt = ""
         self._last_ms = 0.0
         self.last_latent: torch.Tensor | None = None
+        self._host: torch.Tensor | None = None   # pinned frame buffer (_to_host)
 
     # ---- Env protocol -------------------------------------------------------------------------------------
     @property
@@ -220,8 +228,37 @@ class NeuralEnv:
 
     def _generate(self, action: np.ndarray) -> Frame:
         t0 = time.perf_counter()
-        z = self.sampler.step(torch.as_tensor(action[None]).to(self.device))
+        a = torch.as_tensor(action[None])
+        if self.device.type == "cuda":
+            # pinned and queued: a plain copy from pageable memory would wait for the GPU, which is still
+            # running the previous frame's commit pass (below)
+            a = a.pin_memory().to(self.device, non_blocking=True)
+        else:
+            a = a.to(self.device)
+        ready: list[Any] = []
+        # the decode and the frame's copy to the host are queued before the commit pass (Sampler.step), so the
+        # frame is handed out while the GPU still commits it and the next step's host work overlaps that pass
+        z = self.sampler.step(a, before_commit=lambda x: ready.append(self._to_host(self._decode(x)[0])))
         self.last_latent = z                                  # (1, C, h, w) what was committed (follow())
-        frame = self._decode(z)[0].cpu().numpy()             # the one host sync: the frame leaves the device
+        frame = ready[0]()                                    # the one host sync: the frame has left the device
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return frame
+
+    def _to_host(self, img: torch.Tensor) -> Callable[[], Frame]:
+        """Queue img (H, W, 3) uint8's copy to the host; the returned call waits for it and gives the frame.
+        On CUDA through one pinned buffer and an event (the frame is copied out of it: the next step reuses
+        it), elsewhere at once."""
+        if self.device.type != "cuda":
+            frame = img.cpu().numpy()
+            return lambda: frame
+        if self._host is None or self._host.shape != img.shape or self._host.dtype != img.dtype:
+            self._host = torch.empty(img.shape, dtype=img.dtype, pin_memory=True)
+        self._host.copy_(img, non_blocking=True)
+        done = torch.cuda.Event()
+        done.record()
+        host = self._host
+
+        def wait() -> Frame:
+            done.synchronize()
+            return host.numpy().copy()
+        return wait

@@ -2,6 +2,7 @@
 captured CUDA graphs equal the eager pass on a GPU (skipped without one)."""
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -202,6 +203,36 @@ def test_cuda_rollouts_are_deterministic(mode: str, graphs: str) -> None:
     a, b = _roll(m, mode, graphs, frames=16), _roll(m, mode, graphs, frames=16)
     diffs = [float((x - y).abs().max()) for x, y in zip(a, b)]
     assert all(torch.equal(x, y) for x, y in zip(a, b)), f"max |a - b| per frame: {diffs}"
+
+
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("mode", ["dense", "fastar"])
+def test_env_step_frames_equal_the_plain_order(device: str, mode: str) -> None:
+    """NeuralEnv.step queues the decode and the frame's copy to the host before the commit pass and waits for
+    the copy only after queuing that pass (on CUDA through a pinned buffer and an event, with the action copied
+    in without a wait), so that the next step's host work overlaps the commit. Its frames and committed latents
+    equal the plain order's: sample, decode, copy to the host, commit. On CUDA with graphs and, where triton
+    is installed, the default fused cache writes."""
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs a GPU")
+    from engine import cache_kernels
+    m = random_model(torch.float32)
+    env, ref = (NeuralEnv(model=m, device=device, attention={"name": mode, **SMALL[mode]}) for _ in range(2))
+    assert env.info()["fused_writes"] is (device == "cuda" and cache_kernels.available(env.device))
+    env.reset(seed=2)
+    ref.reset(seed=2)
+    s = ref.sampler
+    for i in range(10):
+        act = make_action(*ACTIONS[i % len(ACTIONS)])
+        got = env.step(act)
+        a = torch.as_tensor(act[None]).to(ref.device)
+        f = s.frame_inputs(a)
+        z = s.sample(a, f)
+        want = ref._decode(z)[0].cpu().numpy()
+        s.commit(z, a, f)
+        diff = np.abs(got.astype(int) - want.astype(int)).max()
+        assert np.array_equal(got, want), f"frame {i}: max |step - plain order| {diff}"
+        assert env.last_latent is not None and torch.equal(env.last_latent, z), f"frame {i}: committed latents differ"
 
 
 @pytest.mark.parametrize("device,dtype,overflow,block", [

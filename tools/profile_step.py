@@ -115,7 +115,8 @@ def main() -> None:
     p.add_argument("--graphs", choices=("auto", "on", "off"), default="auto",
                    help="CUDA graphs for the DiT pieces and the decoder (auto: on CUDA)")
     p.add_argument("--compile", action="store_true", help="graph pieces and decoder through torch.compile")
-    p.add_argument("--fused-writes", action="store_true", help="the cache's scratch writes as one triton kernel")
+    p.add_argument("--fused-writes", choices=("auto", "on", "off"), default="auto",
+                   help="the cache's scratch writes as one triton kernel (auto: on CUDA with triton)")
     p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
                    '\'{"tempcache": {"top1": "matmul"}}\'')
     p.add_argument("--no-profile", action="store_true", help="timings only, skip the profiler tables")
@@ -133,7 +134,8 @@ def main() -> None:
     graphs = None if a.graphs == "auto" else a.graphs == "on"
     params = merge_params(_default_params(a.attention), json.loads(a.params))
     env = NeuralEnv(device=a.device, attention={"name": a.attention, **params}, steps=a.steps, bootstrap=MazeEnv(),
-                    cuda_graphs=graphs, compile=a.compile, fused_writes=a.fused_writes)
+                    cuda_graphs=graphs, compile=a.compile,
+                    fused_writes={"auto": None, "on": True, "off": False}[a.fused_writes])
     dev = env.device
     sim.reset(a.seed, "brick day")
     env.reset(a.seed, "brick day")
@@ -155,7 +157,7 @@ def main() -> None:
     commit_ms = _ms(lambda: s.commit(z, act), dev, 10)
     decode_ms = _ms(lambda: env._decode(z), dev, 10)
     print(f"device {dev} attention {a.attention} steps {a.steps} cache frames ~{s.frame} "
-          f"cuda_graphs {env.info()['cuda_graphs']} compiled {a.compile} fused_writes {a.fused_writes} "
+          f"cuda_graphs {env.info()['cuda_graphs']} compiled {a.compile} fused_writes {env.info()['fused_writes']} "
           f"kernel {kernels.kernel_name()}"
           + "".join(f" {k} {v}" for k, v in env.info()["mode_stats"].items() if k in ("merge", "top1")))
     print(f"step {step_ms:.2f} ms/frame ({1e3 / step_ms:.1f} fps) | sample({a.steps} passes) {sample_ms:.2f} | "
