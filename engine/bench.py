@@ -14,9 +14,11 @@ How it measures, and why:
   the kernel measurement of the first shape buckets). kernels.py measures the dense kernels on first use of
   each power-of-two cache bucket, so longer buckets are measured in the timed run: those frames are flagged and
   left out of the FPS numbers, as are frames where a FAST-AR mode measures recall (instrumentation).
-- Per frame: CUDA events around env.step (every denoising step, the commit pass and the decode; step() ends
-  by copying the frame to the host, so the end event is reached only when the frame is done). On the CPU,
-  time.perf_counter, and the JSON says so.
+- Per frame: the GPU time between the ends of consecutive frames' work (a CUDA event queued after each env.step:
+  every denoising step, the decode and the commit pass), which counts any time the GPU waited on the host.
+  step() hands its frame out while the GPU still runs the commit pass, and the loop does not wait for the GPU,
+  so this is the interval at which a player gets frames. On the CPU, time.perf_counter around env.step, and
+  the JSON says so.
 - Every `sample_every` frames and at the two reported frames: torch.cuda.max_memory_allocated (peak since the
   mode started) and memory_reserved, and env.info() (mode stats: density, recall, cache size, kernel).
 - Quality after each rollout, outside the timed loop: PSNR/SSIM of every frame against dense's frame and PSNR
