@@ -126,7 +126,9 @@ class GraphedPass:
         rh = H if dit.rotary.per_head else 1                                  # per-head rotary (Rotary.forward)
         self.rope = (torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt),
                      torch.zeros(batch, N, 1, rh, Dh, device=dev, dtype=rdt))
-        self.o = torch.zeros(batch, H, N, Dh, device=dev, dtype=dt)          # the last attention call's output
+        # the last attention call's output, (B, H, N, Dh) over (B, N, H, Dh) memory: the output projection reads it
+        # as (B, N, H Dh) without a transpose kernel, and FA2's outputs (and triton_decay's) come in that layout
+        self.o = torch.zeros(batch, N, H, Dh, device=dev, dtype=dt).transpose(1, 2)
         self.buf: dict[str, Any] = {}       # what the last piece run or replayed wrote (graph pool memory)
         pool = _pool(capture)
         self.calls: list[tuple[str, int]] = []   # the attention call after each piece but the last

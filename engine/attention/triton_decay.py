@@ -23,7 +23,7 @@ attention over slots [0, length + n), which is what dense's bucketed graphs need
 so one captured call serves every frame of a bucket (a host int does for a call whose length is fixed, as
 engine/attention/kernels.py's plain use). Optionally a per-key bias (B, H, L) read in place, e.g. TempCache's
 log(group size) from the cache's bias channel, so a biased cache is read at 64 channels too. Returns
-(B, H, n, D) in q's dtype. CUDA with triton only; `available()` says whether it can run; on the CPU the tests
+(B, H, n, D) in q's dtype, over (B, n, H, D) memory as FA2's output is. CUDA with triton only; `available()` says whether it can run; on the CPU the tests
 run it under TRITON_INTERPRET=1.
 
 The same split serves the other modes' plain calls (kernels.py's `triton_split` candidate). At a window's
@@ -105,25 +105,39 @@ if _triton_ok:
         tl.store(LSE + row, tl.where(has, m_i + tl.log2(tl.where(has, l_i, 1.0)), float("-inf")), mask=row_ok)
 
     @triton.jit(do_not_specialize=["S"])
-    def _combine(O, LSE, OUT, S, rows, D: tl.constexpr, BLOCK_R: tl.constexpr):  # type: ignore[no-untyped-def]
+    def _combine(O, LSE, OUT, S, rows, n_q, H, sob, soh, soi, D: tl.constexpr, BLOCK_R: tl.constexpr,
+                 S_BLOCK: tl.constexpr, UNROLL: tl.constexpr):  # type: ignore[no-untyped-def]
         """out[r] = sum_s 2^(lse[s, r] - m) o[s, r] / sum_s 2^(lse[s, r] - m), m the row's largest lse: the
         chunks' partial softmaxes joined in one launch (as torch ops it was ~8 launches a call, and dense's
-        calls past the graphed range are launched one by one)."""
+        calls past the graphed range are launched one by one). Row r = (b H + h) n_q + i goes to OUT at
+        b sob + h soh + i soi (the (B, n, H, D) layout the output projection reads, no transpose after).
+        Why the shapes: one chunk at a time, each load waited for before the next, the two passes over S = 22
+        chunks took 7.5 us a call on the H100, as long as 44 memory latencies; the maximum takes the S lse
+        values as one tile (S_BLOCK, the next power of two, is the only specialisation) and the sum issues
+        UNROLL chunks' loads together. The sum still adds the chunks in order 0, 1, ..., S - 1, so the values are
+        the one-chunk-at-a-time loop's (a chunk past S adds 0 x 0)."""
         r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
         ok = r < rows
         d = tl.arange(0, D)
-        m = tl.full([BLOCK_R], float("-inf"), tl.float32)
-        for s in range(S):
-            m = tl.maximum(m, tl.load(LSE + s * rows + r, mask=ok, other=float("-inf")))
+        ss = tl.arange(0, S_BLOCK)
+        all_lse = tl.load(LSE + ss[:, None] * rows + r[None, :], mask=(ss[:, None] < S) & ok[None, :],
+                          other=float("-inf"))
+        m = tl.max(all_lse, 0)
         acc = tl.zeros([BLOCK_R, D], tl.float32)
         total = tl.zeros([BLOCK_R], tl.float32)
-        for s in range(S):
-            lse = tl.load(LSE + s * rows + r, mask=ok, other=float("-inf"))
-            w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - m))            # an empty chunk weighs 0
-            o = tl.load(O + (s * rows + r)[:, None].to(tl.int64) * D + d[None, :], mask=ok[:, None], other=0.0)
-            acc += w[:, None] * o
-            total += w
-        tl.store(OUT + r[:, None].to(tl.int64) * D + d[None, :], (acc / total[:, None]).to(OUT.dtype.element_ty),
+        for s0 in range(0, S, UNROLL):
+            for j in tl.static_range(UNROLL):
+                s = s0 + j
+                live = ok & (tl.zeros([BLOCK_R], tl.int32) + s < S)   # a row vector: the interpreter's masks
+                lse = tl.load(LSE + s * rows + r, mask=live, other=float("-inf"))
+                w = tl.where(lse == float("-inf"), 0.0, tl.exp2(lse - m))        # an empty chunk weighs 0
+                o = tl.load(O + (s * rows + r)[:, None].to(tl.int64) * D + d[None, :], mask=live[:, None],
+                            other=0.0)
+                acc += w[:, None] * o
+                total += w
+        bh = r // n_q
+        dst = (bh // H).to(tl.int64) * sob + (bh % H).to(tl.int64) * soh + (r % n_q).to(tl.int64) * soi
+        tl.store(OUT + dst[:, None] + d[None, :], (acc / total[:, None]).to(OUT.dtype.element_ty),
                  mask=ok[:, None])
 
 
@@ -147,6 +161,7 @@ def supports(x: torch.Tensor) -> bool:
 
 COMBINE, COMBINE_ROWS = "triton", 8   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
                                      # time a call against 230-260 for the torch ops on one H100 host
+COMBINE_UNROLL = 4                   # chunks whose loads _combine issues together
 _sms: dict[torch.device, int] = {}
 _zero: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -240,7 +255,10 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
     if COMBINE == "torch":
         w = torch.exp2(lse - lse.amax(0))                               # (S, BH, n); an empty chunk weighs 0
         return ((o * w[..., None]).sum(0) / w.sum(0)[..., None]).view(B, H, n, D).to(q.dtype)
-    out = torch.empty(B, H, n, D, device=q.device, dtype=q.dtype)
+    # (B, H, n, D) over (B, n, H, D) memory, as FA2's output: the output projection then reads it without a copy
+    out = torch.empty(B, n, H, D, device=q.device, dtype=q.dtype).transpose(1, 2)
     rows = B * H * n
-    _combine[(-(-rows // COMBINE_ROWS),)](o, lse, out, S, rows, D=D, BLOCK_R=COMBINE_ROWS, num_warps=2)
+    _combine[(-(-rows // COMBINE_ROWS),)](o, lse, out, S, rows, n, H, out.stride(0), out.stride(1), out.stride(2),
+                                         D=D, BLOCK_R=COMBINE_ROWS, S_BLOCK=triton.next_power_of_2(S),
+                                         UNROLL=COMBINE_UNROLL, num_warps=2)
     return out
