@@ -272,6 +272,42 @@ def test_decay_kernel_option_is_checked() -> None:
             s.step(torch.tensor([make_action(("forward",), 0.0)], dtype=torch.float64))
 
 
+def tempcache_decay_check(device: str) -> float:
+    """Largest |frame difference| between fastar (TempCache, group biases in the bias array) on a decay model with
+    the decay added inside triton_decay's kernel and the same rollout without it (the key channel on CUDA, the
+    mask path on the CPU), over 12 frames of a tiny float32 model, eager: merges from frame 4 (capacity 4),
+    the second layer a window. With the kernel the cache has no channel and every self-attention call took it."""
+    from engine.attention import kernels
+    from tests.test_graphs import SMALL, _decay_model, _roll
+    m = _decay_model(torch.float32).to(device)
+    plain, calls = kernels._decayed, [0]
+
+    def counted(*args, **kwargs):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return plain(*args, **kwargs)
+    saved = kernels.DECAY_KERNEL_DEVICES
+    kernels._decayed = counted
+    try:
+        kernels.DECAY_KERNEL_DEVICES = ()
+        ref_s: list[Sampler] = []
+        ref = _roll(m, "fastar", "off", frames=12, out_sampler=ref_s, params=SMALL["fastar"])
+        assert calls[0] == 0 and ref_s[0].cache.pad == (8 if device == "cuda" else 0)
+        kernels.DECAY_KERNEL_DEVICES = (device,)
+        got_s: list[Sampler] = []
+        got = _roll(m, "fastar", "off", frames=12, out_sampler=got_s, params=SMALL["fastar"])
+        assert calls[0] == 2 * 4 * 12, calls[0]       # 2 layers x (3 steps + commit) x 12 frames
+        assert got_s[0].cache.pad == 0
+    finally:
+        kernels._decayed = plain
+        kernels.DECAY_KERNEL_DEVICES = saved
+    return max(float((a - b).abs().max()) for a, b in zip(ref, got))
+
+
+@pytest.mark.skipif(not HAS_TRITON, reason="needs triton")
+def test_tempcache_decay_in_kernel_equals_the_channel() -> None:
+    assert worst_error("tempcache_decay_check") < 1e-4
+
+
 @pytest.mark.skipif(not (HAS_TRITON and torch.cuda.is_available()), reason="the CUDA kernel's check")
 def test_cuda_dense_in_kernel_decay_equals_the_channel() -> None:
     """Dense past its graphed range with the decay computed in the kernel gives the channel path's frames

@@ -165,6 +165,11 @@ class FastARAttention(AttentionMode):
         if self.tc is not None and cache.device.type == "cuda" and not cache.pad \
                 and self.tc.cfg.bias_layout == "channel":
             cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
+        if self.tc is not None and cache.pad and self.tc.cfg.bias_layout == "array" and not self._bucket_order() \
+                and kernels.decay_in_kernel(cache):
+            # a temporal decay had turned the channel on (Sampler.set_decay); the kernel adds it from the slots'
+            # frames instead, beside the group biases in the array: 64 channels, no per-frame channel refresh
+            cache.set_bias_channel(False)
         if self._bucket_order():
             if cache.pad:
                 cache.set_bias_channel(False)  # the bucketed path reads K/V in place: contiguous, no bias needed

@@ -230,6 +230,8 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
     changes committed slots only when committing, so their channel is the frame's refresh (KVCache.padded).
     runs: [(h0, h1, start)], heads [h0, h1) attend to slots [start, end) only (one call per run, the outputs
     joined over heads); None: every head attends to [0, end) in one call."""
+    if cache.decay is not None and not cache.pad and runs is None and decay_in_kernel(cache):
+        return _decayed(q, cache, layer, end, biased)
     biased = biased or cache.decay is not None   # temporal decay: every slot carries a bias
     if biased and cache.pad:
         kp, vp = cache.padded(layer, end, committed_fresh)
@@ -242,6 +244,35 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
         return attention(q, K, V, bias=bias)
     return torch.cat([attention(q[:, h0:h1], K[:, h0:h1, s:], V[:, h0:h1, s:],
                                 bias=None if bias is None else bias[:, h0:h1, s:]) for h0, h1, s in runs], 1)
+
+
+DECAY_KERNEL_DEVICES = ("cuda",)   # where cache_attention computes a decay in the kernel (tests add the interpreter's)
+
+
+def decay_in_kernel(cache: "KVCache") -> bool:
+    """Whether cache_attention can add the cache's temporal decay inside triton_decay's kernel (with the bias
+    array besides), so that a decayed cache needs no bias channel: 64 channels read, nothing refreshed per frame.
+    CUDA (DECAY_KERNEL_DEVICES) with triton, a bf16/fp16/fp32 cache (not float64, the tests' reference)."""
+    from engine.attention import triton_decay
+    return cache.decay is not None and cache.device.type in DECAY_KERNEL_DEVICES \
+        and cache.dtype in (torch.bfloat16, torch.float16, torch.float32) and triton_decay.available(cache.device)
+
+
+def _decayed(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool) -> torch.Tensor:
+    """q (B, H, n, D) against slots [0, end) = the committed slots and the n scratch slots after them, the decay
+    max(slope x (frame - now), floor) added in the kernel over the committed ones (KVCache.attn_bias's
+    definition), and the bias array over all of them when `biased` (TempCache's group weights)."""
+    from engine.attention import triton_decay
+    global _last_kernel
+    n, length = q.shape[2], cache.length[layer]
+    if end != length + n:
+        raise ValueError(f"cache_attention: the decay kernel reads the committed slots and the frame's {n}, "
+                         f"[0, {length + n}), asked for [0, {end})")
+    K, V, _ = cache.view(layer, end)
+    assert cache.decay is not None
+    _last_kernel = "triton_split+bias+decay" if biased else "triton_split+decay"
+    return triton_decay.decay_attention(q, K, V, cache.frame[layer, :end], cache.now, cache.decay[layer].float(),
+                                        None, length, n, bias=cache.bias[layer, :, :, :end] if biased else None)
 
 
 def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
