@@ -283,7 +283,8 @@ class FastARAttention(AttentionMode):
         else:
             # committed slots change at the commit, or above when TempCache lays the layer out: then the
             # channel is written in full, else the frame's refresh stands (KVCache.padded)
-            out = kernels.cache_attention(q, cache, layer, end, biased, committed_fresh=not laid_out)
+            out = kernels.cache_attention(q, cache, layer, end, biased, committed_fresh=not laid_out,
+                                          kernel_decay=True)
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:

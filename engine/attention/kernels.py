@@ -222,15 +222,18 @@ def _q_tail(width: int, scale: float, q: torch.Tensor) -> torch.Tensor:
 
 
 def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool,
-                    committed_fresh: bool = False, runs: list[tuple[int, int, int]] | None = None) -> torch.Tensor:
+                    committed_fresh: bool = False, runs: list[tuple[int, int, int]] | None = None,
+                    kernel_decay: bool = False) -> torch.Tensor:
     """q (B, H, n, D) against cache slots [0, end) of `layer`, with their biases when `biased`. A cache with the
     bias channel on (KVCache.set_bias_channel) runs one plain kernel on the padded storage, q padded as
     [q, 1/scale, 0...]: no mask, no copy of the cache (a mask kernel measured 0.23 ms against 0.06 ms for
     FA2 at 16.6k keys on the H100; the old per-call pad copied the whole cache). committed_fresh: the mode
     changes committed slots only when committing, so their channel is the frame's refresh (KVCache.padded).
     runs: [(h0, h1, start)], heads [h0, h1) attend to slots [start, end) only (one call per run, the outputs
-    joined over heads); None: every head attends to [0, end) in one call."""
-    if cache.decay is not None and not cache.pad and runs is None and decay_in_kernel(cache):
+    joined over heads); None: every head attends to [0, end) in one call. kernel_decay: a decayed cache without
+    the channel adds the decay inside triton_decay's kernel where it can run (decay_in_kernel; the TempCache
+    modes ask for it, dense has its own kernel path and keeps `decay_kernel: channel` meaning the mask path)."""
+    if kernel_decay and cache.decay is not None and not cache.pad and runs is None and decay_in_kernel(cache):
         return _decayed(q, cache, layer, end, biased)
     biased = biased or cache.decay is not None   # temporal decay: every slot carries a bias
     if biased and cache.pad:
