@@ -2,9 +2,9 @@
 
 `rollout` plays the trace in a fresh NeuralEnv and records, per frame, the generation time (on the GPU the time
 between the ends of consecutive frames' work, from CUDA events; time.perf_counter around env.step on the CPU),
-and every few frames the CUDA memory statistics and env.info() (density, recall, cache size, kernel). `quality` then compares the frames, outside the timed loop.
-Only the Env interface, torch.cuda memory statistics and the kernel registry's report are used: nothing here
-reaches into the sampler.
+and every few frames the CUDA memory statistics and env.info() (density, recall, cache size, kernel).
+`quality` then compares the frames, outside the timed loop. Only the Env interface, torch.cuda memory
+statistics and the kernel registry's report are used: nothing here reaches into the sampler.
 """
 from __future__ import annotations
 

@@ -23,8 +23,8 @@ attention over slots [0, length + n), which is what dense's bucketed graphs need
 so one captured call serves every frame of a bucket (a host int does for a call whose length is fixed, as
 engine/attention/kernels.py's plain use). Optionally a per-key bias (B, H, L) read in place, e.g. TempCache's
 log(group size) from the cache's bias channel, so a biased cache is read at 64 channels too. Returns
-(B, H, n, D) in q's dtype, over (B, n, H, D) memory as FA2's output is. CUDA with triton only; `available()` says whether it can run; on the CPU the tests
-run it under TRITON_INTERPRET=1.
+(B, H, n, D) in q's dtype, over (B, n, H, D) memory as FA2's output is. CUDA with triton only; `available()`
+says whether it can run; on the CPU the tests run it under TRITON_INTERPRET=1.
 
 The same split serves the other modes' plain calls (kernels.py's `triton_split` candidate). At a window's
 ~8k keys torch's FA2 splits the keys too (`flash_fwd_splitkv_kernel`, ~19 us a call on the H100), and the two
