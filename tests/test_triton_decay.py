@@ -62,6 +62,7 @@ def kernel_check(device: str) -> float:
                                      slopes if decay else None, hz, torch.tensor(length, device=device), n,
                                      starts=starts, num_splits=splits)
             assert out.shape == (B, H, n, D) and out.dtype == q.dtype
+            assert out.transpose(1, 2).is_contiguous()   # (B, n, H, D) memory: the output projection's layout
             worst = max(worst, float((out.double().cpu() - ref).abs().max()))
     return worst
 
