@@ -4,6 +4,7 @@
 # 1. the CUDA tests of the fused scratch write (engine/cache_kernels.py) and of the graphs; 2. fastar's and dense's
 # step with and without it (profile_step: step, sample, commit, host); 3. the three-mode benchmark with it, the
 # same run's dense and fastar without it for the same machine's ratio; 4. a profiler trace of the bundle's fastar.
+# Run on a checkout of 427d8b4, as session 17 did: --fused-writes was a switch there (on/off/auto since 0400b87).
 set -u
 commit=$1
 source tools/gpu/setup.sh
