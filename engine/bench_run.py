@@ -77,7 +77,7 @@ def where(device: Any) -> dict[str, Any]:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu
     return {"device": name, "device_type": device.type, "host": platform.node(), "cpu_count": os.cpu_count(),
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "timer": "cuda_events" if device.type == "cuda" else "perf_counter (cpu: no CUDA events)"}
+            "timer": "cuda_events_between_frame_ends" if device.type == "cuda" else "perf_counter (cpu: no CUDA events)"}
 
 
 def density_recall(name: str, info: dict[str, Any], dense_tokens: int | None) -> tuple[Any, Any, dict[str, Any]]:
