@@ -161,7 +161,7 @@ def supports(x: torch.Tensor) -> bool:
 
 COMBINE, COMBINE_ROWS = "triton", 8   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
                                      # time a call against 230-260 for the torch ops on one H100 host
-COMBINE_UNROLL = 4                   # chunks whose loads _combine issues together
+COMBINE_UNROLL, COMBINE_WARPS = 4, 2  # chunks whose loads _combine issues together; its warps a program
 _sms: dict[torch.device, int] = {}
 _zero: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -260,5 +260,5 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
     rows = B * H * n
     _combine[(-(-rows // COMBINE_ROWS),)](o, lse, out, S, rows, n, H, out.stride(0), out.stride(1), out.stride(2),
                                          D=D, BLOCK_R=COMBINE_ROWS, S_BLOCK=triton.next_power_of_2(S),
-                                         UNROLL=COMBINE_UNROLL, num_warps=2)
+                                         UNROLL=COMBINE_UNROLL, num_warps=COMBINE_WARPS)
     return out

@@ -65,18 +65,26 @@ def available(device: torch.device) -> bool:
     return _triton_ok and device.type == "cuda"
 
 
-def top1(x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | None = None) -> torch.Tensor:
+LAUNCH = {"block_n": 64, "block_s": 64, "keys_per_program": 1024, "num_warps": 4, "num_stages": 3}
+# the launch settings; tools/gpu/tune_small_kernels.py times others at the engine's shapes (session 17's trace:
+# 121 us a frame for TempCache's search over 5 layers x 6 heads, 256 queries, 8192 keys, R = 88)
+
+
+def top1(x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | None = None,
+         launch: dict[str, int] | None = None) -> torch.Tensor:
     """x (G, n, R), y (G, S, R), both bf16/fp16 on CUDA with unit last stride -> argmax_s <x[g, i], y[g, s]>
     as (G, n) int64. heads (G,) int64: x[g] searches y[heads[g]] instead (y then has any number of heads;
-    TempCache searches only in some layers, without copying those layers' rows out)."""
+    TempCache searches only in some layers, without copying those layers' rows out). launch: LAUNCH's keys
+    to override (the tuning tool)."""
     G, n, R = x.shape
     S = y.shape[1]
     if x.stride(-1) != 1 or y.stride(-1) != 1:
         raise ValueError("triton_top1.top1: x and y need a unit stride in their last dimension")
-    block_n, block_s = 64, 64
+    cfg = {**LAUNCH, **(launch or {})}
+    block_n, block_s, per = cfg["block_n"], cfg["block_s"], cfg["keys_per_program"]
     # split the keys so that the grid fills the GPU (a 256-query frame is only 4 query blocks a head): about
-    # 1,024 keys a program, as a multiple of the key block
-    chunk = max(block_s, triton.cdiv(triton.cdiv(S, max(1, triton.cdiv(S, 1024))), block_s) * block_s)
+    # keys_per_program keys a program, as a multiple of the key block
+    chunk = max(block_s, triton.cdiv(triton.cdiv(S, max(1, triton.cdiv(S, per))), block_s) * block_s)
     splits = triton.cdiv(S, chunk)
     val = torch.empty(G, n, splits, dtype=torch.float32, device=x.device)
     idx = torch.empty(G, n, splits, dtype=torch.int64, device=x.device)
@@ -84,6 +92,6 @@ def top1(x: torch.Tensor, y: torch.Tensor, heads: torch.Tensor | None = None) ->
     grid = (triton.cdiv(n, block_n), G, splits)
     _top1_kernel[grid](x, y, x if heads is None else heads, val, idx, n, S, R, chunk, splits, x.stride(0),
                        x.stride(1), y.stride(0), y.stride(1), BLOCK_N=block_n, BLOCK_S=block_s, BLOCK_R=block_r,
-                       USE_HEADS=heads is not None)
+                       USE_HEADS=heads is not None, num_warps=cfg["num_warps"], num_stages=cfg["num_stages"])
     # the best split; argmax takes the first of equal maxima, i.e. the lowest key index (splits are in order)
     return idx.gather(-1, val.argmax(-1, keepdim=True))[..., 0]
