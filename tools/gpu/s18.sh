@@ -3,7 +3,7 @@
 # then  WAIT=540 bash tools/gpu/poll.sh s18 'runs/results/s18.tgz'  back to back.
 # 1. the CUDA tests not run on a GPU since the last changes (tests/test_triton_decay.py after the kernel_decay fix;
 # the play and model files since the defaults changed); 2. the launch settings of the top-1 search and the combine
-# at fastar's shapes (tools/gpu/tune_small_kernels.py); 3. profile_step of fastar as it stands.
+# at fastar's shapes (tools/gpu/tune_small_kernels.py); 3. profile_step of fastar as it stands, and its trace.
 set -u
 commit=$1
 source tools/gpu/setup.sh
@@ -17,5 +17,10 @@ python3 tools/gpu/tune_small_kernels.py --out $o/tune.json 2>&1 | tail -32 | tee
 tar czf runs/results/s18.tgz -C runs/results s18
 python3 tools/profile_step.py --attention fastar --context 400 --frames 100 --no-profile --compile 2>&1 \
   | grep -E "^(device|step|host)|rror" | tee $o/speed.txt
+# a trace to compare with session 17's (python tools/trace_summary.py --kernels): the q/k norm kernel's launch
+python3 tools/profile_step.py --attention fastar --context 400 --frames 30 --compile --trace $o/fastar_trace.json \
+  2>&1 | grep -E "^(device|step|host|runtime)" | tee $o/fastar_profile.txt
+gzip -f $o/fastar_trace.json
+python3 tools/trace_summary.py --kernels $o/fastar_trace.json.gz | head -20 | tee $o/kernels.txt
 tar czf runs/results/s18.tgz -C runs/results s18
 echo "=== done $(date) commit $commit"
