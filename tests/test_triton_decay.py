@@ -378,7 +378,8 @@ def test_kernels_compile_for_hopper() -> None:
                  "HAS_DECAY": decay, "HAS_BIAS": bias, "LEN_ON_DEVICE": on_device}
         assert ".entry" in compile_(td._decay_fwd, types, const, td.LAUNCH["num_warps"])
     assert ".entry" in compile_(td._combine, {"O": "*fp32", "LSE": "*fp32", "OUT": "*bf16"},
-                                {"D": 64, "BLOCK_R": td.COMBINE_ROWS, "S_BLOCK": 32, "UNROLL": td.COMBINE_UNROLL}, 2)
+                                {"D": 64, "BLOCK_R": td.COMBINE_ROWS, "S_BLOCK": 32, "UNROLL": td.COMBINE_UNROLL},
+                                td.COMBINE_WARPS)
     # the cache's fused scratch write (engine/cache_kernels.py), with the start on the host and on the device
     from engine import cache_kernels as ck
     for on_device in (False, True):
