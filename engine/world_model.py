@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -140,7 +140,8 @@ class NeuralEnv:
         self.prompt = ""
         self._last_ms = 0.0
         self.last_latent: torch.Tensor | None = None
-        self._host: torch.Tensor | None = None   # pinned frame buffer (_to_host)
+        self._host: torch.Tensor | None = None   # the frame on its way to the host (_queue_frame; pinned on CUDA)
+        self._copied: Any = torch.cuda.Event() if self.device.type == "cuda" else None   # its copy's end (CUDA)
 
     # ---- Env protocol -------------------------------------------------------------------------------------
     @property
@@ -235,30 +236,29 @@ class NeuralEnv:
             a = a.pin_memory().to(self.device, non_blocking=True)
         else:
             a = a.to(self.device)
-        ready: list[Any] = []
         # the decode and the frame's copy to the host are queued before the commit pass (Sampler.step), so the
         # frame is handed out while the GPU still commits it and the next step's host work overlaps that pass
-        z = self.sampler.step(a, before_commit=lambda x: ready.append(self._to_host(self._decode(x)[0])))
+        z = self.sampler.step(a, before_commit=lambda x: self._queue_frame(self._decode(x)[0]))
         self.last_latent = z                                  # (1, C, h, w) what was committed (follow())
-        frame = ready[0]()                                    # the one host sync: the frame has left the device
+        frame = self._queued_frame()                          # the one host sync: the frame has left the device
         self._last_ms = (time.perf_counter() - t0) * 1e3
         return frame
 
-    def _to_host(self, img: torch.Tensor) -> Callable[[], Frame]:
-        """Queue img (H, W, 3) uint8's copy to the host; the returned call waits for it and gives the frame.
-        On CUDA through one pinned buffer and an event (the frame is copied out of it: the next step reuses
-        it), elsewhere at once."""
+    def _queue_frame(self, img: torch.Tensor) -> None:
+        """Queue img (H, W, 3) uint8's copy to the host (_queued_frame waits for it). On CUDA into one pinned
+        buffer behind one event, both reused every frame; elsewhere at once."""
         if self.device.type != "cuda":
-            frame = img.cpu().numpy()
-            return lambda: frame
+            self._host = img.cpu()
+            return
         if self._host is None or self._host.shape != img.shape or self._host.dtype != img.dtype:
             self._host = torch.empty(img.shape, dtype=img.dtype, pin_memory=True)
         self._host.copy_(img, non_blocking=True)
-        done = torch.cuda.Event()
-        done.record()
-        host = self._host
+        self._copied.record()
 
-        def wait() -> Frame:
-            done.synchronize()
-            return host.numpy().copy()
-        return wait
+    def _queued_frame(self) -> Frame:
+        """The frame _queue_frame sent, once it is on the host: a copy (the pinned buffer is the next frame's)."""
+        assert self._host is not None
+        if self.device.type != "cuda":
+            return self._host.numpy()
+        self._copied.synchronize()
+        return self._host.numpy().copy()
