@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 
 from engine import bench_report as report
+from engine.bench_report import TWIN
 from engine.bench_run import follow, git_state, quality, report_frames, rollout, tiny_random_model, where
 from engine.bench_trace import explorer_trace, replay_truth, revisit_pairs, session_trace
 
@@ -101,6 +102,8 @@ class BenchConfig:
     mode_params: dict[str, Any] = field(default_factory=dict)   # per-mode overrides of conf/attention/<mode>.yaml
     recall_every: int | None = 50  # FAST-AR modes measure recall every Nth frame (null: the mode's own setting)
     one_step: bool = True          # each mode again on dense's history (bench_run.follow): its one-step error
+    twin_params: dict[str, Any] | None = None   # dense again with these param overrides (exact attention on
+                                   # another kernel), row `dense_twin`: how far two exact rollouts drift apart
     bootstrap: bool = True         # start every rollout from the true first frame
     warmup: int = 16
     sample_every: int = 50
@@ -217,7 +220,10 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     labels = [f"frame {k}" + (f" ({tags[k]})" if k in tags else "") for k in keep]
     strips: dict[str, np.ndarray] = {"truth": truth[keep]} if truth is not None else {}
     boot = (lambda: _sim(cfg)) if cfg.bootstrap else None
-    total = T * (len(order) + (len(order) - 1 if dense_latents is not None else 0))
+    twin = cfg.twin_params is not None and "dense" in modes
+    if cfg.twin_params is not None and not twin:
+        raise ValueError("twin_params is set but 'dense' is not among the modes: the twin is compared with dense")
+    total = T * (len(order) + (len(order) - 1 if dense_latents is not None else 0) + int(twin))
     bar = tqdm(total=total, desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
     for name in order:
         bar.set_description(name)
@@ -237,9 +243,21 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         series["checkpoint_sha256"] = info.get("checkpoint_sha256")
         results[name] = {"params": modes[name], "series": series}
         del frames
+        if name == "dense" and twin:
+            # Same mode, same trace and noise, exact attention through other kernels: any difference is
+            # rounding, so its drift from dense is the floor no approximate mode can beat on a free rollout.
+            bar.set_description("dense_twin")
+            params = _merge(modes["dense"], dict(cfg.twin_params or {}))
+            frames, series, info = rollout("dense", params, trace, source, device, cfg.steps, cfg.warmup,
+                                           cfg.sample_every, boot, {}, bar)
+            series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads))
+            strips[TWIN] = frames[[k - 1 for k in keep]]
+            series["final_stats"], series["checkpoint_sha256"] = info.get("mode_stats"), info.get("checkpoint_sha256")
+            results[TWIN] = {"params": params, "series": series}
+            del frames
     bar.close()
 
-    summary = {n: report.summarise(results[n]["series"], early, late, cfg.fps_window) for n in modes}
+    summary = {n: report.summarise(results[n]["series"], early, late, cfg.fps_window) for n in results}
     truth_revisit = [min(psnr(truth[j], truth[i]), 100.0) for i, j in pairs] if truth is not None else []
     doc: dict[str, Any] = {
         "benchmark": "engine.bench", "created": dt.datetime.now().isoformat(timespec="seconds"),

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+TWIN = "dense_twin"   # dense again on other exact kernels (BenchConfig.twin_params): the free-rollout floor
 SUMMARY_FIELDS: tuple[str, ...] = (
     "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
     "ssim_vs_dense", "psnr_vs_dense_1step_db", "ssim_vs_dense_1step", "psnr_vs_truth_db", "revisit_psnr_db",
@@ -291,6 +292,10 @@ def report_text(doc: dict[str, Any]) -> str:
             table(doc["summary"], doc["early_frame"], doc["late_frame"]), "", "bars:"]
     text += [f"  {b['status']:4}  {b['bar']}: {b['detail']}" for b in doc["bars"]]
     text += [f"note: {n}" for n in doc["trace"]["notes"]]
+    if TWIN in doc["summary"]:
+        p = (doc.get("config") or {}).get("twin_params")
+        text.append(f"note: {TWIN} is dense again with exact attention on other kernels ({json.dumps(p)}); its "
+                    "PSNR vs dense is how far two exact rollouts of this model drift apart by rounding alone")
     g = (doc.get("config") or {}).get("guidance") or 0
     if g:   # every mode ran two passes a denoising step: the speed columns are not plain sampling's
         text.append(f"note: memory guidance {g} against {doc['config'].get('guide_attention')} in every mode "

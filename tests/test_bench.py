@@ -209,3 +209,22 @@ def test_motion_is_zero_for_a_frozen_rollout() -> None:
     moving = np.stack([np.full((4, 4, 3), 10 * i, np.uint8) for i in range(5)])
     assert motion(moving, np.zeros((4, 4, 3), np.uint8)) == [0.0, 10.0, 10.0, 10.0, 10.0]
     assert motion(moving, None)[0] is None
+
+
+def test_dense_twin_row_only_when_asked(tmp_path: Path) -> None:
+    """twin_params adds a `dense_twin` row (dense again with the overrides) compared with dense like any mode;
+    on the CPU the same kernel runs, so the twin repeats dense bit for bit (determinism). Without dense it is an
+    error, not a silent skip."""
+    out = tmp_path / "run"
+    r = _bench("frames=4", "modes=[dense]", "checkpoint=tiny-random", "device=cpu", "warmup=1", "progress=false",
+               "plots=false", "+twin_params.bucket_kernel=channel", f"out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert set(doc["summary"]) == {"dense", "dense_twin"}
+    assert doc["modes"]["dense_twin"]["params"]["bucket_kernel"] == "channel"
+    assert doc["modes"]["dense_twin"]["series"]["psnr_vs_dense"] == [100.0] * 4
+    assert doc["summary"]["dense_twin"]["ssim_vs_dense"] > 0.999
+    assert "note: dense_twin is dense again" in (out / "table.txt").read_text()
+    bad = _bench("frames=4", "modes=[window]", "checkpoint=tiny-random", "device=cpu", "progress=false",
+                 "+twin_params.bucket_kernel=channel", f"out={tmp_path / 'bad'}")
+    assert bad.returncode != 0 and "twin_params is set but 'dense' is not among the modes" in bad.stderr
