@@ -176,7 +176,8 @@ def _zeros(h: int, device: torch.device) -> torch.Tensor:
     return _zero[key]
 
 
-def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, block_n: int = BLOCK_N) -> int:
+def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, block_n: int = BLOCK_N,
+               block_m: int = BLOCK_M) -> int:
     """Keys per program, so that the programs with work come to about WAVES per SM: ranges are the keys each
     head reads (from its horizon on). A single chunk size for all heads keeps the work even; a head with a
     shorter range just has fewer chunks (its other programs exit at once). Why not a fixed number of chunks:
@@ -185,7 +186,7 @@ def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, bl
     if device not in _sms:
         _sms[device] = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
     sms = _sms[device]
-    work = -(-n_q // BLOCK_M) * batch * sum(ranges)
+    work = -(-n_q // block_m) * batch * sum(ranges)
     chunk = max(4 * block_n, -(-work // (WAVES * sms)))
     return -(-chunk // block_n) * block_n
 
@@ -194,14 +195,14 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
                     now: torch.Tensor | None, slopes: torch.Tensor | None, horizon: torch.Tensor | None,
                     length: torch.Tensor | int, tokens_per_frame: int, starts: list[int] | None = None,
                     num_splits: int = 0, block_n: int = BLOCK_N, launch: dict[str, int] | None = None,
-                    bias: torch.Tensor | None = None) -> torch.Tensor:
+                    bias: torch.Tensor | None = None, block_m: int = BLOCK_M) -> torch.Tensor:
     """See the module docstring. length: the committed slots, an int64 device scalar (a captured call reads
     it at replay); the scratch frame is slots [length, length + n), n = q's tokens, and k, v may extend
     past it (a bucket: those slots are never read). slopes None: no decay (frame, now unused), plain
     attention to the slots before length + n. horizon None: every head reads every slot. starts: per head
     the first slot it reads, as the kernel computes it from `horizon` (host ints that size the key chunks
     without a device read; None: 0 for every head); num_splits: key chunks for the longest range, 0 = sized
-    by chunk_keys(); block_n, launch: tile and launch settings (the defaults are the measured ones).
+    by chunk_keys(); block_m, block_n, launch: tile and launch settings (the defaults are the measured ones).
     bias: (B, H, L) a per-key logit bias added to every query's logit of that key (any strides: the cache's
     bias channel kp[..., D] is read in place), as TempCache's log(group size); with a decay, it is added too."""
     if not _triton_ok:
@@ -240,16 +241,16 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
         per = -(-longest // num_splits)                     # ceil
         chunk = -(-per // block_n) * block_n
     else:
-        chunk = chunk_keys(n, B, [L - st for st in starts], q.device, block_n)
+        chunk = chunk_keys(n, B, [L - st for st in starts], q.device, block_n, block_m)
     S = -(-longest // chunk)
     o = torch.empty(S, B * H, n, D, device=q.device, dtype=torch.float32)
     lse = torch.empty(S, B * H, n, device=q.device, dtype=torch.float32)
-    grid = (-(-n // BLOCK_M), B * H, S)
+    grid = (-(-n // block_m), B * H, S)
     _decay_fwd[grid](q, k, v, o, lse, frame, slopes, horizon, now, length, horizon if bias is None else bias, n,
                      tokens_per_frame, chunk, 1.4426950408889634 / math.sqrt(D), n, H,
                      q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
                      v.stride(0), v.stride(1), v.stride(2), *bstride,
-                     D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
+                     D=D, BLOCK_M=block_m, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
                      PREC="ieee" if q.dtype == torch.float32 else "tf32", HAS_DECAY=decay, HAS_BIAS=bias is not None,
                      LEN_ON_DEVICE=on_device, **(launch or LAUNCH))
     if COMBINE == "torch":

@@ -1,5 +1,8 @@
-"""Launch settings of two small kernels of fastar's frame, timed at the bundle's shapes on the GPU (CUDA events,
-median of 50 calls after a warm-up), each against the current defaults, which must give the same result:
+"""Launch settings of three small kernels of fastar's frame, timed at the bundle's shapes on the GPU, each against
+the current defaults, which must give the same result. Timing: 20 calls captured in one CUDA graph, the replay
+timed by CUDA events (median of 10), per call. Why a graph: these kernels run for 5-120 us, and a host loop of
+eager calls times the launches instead (session 18's first run put every combine setting at 36-50 us against
+6.6 us in the frame's trace); in the engine they run inside graphs too.
 
     PYTHONPATH=. python3 tools/gpu/tune_small_kernels.py [--out FILE.json]
 
@@ -8,6 +11,9 @@ median of 50 calls after a warm-up), each against the current defaults, which mu
    indices equal the default's (a different tile may order a near-tie differently: reported, not hidden).
 2. triton_decay's combine (COMBINE_ROWS, COMBINE_UNROLL, COMBINE_WARPS): 22 key chunks, 6 heads x 256 queries,
    head dim 64 (25 calls a frame at 6.7 us). Agreement: max |out - default's out|.
+3. triton_decay's split-key kernel with a decay and a bias array, fastar's call on a decay model (run 16: 40 calls
+   a frame at 25.9 us): 256 queries, 6 heads, 33 committed frames of 256 keys plus the frame; query tile, key
+   tile, warps, stages and the number of key chunks. Agreement: max |out - default's out| (bf16).
 Prints a table per kernel, fastest first; the defaults change only by hand after a look at the numbers.
 """
 from __future__ import annotations
@@ -20,7 +26,35 @@ import torch
 
 from engine.attention import triton_decay as td
 from engine.attention import triton_top1
-from engine.attention.bench import _timer
+
+
+def graph_timer(reps: int = 20):  # type: ignore[no-untyped-def]
+    """ms per call of fn, from `reps` calls captured in one CUDA graph (the median of 10 timed replays)."""
+    def ms(fn, warm: int = 2, _unused: int = 0) -> float:  # type: ignore[no-untyped-def]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(warm):
+                fn()
+        torch.cuda.current_stream().wait_stream(s)
+        torch.cuda.synchronize()
+        g = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(g):
+            for _ in range(reps):
+                fn()
+        g.replay()
+        torch.cuda.synchronize()
+        ts = []
+        for _ in range(10):
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            g.replay()
+            b.record()
+            torch.cuda.synchronize()
+            ts.append(a.elapsed_time(b) / reps)
+        del g
+        return sorted(ts)[len(ts) // 2]
+    return ms
 
 
 def top1_rows(ms) -> list[dict]:  # type: ignore[no-untyped-def]
@@ -71,16 +105,48 @@ def combine_rows(ms) -> list[dict]:  # type: ignore[no-untyped-def]
     return rows
 
 
+def decay_rows(ms) -> list[dict]:  # type: ignore[no-untyped-def]
+    g = torch.Generator(device="cuda").manual_seed(2)
+    B, H, n, D, F = 1, 6, 256, 64, 33
+    L = (F + 1) * n
+    q = torch.randn(B, H, n, D, device="cuda", generator=g).bfloat16()
+    k = torch.randn(B, H, L, D, device="cuda", generator=g).bfloat16()
+    v = torch.randn(B, H, L, D, device="cuda", generator=g).bfloat16()
+    frame = torch.arange(F + 1, device="cuda").repeat_interleave(n).to(torch.int64) + 500
+    now = torch.tensor(500 + F, device="cuda", dtype=torch.int64)
+    slopes = torch.tensor([0.1] * 4 + [0.01] * 2, device="cuda")
+    bias = torch.rand(B, H, L, device="cuda", generator=g).log1p()
+    length = torch.tensor(F * n, device="cuda", dtype=torch.int64)
+
+    def call(**kw):  # type: ignore[no-untyped-def]
+        return td.decay_attention(q, k, v, frame, now, slopes, None, length, n, bias=bias, **kw)
+    ref = call().float()
+    rows = []
+    for bm, bn, w, st, sp in itertools.product((64, 128), (32, 64, 128), (4, 8), (2, 3), (0, 6, 11, 16, 22, 33)):
+        kw = {"block_m": bm, "block_n": bn, "num_splits": sp, "launch": {"num_warps": w, "num_stages": st}}
+        try:
+            got = call(**kw)
+            us = 1e3 * ms(lambda: call(**kw))
+        except Exception as e:   # a tile that does not fit (shared memory, registers): recorded, not fatal
+            rows.append({"block_m": bm, "block_n": bn, "num_warps": w, "num_stages": st, "splits": sp, "us": None,
+                         "error": type(e).__name__})
+            continue
+        rows.append({"block_m": bm, "block_n": bn, "num_warps": w, "num_stages": st, "splits": sp, "us": us,
+                     "max_diff": float((got.float() - ref).abs().max())})
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--out", default=None)
     a = p.parse_args()
-    ms = _timer(torch.device("cuda"))
+    ms = graph_timer()
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "top1_default": triton_top1.LAUNCH,
            "combine_default": {"rows": td.COMBINE_ROWS, "unroll": td.COMBINE_UNROLL, "num_warps": td.COMBINE_WARPS},
-           "top1": top1_rows(ms), "combine": combine_rows(ms)}
-    for name in ("top1", "combine"):
+           "decay_default": {"block_m": td.BLOCK_M, "block_n": td.BLOCK_N, **td.LAUNCH, "splits": 0},
+           "top1": top1_rows(ms), "combine": combine_rows(ms), "decay": decay_rows(ms)}
+    for name in ("top1", "combine", "decay"):
         ok = sorted((r for r in res[name] if r.get("us") is not None), key=lambda r: r["us"])
         print(f"{name}: default {res[name + '_default']}")
         for r in ok[:12]:
