@@ -408,3 +408,9 @@ def test_cuda_padded_attention_is_chosen_by_measurement(monkeypatch) -> None:
     assert set(timings) == {"bias_channel", "triton_split+channel"}, timings
     ref = kernels._reference(q, kp[..., :64], vp[..., :64], kp[..., 64].float(), 0.125)
     assert kernels.relative_error(out, ref) <= kernels.tolerance(torch.bfloat16)
+
+
+def test_short_key_ranges_take_the_short_tile() -> None:
+    """The bounded modes' ~34-frame calls take the tile measured fastest there; long ranges keep the long one."""
+    assert td.tile(34 * 256) == td.SHORT_TILE and td.tile(td.SHORT_KEYS) == td.SHORT_TILE
+    assert td.tile(td.SHORT_KEYS + 1) == (td.BLOCK_M, td.BLOCK_N, td.LAUNCH)

@@ -144,6 +144,17 @@ if _triton_ok:
 BLOCK_M, BLOCK_N = 128, 64
 LAUNCH = {"num_warps": 4, "num_stages": 3}   # measured on the H100 (tools/decay_kernel_bench.py): 8 warps
                                              # 0.59 / 1.71 ms at 1000 / 3000 frames, 4 warps 0.40 / 1.15
+# Short key ranges (the bounded modes' ~34 frames, dense's first frames) take another tile: at 256 queries x 6
+# heads x 8704 keys with a decay and a bias (fastar's call on a decay model), inside a CUDA graph, call plus
+# combine: 26.7 us against 34.7 for the long-range tile (tools/gpu/tune_small_kernels.py, session 18). Ranges
+# between SHORT_KEYS and the ~300 frames the long tile was measured at keep the long tile (not measured).
+SHORT_KEYS = 12288
+SHORT_TILE = (64, 128, {"num_warps": 4, "num_stages": 2})   # block_m, block_n, launch
+
+
+def tile(keys: int) -> tuple[int, int, dict[str, int]]:
+    """(block_m, block_n, launch) for a call whose longest head reads `keys` keys."""
+    return SHORT_TILE if keys <= SHORT_KEYS else (BLOCK_M, BLOCK_N, LAUNCH)
 WAVES = 2   # key chunks sized for about this many programs per SM (a head that reads more keys gets more chunks);
             # H100, run 12's horizons: 2 -> 0.18 / 0.26 / 0.42 / 0.74 ms at 300 / 600 / 1000 / 3000 frames,
             # 4 -> 0.30 / 0.28 / 0.43 / 0.73, 1 -> 0.20 / 0.34 / 0.56 / 1.25 (docs/results/decay_kernel_h100.json)
@@ -159,9 +170,11 @@ def supports(x: torch.Tensor) -> bool:
     return available(x.device) and x.dtype in (torch.float16, torch.bfloat16, torch.float32)
 
 
-COMBINE, COMBINE_ROWS = "triton", 8   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
+COMBINE, COMBINE_ROWS = "triton", 4   # how the chunks are joined: tools/gpu/host_ab.py measured 105-120 us of host
                                      # time a call against 230-260 for the torch ops on one H100 host
-COMBINE_UNROLL, COMBINE_WARPS = 4, 2  # chunks whose loads _combine issues together; its warps a program
+COMBINE_UNROLL, COMBINE_WARPS = 8, 4  # chunks whose loads _combine issues together; its warps a program. Rows,
+                                      # unroll, warps timed in CUDA graphs at 22 chunks x 1536 rows (session 18,
+                                      # tools/gpu/tune_small_kernels.py): 4, 8, 4 at 5.1 us against 6.4 for 8, 4, 2
 _sms: dict[torch.device, int] = {}
 _zero: dict[tuple[int, torch.device], torch.Tensor] = {}
 
@@ -194,15 +207,15 @@ def chunk_keys(n_q: int, batch: int, ranges: list[int], device: torch.device, bl
 def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: torch.Tensor | None,
                     now: torch.Tensor | None, slopes: torch.Tensor | None, horizon: torch.Tensor | None,
                     length: torch.Tensor | int, tokens_per_frame: int, starts: list[int] | None = None,
-                    num_splits: int = 0, block_n: int = BLOCK_N, launch: dict[str, int] | None = None,
-                    bias: torch.Tensor | None = None, block_m: int = BLOCK_M) -> torch.Tensor:
+                    num_splits: int = 0, block_n: int | None = None, launch: dict[str, int] | None = None,
+                    bias: torch.Tensor | None = None, block_m: int | None = None) -> torch.Tensor:
     """See the module docstring. length: the committed slots, an int64 device scalar (a captured call reads
     it at replay); the scratch frame is slots [length, length + n), n = q's tokens, and k, v may extend
     past it (a bucket: those slots are never read). slopes None: no decay (frame, now unused), plain
     attention to the slots before length + n. horizon None: every head reads every slot. starts: per head
     the first slot it reads, as the kernel computes it from `horizon` (host ints that size the key chunks
     without a device read; None: 0 for every head); num_splits: key chunks for the longest range, 0 = sized
-    by chunk_keys(); block_m, block_n, launch: tile and launch settings (the defaults are the measured ones).
+    by chunk_keys(); block_m, block_n, launch: tile and launch settings (None: tile(), the measured ones).
     bias: (B, H, L) a per-key logit bias added to every query's logit of that key (any strides: the cache's
     bias channel kp[..., D] is read in place), as TempCache's log(group size); with a decay, it is added too."""
     if not _triton_ok:
@@ -237,6 +250,8 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
     bstride = (0, 0, 0) if bias is None else bias.stride()
     starts = [0] * H if starts is None else starts
     longest = max(L - min(starts), 1)
+    short_m, short_n, short_launch = tile(longest)
+    block_m, block_n, launch = block_m or short_m, block_n or short_n, launch or short_launch
     if num_splits:
         per = -(-longest // num_splits)                     # ceil
         chunk = -(-per // block_n) * block_n
@@ -252,7 +267,7 @@ def decay_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, frame: to
                      v.stride(0), v.stride(1), v.stride(2), *bstride,
                      D=D, BLOCK_M=block_m, BLOCK_N=block_n, FLOOR=DECAY_FLOOR,
                      PREC="ieee" if q.dtype == torch.float32 else "tf32", HAS_DECAY=decay, HAS_BIAS=bias is not None,
-                     LEN_ON_DEVICE=on_device, **(launch or LAUNCH))
+                     LEN_ON_DEVICE=on_device, **launch)
     if COMBINE == "torch":
         w = torch.exp2(lse - lse.amax(0))                               # (S, BH, n); an empty chunk weighs 0
         return ((o * w[..., None]).sum(0) / w.sum(0)[..., None]).view(B, H, n, D).to(q.dtype)
