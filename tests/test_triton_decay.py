@@ -412,5 +412,6 @@ def test_cuda_padded_attention_is_chosen_by_measurement(monkeypatch) -> None:
 
 def test_short_key_ranges_take_the_short_tile() -> None:
     """The bounded modes' ~34-frame calls take the tile measured fastest there; long ranges keep the long one."""
+    from engine.attention import triton_decay as td
     assert td.tile(34 * 256) == td.SHORT_TILE and td.tile(td.SHORT_KEYS) == td.SHORT_TILE
     assert td.tile(td.SHORT_KEYS + 1) == (td.BLOCK_M, td.BLOCK_N, td.LAUNCH)
