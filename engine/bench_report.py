@@ -294,8 +294,8 @@ def report_text(doc: dict[str, Any]) -> str:
     text += [f"note: {n}" for n in doc["trace"]["notes"]]
     if TWIN in doc["summary"]:
         p = (doc.get("config") or {}).get("twin_params")
-        text.append(f"note: {TWIN} is dense again with exact attention on other kernels ({json.dumps(p)}); its "
-                    "PSNR vs dense is how far two exact rollouts of this model drift apart by rounding alone")
+        text.append(f"note: {TWIN} is dense again, the same attention computed by other kernels ({json.dumps(p)}); "
+                    "its PSNR vs dense is how far two rollouts of this model that differ only in rounding drift apart")
     g = (doc.get("config") or {}).get("guidance") or 0
     if g:   # every mode ran two passes a denoising step: the speed columns are not plain sampling's
         text.append(f"note: memory guidance {g} against {doc['config'].get('guide_attention')} in every mode "

@@ -224,7 +224,7 @@ def test_dense_twin_row_only_when_asked(tmp_path: Path) -> None:
     assert doc["modes"]["dense_twin"]["params"]["bucket_kernel"] == "channel"
     assert doc["modes"]["dense_twin"]["series"]["psnr_vs_dense"] == [100.0] * 4
     assert doc["summary"]["dense_twin"]["ssim_vs_dense"] > 0.999
-    assert "note: dense_twin is dense again" in (out / "table.txt").read_text()
+    assert "note: dense_twin is dense again, the same attention" in (out / "table.txt").read_text()
     bad = _bench("frames=4", "modes=[window]", "checkpoint=tiny-random", "device=cpu", "progress=false",
                  "+twin_params.bucket_kernel=channel", f"out={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "twin_params is set but 'dense' is not among the modes" in bad.stderr
