@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-TWIN = "dense_twin"   # dense again on other exact kernels (BenchConfig.twin_params): the free-rollout floor
+TWIN = "dense_twin"   # dense again on other kernels (BenchConfig.twin_params): rollouts that differ only in rounding
 SUMMARY_FIELDS: tuple[str, ...] = (
     "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
     "ssim_vs_dense", "psnr_vs_dense_1step_db", "ssim_vs_dense_1step", "psnr_vs_truth_db", "revisit_psnr_db",

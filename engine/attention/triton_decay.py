@@ -155,6 +155,8 @@ SHORT_TILE = (64, 128, {"num_warps": 4, "num_stages": 2})   # block_m, block_n, 
 def tile(keys: int) -> tuple[int, int, dict[str, int]]:
     """(block_m, block_n, launch) for a call whose longest head reads `keys` keys."""
     return SHORT_TILE if keys <= SHORT_KEYS else (BLOCK_M, BLOCK_N, LAUNCH)
+
+
 WAVES = 2   # key chunks sized for about this many programs per SM (a head that reads more keys gets more chunks);
             # H100, run 12's horizons: 2 -> 0.18 / 0.26 / 0.42 / 0.74 ms at 300 / 600 / 1000 / 3000 frames,
             # 4 -> 0.30 / 0.28 / 0.43 / 0.73, 1 -> 0.20 / 0.34 / 0.56 / 1.25 (docs/results/decay_kernel_h100.json)

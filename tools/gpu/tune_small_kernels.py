@@ -144,7 +144,8 @@ def main() -> None:
     res = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
            "top1_default": triton_top1.LAUNCH,
            "combine_default": {"rows": td.COMBINE_ROWS, "unroll": td.COMBINE_UNROLL, "num_warps": td.COMBINE_WARPS},
-           "decay_default": {"block_m": td.BLOCK_M, "block_n": td.BLOCK_N, **td.LAUNCH, "splits": 0},
+           "decay_default": dict(zip(("block_m", "block_n"), td.tile(34 * 256)[:2])) | td.tile(34 * 256)[2]
+           | {"splits": 0},
            "top1": top1_rows(ms), "combine": combine_rows(ms), "decay": decay_rows(ms)}
     for name in ("top1", "combine", "decay"):
         ok = sorted((r for r in res[name] if r.get("us") is not None), key=lambda r: r["us"])
