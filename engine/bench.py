@@ -221,41 +221,35 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     labels = [f"frame {k}" + (f" ({tags[k]})" if k in tags else "") for k in keep]
     strips: dict[str, np.ndarray] = {"truth": truth[keep]} if truth is not None else {}
     boot = (lambda: _sim(cfg)) if cfg.bootstrap else None
-    twin = cfg.twin_params is not None and "dense" in modes
-    if cfg.twin_params is not None and not twin:
-        raise ValueError("twin_params is set but 'dense' is not among the modes: the twin is compared with dense")
-    total = T * (len(order) + (len(order) - 1 if dense_latents is not None else 0) + int(twin))
+    # (label, mode, params): every mode, and after dense its twin when asked for. The twin is the same mode,
+    # trace and noise with the same attention through other kernels: its frames differ from dense's only by
+    # rounding, so its drift from dense is what any mode that differs from dense at all should expect.
+    runs = [(name, name, modes[name]) for name in order]
+    if cfg.twin_params is not None:
+        if "dense" not in modes:
+            raise ValueError("twin_params is set but 'dense' is not among the modes: the twin is compared with dense")
+        runs.insert(1, (TWIN, "dense", _merge(modes["dense"], dict(cfg.twin_params))))
+    total = T * (len(runs) + (len(order) - 1 if dense_latents is not None else 0))
     bar = tqdm(total=total, desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
-    for name in order:
-        bar.set_description(name)
-        frames, series, info = rollout(name, modes[name], trace, source, device, cfg.steps, cfg.warmup,
-                                       cfg.sample_every, boot, dense_tokens, bar,
-                                       dense_latents if name == "dense" else None)
+    for label, name, params in runs:
+        ref = label == "dense"
+        bar.set_description(label)
+        frames, series, info = rollout(name, params, trace, source, device, cfg.steps, cfg.warmup,
+                                       cfg.sample_every, boot, dense_tokens if ref else {}, bar,
+                                       dense_latents if ref else None)
         followed = None
         if dense_latents and name != "dense":
-            bar.set_description(f"{name} on dense's history")
-            followed = follow(name, modes[name], trace, source, device, cfg.steps, boot, dense_latents, bar)
+            bar.set_description(f"{label} on dense's history")
+            followed = follow(name, params, trace, source, device, cfg.steps, boot, dense_latents, bar)
         series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads, followed))
-        if name == "dense":
+        if ref:
             dense_frames = frames
             series["psnr_vs_dense"] = series["ssim_vs_dense"] = [None] * T   # the reference itself
-        strips[name] = frames[[k - 1 for k in keep]]
+        strips[label] = frames[[k - 1 for k in keep]]
         series["final_stats"] = info.get("mode_stats")
         series["checkpoint_sha256"] = info.get("checkpoint_sha256")
-        results[name] = {"params": modes[name], "series": series}
+        results[label] = {"params": params, "series": series}
         del frames
-        if name == "dense" and twin:
-            # Same mode, trace and noise, the same attention through other kernels: the frames differ only by
-            # rounding, so its drift from dense is what any mode that differs from dense at all should expect.
-            bar.set_description("dense_twin")
-            params = _merge(modes["dense"], dict(cfg.twin_params or {}))
-            frames, series, info = rollout("dense", params, trace, source, device, cfg.steps, cfg.warmup,
-                                           cfg.sample_every, boot, {}, bar)
-            series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads))
-            strips[TWIN] = frames[[k - 1 for k in keep]]
-            series["final_stats"], series["checkpoint_sha256"] = info.get("mode_stats"), info.get("checkpoint_sha256")
-            results[TWIN] = {"params": params, "series": series}
-            del frames
     bar.close()
 
     summary = {n: report.summarise(results[n]["series"], early, late, cfg.fps_window) for n in results}

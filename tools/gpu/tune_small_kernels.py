@@ -30,7 +30,7 @@ from engine.attention import triton_top1
 
 def graph_timer(reps: int = 20):  # type: ignore[no-untyped-def]
     """ms per call of fn, from `reps` calls captured in one CUDA graph (the median of 10 timed replays)."""
-    def ms(fn, warm: int = 2, _unused: int = 0) -> float:  # type: ignore[no-untyped-def]
+    def ms(fn, warm: int = 2) -> float:  # type: ignore[no-untyped-def]
         s = torch.cuda.Stream()
         s.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(s):
@@ -69,7 +69,7 @@ def top1_rows(ms) -> list[dict]:  # type: ignore[no-untyped-def]
         launch = {"block_n": bn, "block_s": bs, "keys_per_program": per, "num_warps": w, "num_stages": st}
         try:
             got = triton_top1.top1(x, y, heads, launch)
-            us = 1e3 * ms(lambda: triton_top1.top1(x, y, heads, launch), 5, 50)
+            us = 1e3 * ms(lambda: triton_top1.top1(x, y, heads, launch))
         except Exception as e:   # a tile that does not fit (shared memory): recorded, not fatal
             rows.append({**launch, "us": None, "error": type(e).__name__})
             continue
@@ -97,7 +97,7 @@ def combine_rows(ms) -> list[dict]:  # type: ignore[no-untyped-def]
         for r, u, w in itertools.product((4, 8, 16, 32), (1, 2, 4, 8), (1, 2, 4)):
             td.COMBINE_ROWS, td.COMBINE_UNROLL, td.COMBINE_WARPS = r, u, w
             got = call()
-            us = 1e3 * ms(call, 5, 50)
+            us = 1e3 * ms(call)
             rows.append({"rows": r, "unroll": u, "num_warps": w, "us": us,
                          "max_diff": float((got.float() - ref.float()).abs().max())})
     finally:
