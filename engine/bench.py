@@ -94,6 +94,8 @@ class BenchConfig:
     noise_scale: float = 1.0       # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
     guidance: float = 0.0          # memory guidance weight for every mode (Sampler; 0: off), against guide_attention
     guide_attention: str = "window"
+    memory: dict[str, Any] | None = None   # spatial memory for every mode (engine/memory.py; None: off, so that
+                                   # revisit measures the attention's own memory)
     compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
     fused_writes: bool | None = None   # the cache's scratch writes as one triton kernel (engine/cache_kernels.py;
                                        # None: on CUDA with triton)
@@ -210,6 +212,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     source["noise_scale"] = cfg.noise_scale
     if cfg.guidance:
         source.update(guidance=cfg.guidance, guide_attention=cfg.guide_attention)
+    if cfg.memory:
+        source["memory"] = cfg.memory
 
     results: dict[str, dict[str, Any]] = {}
     dense_frames: np.ndarray | None = None

@@ -57,6 +57,7 @@ class EvalConfig:
     noise_scale: float = 1.0          # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
     guidance: float = 0.0             # memory guidance weight (Sampler; 0: off) against guide_attention
     guide_attention: str = "window"
+    memory: dict[str, Any] | None = None   # spatial memory (engine/memory.py), e.g. {enabled: true}; None: off
     out: str = "docs/results/world_model.json"
     episodes: int = 4
     context: int = 16
@@ -222,7 +223,7 @@ def controllability_pass(ctrl: dict[str, dict[str, Any]]) -> bool:
 def _sampling(cfg: EvalConfig) -> dict[str, Any]:
     """The sampler settings every env of the evaluation shares."""
     return {"steps": cfg.steps, "noise_scale": cfg.noise_scale, "guidance": cfg.guidance,
-            "guide_attention": cfg.guide_attention}
+            "guide_attention": cfg.guide_attention, "memory": cfg.memory}
 
 
 def _env(cfg: EvalConfig, attention: Any = "dense") -> NeuralEnv:

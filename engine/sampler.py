@@ -211,8 +211,12 @@ class Sampler:
             self.guide.commit(latent, action, f.guide)
 
     @torch.no_grad()
-    def sample(self, action: torch.Tensor, f: FrameInputs | None = None) -> torch.Tensor:
-        """Denoise the next frame's latent for `action` (B, A) without committing it (B, C, h, w)."""
+    def sample(self, action: torch.Tensor, f: FrameInputs | None = None, anchor: torch.Tensor | None = None,
+               anchor_step: int = 0) -> torch.Tensor:
+        """Denoise the next frame's latent for `action` (B, A) without committing it (B, C, h, w).
+        anchor (B, C, h, w): a stored latent to start from (engine/memory.py): the frame starts at step
+        `anchor_step` of the schedule from (1 - s) anchor + s noise, s = sigmas[anchor_step], the noise being
+        the frame's usual draw (so the generator advances as it always does)."""
         f = self.frame_inputs(action) if f is None else f
         x = torch.randn((self.batch, self.C, self.size, self.size), generator=self.gen,
                         device=self.device).to(self.xdtype)
@@ -224,7 +228,13 @@ class Sampler:
                 self._last_noise = x.clone()
         if self.noise_scale != 1.0:
             x.mul_(self.noise_scale)                          # x is this frame's own draw: scaled in place
-        for i in range(self.steps):
+        first = 0
+        if anchor is not None:
+            if not 0 < anchor_step < self.steps:
+                raise ValueError(f"anchor_step must be in 1..{self.steps - 1} (a step of the schedule), got {anchor_step}")
+            first, s = anchor_step, self.sigmas[anchor_step].to(self.xdtype)
+            x = torch.lerp(anchor.to(self.xdtype), x, s)      # (1 - s) anchor + s noise
+        for i in range(first, self.steps):
             v = self._pass(x, i, f, commit=False)
             if self.guide is not None:   # v + G (v - v_guide), out of place: v may be a graph's static output
                 assert f.guide is not None
@@ -233,16 +243,17 @@ class Sampler:
         return x
 
     @torch.no_grad()
-    def step(self, action: torch.Tensor,
-             before_commit: Callable[[torch.Tensor], None] | None = None) -> torch.Tensor:
+    def step(self, action: torch.Tensor, before_commit: Callable[[torch.Tensor], None] | None = None,
+             anchor: torch.Tensor | None = None, anchor_step: int = 0) -> torch.Tensor:
         """Generate the next frame's latent for `action` (B, A), commit it, return it (B, C, h, w).
         before_commit(latent): work the caller queues between the last denoising pass and the commit pass.
         Why: the commit pass only fills the cache for the next frame, so NeuralEnv queues the decode and the
         frame's copy to the host there and hands the frame out while the GPU still runs the commit; the host
         then prepares the next frame during it instead of the GPU waiting on the host (docs/BENCHMARKS.md).
-        (Teacher forcing calls sample() and then commit() with the true frame instead.)"""
+        (Teacher forcing calls sample() and then commit() with the true frame instead.)
+        anchor, anchor_step: sample()'s, the spatial memory's start (engine/memory.py)."""
         f = self.frame_inputs(action)
-        x = self.sample(action, f)
+        x = self.sample(action, f, anchor, anchor_step)
         if before_commit is not None:
             before_commit(x)
         self.commit(x, action, f)

@@ -21,6 +21,7 @@ from engine.attention import kernels
 from engine.checkpoint import BUNDLED, load_model
 from engine.env import ACTION_DIM, Env, EnvSpec, Frame, validate_action
 from engine.graphs import GraphedDecode
+from engine.memory import MemoryConfig, SpatialMemory
 from engine.sampler import Sampler
 
 
@@ -73,7 +74,8 @@ class NeuralEnv:
                  bf16: bool | None = None, model: Any = None, max_frames: int | None = None,
                  cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
                  noise_corr: float = 0.0, guidance: float = 0.0,
-                 guide_attention: str | dict[str, Any] = "window", fused_writes: bool | None = None) -> None:
+                 guide_attention: str | dict[str, Any] = "window", fused_writes: bool | None = None,
+                 memory: MemoryConfig | dict[str, Any] | bool | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -88,7 +90,9 @@ class NeuralEnv:
         conf/attention when only a name is given). The guide keeps its mode when set_attention switches this
         env's.
         fused_writes: the cache's per-call scratch writes as one triton kernel (Sampler; CUDA with triton;
-        None: on where it can run, and a CUDA run without triton says that it is off). info() says which."""
+        None: on where it can run, and a CUDA run without triton says that it is off). info() says which.
+        memory: the spatial memory (engine/memory.py: a frame at a pose seen before starts from that frame's
+        latent; a MemoryConfig, its fields as a dict, or True for the defaults; None/False: off)."""
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -134,6 +138,11 @@ class NeuralEnv:
                                graphs="cuda" if graphs else "off", compile=compile, noise_scale=noise_scale,
                                noise_corr=noise_corr, guidance=guidance, guide=guide, fused_writes=fused_writes)
         lat = (1, cfg.ae.latent_ch, cfg.ae.latent_size, cfg.ae.latent_size)
+        self.memory_cfg = MemoryConfig.build(memory)
+        if self.memory_cfg.enabled and not 0 < self.memory_cfg.step < steps:
+            raise ValueError(f"engine.memory.step must be in 1..{steps - 1} (a step of the {steps}-step schedule), "
+                             f"got {self.memory_cfg.step}")
+        self.memory = SpatialMemory(self.memory_cfg, cfg.world, lat[1:], self.device, self.sampler.dtype)
         self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
                         else model.decode)
         self.mode_name = name
@@ -173,6 +182,7 @@ class NeuralEnv:
         # None: the vocabulary's defaults (the first word of each category, as the maze's default prompt)
         self.prompt = self.model.prompt.canonical(prompt or "")   # ValueError listing the vocabulary if bad
         self.sampler.reset(seed, self.prompt)
+        self.memory.reset()
         if self.bootstrap is not None:
             first = np.asarray(self.bootstrap.reset(seed, self.prompt), dtype=np.uint8)
             self.prime([first], [np.zeros(ACTION_DIM, np.float32)])
@@ -196,6 +206,7 @@ class NeuralEnv:
                 "noise_scale": self.sampler.noise_scale, "noise_corr": self.sampler.noise_corr,
                 "guidance": self.sampler.guidance, "fused_writes": self.sampler.cache.fused_writes,
                 "guide_attention": None if self.sampler.guide is None else self.sampler.guide.mode.name,
+                "memory": self.memory.stats() if self.memory_cfg.enabled else None,
                 "device": str(self.device), "checkpoint_sha256": self.checkpoint_sha256}
 
     # ---- beyond the protocol: evaluation helpers ----------------------------------------------------------
@@ -205,7 +216,9 @@ class NeuralEnv:
         Used by reset(bootstrap) and by the evaluation (16 true frames, then a rollout)."""
         for f, a in zip(frames, actions, strict=True):
             z = self.model.encode(torch.as_tensor(np.asarray(f, np.uint8)[None], device=self.device))
-            self.sampler.commit(z, torch.as_tensor(np.asarray(a, np.float32)[None]).to(self.device))
+            a = np.asarray(a, np.float32)
+            self.memory.commit(a, z, self.sampler.frame)
+            self.sampler.commit(z, torch.as_tensor(a[None]).to(self.device))
 
     @torch.no_grad()
     def follow(self, action: Any, latent: torch.Tensor) -> Frame:
@@ -213,10 +226,12 @@ class NeuralEnv:
         `last_latent` for the same frame) in its place: this env's history stays the other rollout's, so each
         frame differs from that rollout's only by what one step of this env's attention does (engine.bench's
         one-step fidelity against dense). Draws the same noise as step()."""
-        a = torch.as_tensor(validate_action(action)[None]).to(self.device)
+        host = validate_action(action)
+        a = torch.as_tensor(host[None]).to(self.device)
         f = self.sampler.frame_inputs(a)                     # once for both, as Sampler.step does
-        z = self.sampler.sample(a, f)
+        z = self.sampler.sample(a, f, *self._anchor(host))
         frame = self._decode(z)[0].cpu().numpy()
+        self.memory.commit(host, latent.to(self.device), self.sampler.frame)
         self.sampler.commit(latent.to(self.device), a, f)
         return frame
 
@@ -224,8 +239,13 @@ class NeuralEnv:
     def predict(self, action: Any) -> Frame:
         """The frame step(action) would return, without committing it: follow with prime([true frame],
         [action]) for teacher-forced evaluation."""
-        z = self.sampler.sample(torch.as_tensor(validate_action(action)[None]).to(self.device))
+        host = validate_action(action)
+        z = self.sampler.sample(torch.as_tensor(host[None]).to(self.device), None, *self._anchor(host))
         return self._decode(z)[0].cpu().numpy()
+
+    def _anchor(self, action: np.ndarray) -> tuple[torch.Tensor | None, int]:
+        """The spatial memory's start for the next frame (Sampler.sample's anchor, anchor_step)."""
+        return self.memory.anchor(action, self.sampler.frame), self.memory_cfg.step
 
     def _generate(self, action: np.ndarray) -> Frame:
         t0 = time.perf_counter()
@@ -238,7 +258,8 @@ class NeuralEnv:
             a = a.to(self.device)
         # the decode and the frame's copy to the host are queued before the commit pass (Sampler.step), so the
         # frame is handed out while the GPU still commits it and the next step's host work overlaps that pass
-        z = self.sampler.step(a, before_commit=lambda x: self._queue_frame(self._decode(x)[0]))
+        z = self.sampler.step(a, lambda x: self._queue_frame(self._decode(x)[0]), *self._anchor(action))
+        self.memory.commit(action, z, self.sampler.frame - 1)
         self.last_latent = z                                  # (1, C, h, w) what was committed (follow())
         frame = self._queued_frame()                          # the one host sync: the frame has left the device
         self._last_ms = (time.perf_counter() - t0) * 1e3

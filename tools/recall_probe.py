@@ -150,6 +150,8 @@ def main() -> None:
                    "noise (Sampler.noise_corr; each draw stays a standard normal): less redrawn detail per frame?")
     p.add_argument("--guidance", type=float, default=0.0, help="memory guidance weight G (module docstring)")
     p.add_argument("--guide-mode", default="window", help="the no-memory condition of --guidance")
+    p.add_argument("--memory", default=None, help='spatial memory (engine/memory.py) as JSON, e.g. '
+                   '\'{"enabled": true, "step": 3}\'; default off')
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -161,7 +163,8 @@ def main() -> None:
     over = json.loads(a.params)
     attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
     env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale,
-                    noise_corr=a.noise_corr, guidance=a.guidance, guide_attention=a.guide_mode)
+                    noise_corr=a.noise_corr, guidance=a.guidance, guide_attention=a.guide_mode,
+                    memory=json.loads(a.memory) if a.memory else None)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
@@ -188,7 +191,7 @@ def main() -> None:
            "revisit_psnr_curve": [round(min(psnr(b, a), 100.0), 2) for a, b in zip(gen[:half], gen[half:])],
            "first_turn_motion": _motion(gen[:half]),
            "true_turn_motion": _motion(true_turn),   # what a turn moves in the truth: a frozen turn scores high
-           "seconds": round(time.perf_counter() - t0, 1)}
+           "memory": env.info()["memory"], "seconds": round(time.perf_counter() - t0, 1)}
     mode = env.sampler.mode
     if isinstance(mode, RecallAttention):
         res["recent"], res["block"], res["oracle"], res["boost"] = a.recent, a.block, a.oracle, a.boost

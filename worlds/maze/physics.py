@@ -80,22 +80,35 @@ def _move_axis(walls: np.ndarray, a: float, b: float, da: float, r: float, x_axi
     return na
 
 
-def step_pose(walls: np.ndarray, pose: Pose, action: np.ndarray) -> Pose:
-    """Apply one validated action (engine.env layout) to `pose`; returns the new (x, y, yaw_deg)."""
+def controls(pose: Pose, action: np.ndarray) -> tuple[float, float, float]:
+    """What one validated action (engine.env layout) asks of `pose`: (new yaw_deg, dx, dy) before walls."""
     x, y, yaw = pose
-    a = [float(v) for v in action]
-    fwd, back, sl, sr, tl, tr, run, mdx = a
+    fwd, back, sl, sr, tl, tr, run, mdx = (float(v) for v in action)
     yaw = wrap_yaw(yaw + TURN_DEG * (tr - tl) + MOUSE_DEG * mdx)
     mult = RUN_FACTOR if run > 0.5 else 1.0
     f = WALK * mult * (fwd - back)
     s = STRAFE * mult * (sr - sl)
     if f == 0.0 and s == 0.0:
-        return x, y, yaw
+        return yaw, 0.0, 0.0
     rad = math.radians(yaw)
     c, sn = math.cos(rad), math.sin(rad)
     # forward = (cos, sin); right = (-sin, cos) in this y-down frame (yaw grows clockwise seen from above)
-    dx = c * f - sn * s
-    dy = sn * f + c * s
+    return yaw, c * f - sn * s, sn * f + c * s
+
+
+def step_pose(walls: np.ndarray, pose: Pose, action: np.ndarray) -> Pose:
+    """Apply one validated action (engine.env layout) to `pose`; returns the new (x, y, yaw_deg)."""
+    x, y, _ = pose
+    yaw, dx, dy = controls(pose, action)
+    if dx == 0.0 and dy == 0.0:
+        return x, y, yaw
     x = _move_axis(walls, x, y, dx, RADIUS, x_axis=True)
     y = _move_axis(walls, y, x, dy, RADIUS, x_axis=False)
     return x, y, yaw
+
+
+def dead_reckon(pose: Pose, action: np.ndarray) -> Pose:
+    """The pose the controls alone give, as if there were no walls: what an engine that sees only the actions
+    can know of where the player is (engine/memory.py). Exact for turns; a step into a wall overshoots."""
+    yaw, dx, dy = controls(pose, action)
+    return pose[0] + dx, pose[1] + dy, yaw
