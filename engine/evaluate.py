@@ -129,6 +129,7 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
     chunks: list[dict[str, Any]] = []
     g_acc, t_acc, g_mov, t_mov, g_row, t_row = [], [], [], [], [], []
     g_prev = t_prev = e.frames[0].astype(np.float64)
+    anchored = 0    # spatial memory (engine/memory.py): frames of the chunk that started from a stored latent
     for i in range(1, cfg.stability_frames + 1):
         e.extend(i + 1)
         g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
@@ -151,6 +152,10 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
                            "gen_motion": round(gm, 2), "true_motion": round(tm, 2), "layout_corr": round(lc, 3),
                            "collapsed": bool(gs.mean() < cfg.collapse_std * ts.mean() or gm < cfg.collapse_motion * tm
                                              or lc < cfg.collapse_layout)})
+            mem = env.info()["memory"]
+            if mem is not None:
+                chunks[-1]["memory_anchored"] = mem["anchored"] - anchored
+                anchored = mem["anchored"]
             if on_chunk is not None:
                 on_chunk(chunks[-1])
             g_acc, t_acc, g_mov, t_mov, g_row, t_row = [], [], [], [], [], []

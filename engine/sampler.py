@@ -126,6 +126,9 @@ class Sampler:
         self.prompt: tuple[torch.Tensor, torch.Tensor] | None = None
         self.ctx: PromptContext | None = None
         self.sig_emb: torch.Tensor | None = None    # (steps + 1, D): the schedule's levels, then context_sigma
+        # state kept beside this sampler's cache that must start over with it (NeuralEnv's spatial memory):
+        # every caller that resets the sampler (the evaluation resets it directly) resets these too
+        self.on_reset: list[Callable[[], None]] = []
 
     def _capacity(self, mode: AttentionMode) -> int:
         return mode.capacity_tokens(self.N) or (self.max_frames or INITIAL_FRAMES) * self.N
@@ -157,6 +160,8 @@ class Sampler:
         self.frame = 0
         self.heading.zero_()
         self._last_noise = None
+        for fn in self.on_reset:
+            fn()
 
     def set_mode(self, mode: AttentionMode) -> None:
         """Switch attention mode mid-episode: the new mode brings the cache to its own rules."""

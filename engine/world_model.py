@@ -143,6 +143,7 @@ class NeuralEnv:
             raise ValueError(f"engine.memory.step must be in 1..{steps - 1} (a step of the {steps}-step schedule), "
                              f"got {self.memory_cfg.step}")
         self.memory = SpatialMemory(self.memory_cfg, cfg.world, lat[1:], self.device, self.sampler.dtype)
+        self.sampler.on_reset.append(self.memory.reset)   # a new episode, however it starts, forgets the last
         self._decode = (GraphedDecode(model.decode, lat, self.device, capture=True, compile=compile) if graphs
                         else model.decode)
         self.mode_name = name
@@ -182,7 +183,6 @@ class NeuralEnv:
         # None: the vocabulary's defaults (the first word of each category, as the maze's default prompt)
         self.prompt = self.model.prompt.canonical(prompt or "")   # ValueError listing the vocabulary if bad
         self.sampler.reset(seed, self.prompt)
-        self.memory.reset()
         if self.bootstrap is not None:
             first = np.asarray(self.bootstrap.reset(seed, self.prompt), dtype=np.uint8)
             self.prime([first], [np.zeros(ACTION_DIM, np.float32)])

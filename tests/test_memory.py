@@ -125,3 +125,14 @@ def test_anchored_sample_starts_from_the_stored_latent() -> None:
     torch.testing.assert_close(got, x, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="anchor_step must be in 1..3"):
         s.sample(a, None, z0, 4)
+
+
+def test_any_sampler_reset_empties_the_memory() -> None:
+    """The evaluation resets env.sampler directly between rollouts: the memory must not carry one episode's
+    latents into the next (it would anchor a new rollout to another rollout's frames)."""
+    env = NeuralEnv(model=random_model(torch.float32), device="cpu", attention="dense", steps=4, memory=True)
+    env.reset(0, "")
+    env.step(TURN)
+    assert env.info()["memory"]["held"] == 2
+    env.sampler.reset(1, "")
+    assert env.info()["memory"] == {"held": 0, "anchored": 0}
