@@ -32,7 +32,7 @@ exit codes: 0 ok, 1 regression or failed recording, 2 bad input, 130 interrupted
 @dataclass
 class PlayConfig:
     """The root options of conf/config.yaml (the groups world/engine/attention/controls are typed apart)."""
-    config_version: int = 1
+    config_version: int = 2
     seed: int = 0
     prompt: Optional[str] = None
     device: str = "auto"

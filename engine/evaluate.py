@@ -35,7 +35,7 @@ import copy
 import json
 import subprocess
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -57,7 +57,9 @@ class EvalConfig:
     noise_scale: float = 1.0          # each frame's initial noise scale (Sampler.noise_scale; 1: as trained)
     guidance: float = 0.0             # memory guidance weight (Sampler; 0: off) against guide_attention
     guide_attention: str = "window"
-    memory: dict[str, Any] | None = None   # spatial memory (engine/memory.py), e.g. {enabled: true}; None: off
+    # spatial memory (engine/memory.py), on as play has it (conf/engine/model.yaml); memory.enabled=false
+    # measures the network alone
+    memory: dict[str, Any] | None = field(default_factory=lambda: {"enabled": True})
     out: str = "docs/results/world_model.json"
     episodes: int = 4
     context: int = 16

@@ -80,9 +80,10 @@ class SpatialMemory:
                  device: torch.device, dtype: torch.dtype) -> None:
         self.cfg = cfg
         self.reckon = world_dead_reckon(world)
-        self.latents = torch.zeros((cfg.capacity, *latent_shape), dtype=dtype, device=device)   # (S, C, h, w)
-        self.poses = np.zeros((cfg.capacity, 3), np.float64)     # (S, 3) x, y, yaw_deg
-        self.frames = np.full(cfg.capacity, -1, np.int64)        # (S,) frame index held, -1 empty
+        slots = cfg.capacity if cfg.enabled else 0               # off: no store (16 MiB at the defaults in bf16)
+        self.latents = torch.zeros((slots, *latent_shape), dtype=dtype, device=device)   # (S, C, h, w)
+        self.poses = np.zeros((slots, 3), np.float64)            # (S, 3) x, y, yaw_deg
+        self.frames = np.full(slots, -1, np.int64)               # (S,) frame index held, -1 empty
         self.pose: Pose = (0.0, 0.0, 0.0)
         self.hits = 0                                            # frames anchored since reset
 

@@ -136,3 +136,9 @@ def test_any_sampler_reset_empties_the_memory() -> None:
     assert env.info()["memory"]["held"] == 2
     env.sampler.reset(1, "")
     assert env.info()["memory"] == {"held": 0, "anchored": 0}
+
+
+def test_memory_off_holds_no_store() -> None:
+    """Off (the benchmark's default) it allocates nothing: the attention modes' memory figures are theirs."""
+    mem = SpatialMemory(MemoryConfig(capacity=2048), "maze", LATENT, torch.device("cpu"), torch.float32)
+    assert mem.latents.numel() == 0

@@ -26,7 +26,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_headless_play_writes_a_session(session: Path) -> None:
     ep = EpisodeReader(session)
     assert len(ep) == 24 and not ep.truncated
-    assert ep.meta["world"] == "maze" and ep.meta["seed"] == 3 and ep.meta["config_version"] == 1
+    assert ep.meta["world"] == "maze" and ep.meta["seed"] == 3 and ep.meta["config_version"] == 2
     assert ep.meta["config"]["engine"]["name"] == "sim" and ep.meta["engine_version"]
     assert ep.meta["device"] == "cpu" and ep.meta["attention"] is None
     assert "checkpoint_sha256" in ep.meta
