@@ -300,6 +300,10 @@ def report_text(doc: dict[str, Any]) -> str:
     if g:   # every mode ran two passes a denoising step: the speed columns are not plain sampling's
         text.append(f"note: memory guidance {g} against {doc['config'].get('guide_attention')} in every mode "
                     f"(each denoising step also ran the guide's pass)")
+    mem = (doc.get("config") or {}).get("memory") or {}
+    if mem.get("enabled"):   # the engine's pose memory works alike in every mode (engine/memory.py)
+        text.append(f"note: spatial memory on in every mode ({json.dumps(mem)}): the revisit column and the "
+                    "revisit bars measure it, not what each mode's cache keeps")
     return "\n".join(text) + "\n"
 
 

@@ -90,6 +90,8 @@ def test_report_keeps_a_commit_label_and_names_a_bad_file(tmp_path: Path) -> Non
     assert "memory guidance" not in report_text(doc)
     guided = report_text({**doc, "config": {"guidance": 3.0, "guide_attention": "window"}})
     assert "note: memory guidance 3.0 against window in every mode" in guided
+    assert "spatial memory" not in report_text({**doc, "config": {"memory": None}})
+    assert "note: spatial memory on in every mode" in report_text({**doc, "config": {"memory": {"enabled": True}}})
     bad = tmp_path / "bench.json"
     bad.write_text("{not json")
     with pytest.raises(SystemExit, match="bench.json: not a bench.json"):
