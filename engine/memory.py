@@ -9,8 +9,9 @@ be generated lands (within a tolerance) on a pose it holds from at least `min_ga
 starts that frame at noise level sigma_k of its schedule from (1 - sigma_k) x stored latent + sigma_k x noise
 instead of from pure noise (the noise is the frame's usual draw, so the rollout stays repeatable) and runs the
 remaining steps. The network still draws the frame from its context and action; the memory only fixes its
-starting point, the way SDEdit edits an image from a noised guide. Measured on the revisit test (CPU, run 16):
-18.2 dB without it, 23.0 starting at sigma 0.75, 27.4 at sigma 0.5 (docs/MODEL.md, "Spatial memory").
+starting point, the way SDEdit edits an image from a noised guide. Measured on the revisit test with run 17:
+17.9 dB without it (H100), 19.4 starting at sigma 0.9, 22.8 at 0.75, 27.2 at 0.5 (CPU; 27.4 on the H100;
+docs/MODEL.md, "Spatial memory").
 
 What it is not: the attention's memory. It works the same under every attention mode and is reported beside,
 never inside, the attention comparisons (engine.bench runs with it off unless told).
@@ -131,4 +132,3 @@ class SpatialMemory:
 
     def stats(self) -> dict[str, float | int]:
         return {"held": int((self.frames >= 0).sum()), "anchored": self.hits}
-
