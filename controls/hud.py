@@ -9,6 +9,7 @@ the env reports in info(); the keys it understands are:
     density, recall           sparse-attention measurements  (neural model, when measured; top level or
                               inside info["mode_stats"])
     merged_share, overflow    TempCache: share of groups holding more than one key, and its capacity policy
+    memory                    the spatial memory: places held, frames started from one (neural model, when on)
     cuda_graphs, compiled,    whether the CUDA-graph path runs (and its pieces are compiled), the dense
     kernel                    kernel last used (neural model)
 
@@ -99,6 +100,10 @@ class Hud:
         if isinstance(stats.get("merged_share"), (int, float)):   # TempCache: ~0% = acting as a window
             out.append((f"TempCache groups holding > 1 key {100 * stats['merged_share']:.1f}%"
                         f"   overflow {stats.get('overflow', '-')}", white))
+        if isinstance(info.get("memory"), dict):   # the spatial memory (engine/memory.py), when on
+            m = info["memory"]
+            out.append((f"spatial memory: {m.get('held', '-')} places held, {m.get('anchored', '-')} frames anchored",
+                        white))
         if "pose" in info:
             out.append(("pose " + " ".join(_fmt(v, 2) for v in info["pose"]), white))
         if s.prompt:

@@ -174,3 +174,7 @@ def test_hud_shows_what_tempcache_merged() -> None:
     assert "TempCache groups holding > 1 key 0.5%   overflow evict" in lines
     plain = [t for t, _ in hud.lines(HudState(attention="window", attention_modes=["window"], info={}))]
     assert not any("TempCache" in t for t in plain)
+    mem = {"memory": {"held": 60, "anchored": 7}}
+    assert "spatial memory: 60 places held, 7 frames anchored" in [
+        t for t, _ in hud.lines(HudState(attention="window", attention_modes=["window"], info=mem))]
+    assert not any("spatial memory" in t for t in plain)
