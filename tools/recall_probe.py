@@ -23,6 +23,11 @@ condition: it amplifies whatever the older frames pull the frame toward. Both ca
 G = 0 is plain `--mode`.
 
     python tools/recall_probe.py --checkpoint runs/base12/export --mode dense --guidance 1 --device cpu
+
+Spatial memory (`--memory JSON`, session 19; engine/memory.py): a frame at a dead-reckoned pose seen before
+starts its denoising from that frame's latent; `"step"` picks the start level (docs/MODEL.md, "Spatial memory").
+
+    python tools/recall_probe.py --mode dense --device cpu --memory '{"enabled": true, "step": 3}'
 """
 from __future__ import annotations
 
