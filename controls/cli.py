@@ -36,6 +36,7 @@ class PlayConfig:
     seed: int = 0
     prompt: Optional[str] = None
     device: str = "auto"
+    cpu_window: Optional[int] = 12
     headless: bool = False
     autopilot: bool = False
     frames: Optional[int] = None

@@ -23,7 +23,9 @@ from engine.env import Action
 from engine.episode import EpisodeError, EpisodeReader, iter_episodes
 from engine.factory import FactoryError, build_env
 
-RECORDED_GROUPS = ("world", "engine", "attention")
+# what a replay takes from the recording unless the command line names it: the groups that build the env, and
+# cpu_window (on a CPU it sets the window the model starts with: engine/factory.py)
+RECORDED_GROUPS = ("world", "engine", "attention", "cpu_window")
 
 
 class TraceSource:

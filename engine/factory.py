@@ -67,6 +67,25 @@ def _instantiate(node: DictConfig, field: str) -> Env:
     return env
 
 
+def _cpu_window(cfg: DictConfig, node: DictConfig) -> None:
+    """On a CPU the window mode the model starts in holds `cpu_window` frames (conf/config.yaml): attention is
+    ~80% of a CPU frame and grows with the window, and 12 frames make >= 1 frame a second on 2 cores where 32
+    make 0.7 (docs/MODEL.md). Said aloud, since it changes what the model sees; cpu_window=null keeps
+    attention.params.window."""
+    w = cfg.get("cpu_window")
+    att = node.get("attention")
+    if w is None or cfg.device != "cpu" or not isinstance(att, DictConfig) or att.get("name") != "window":
+        return
+    if not isinstance(w, int) or isinstance(w, bool) or w < 1:
+        raise FactoryError(f"config field 'cpu_window' is {w!r}; expected a number of frames >= 1, or null")
+    params = att.get("params") or OmegaConf.create({})
+    if params.get("window") != w:
+        print(f"CPU: the window mode holds {w} frames (cpu_window; attention.params.window={params.get('window')} "
+              f"on a GPU), for >= 1 frame a second on 2 cores; cpu_window=null keeps the GPU's window", flush=True)
+        params.window = w
+        att.params = params
+
+
 def build_env(cfg: DictConfig) -> Env:
     """Return the env the config asks for (`cfg.engine.name` is "sim" or "model")."""
     engine = str(OmegaConf.select(cfg, "engine.name", default="sim"))
@@ -80,6 +99,7 @@ def build_env(cfg: DictConfig) -> Env:
         # Resolve against the root first (${device}, ${attention}...), then drop the group's own `name`.
         node = OmegaConf.create(OmegaConf.to_container(cfg.engine, resolve=True))
         node.pop("name", None)
+        _cpu_window(cfg, node)
         try:
             _check_target(node, "engine")
         except FactoryError as e:

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from engine.evaluate import EvalConfig, _stability
-from engine.world_model import NeuralEnv
+from engine.world_model import NeuralEnv, _default_params, merge_params
 
 
 def main() -> None:
@@ -35,6 +35,10 @@ def main() -> None:
                    "sampling temperature, Sampler.noise_scale): does a steadier sampler still move over 3000 frames?")
     p.add_argument("--noise-corr", type=float, default=0.0, help="correlation of consecutive frames' initial "
                    "noise (Sampler.noise_corr; each draw stays a standard normal): less redrawn detail per frame?")
+    p.add_argument("--params", default="{}", help='JSON merged into conf/attention/<mode>.yaml params, e.g. '
+                   '\'{"window": 12}\' (a shorter window: faster on a CPU; does the rollout still hold?)')
+    p.add_argument("--memory", default=None, help='spatial memory (engine/memory.py) as JSON, e.g. \'{"enabled": '
+                   'true}\'; default off')
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
     a = p.parse_args()
@@ -42,15 +46,18 @@ def main() -> None:
         p.error(f"--frames must be >= 1, got {a.frames}")
     if not a.noise_scale >= 0:
         p.error(f"--noise-scale must be >= 0, got {a.noise_scale}")
-    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=a.mode, noise_scale=a.noise_scale,
-                    noise_corr=a.noise_corr)
+    over = json.loads(a.params)
+    attention: str | dict = {"name": a.mode, **merge_params(_default_params(a.mode), over)} if over else a.mode
+    env = NeuralEnv(checkpoint=a.checkpoint, device=a.device, attention=attention, noise_scale=a.noise_scale,
+                    noise_corr=a.noise_corr, memory=json.loads(a.memory) if a.memory else None)
     if a.decay is not None:
         try:
             env.set_decay(a.decay)
         except ValueError as e:
             p.error(f"--{e}")
     cfg = EvalConfig(checkpoint=a.checkpoint, device=a.device, stability_frames=a.frames, noise_scale=a.noise_scale)
-    res: dict[str, Any] = {"checkpoint": env.checkpoint_sha256, "mode": a.mode, "decay": a.decay,
+    res: dict[str, Any] = {"checkpoint": env.checkpoint_sha256, "mode": a.mode, "params": over,
+                           "memory": env.memory_cfg.__dict__ if env.memory_cfg.enabled else None, "decay": a.decay,
                            "noise_scale": a.noise_scale, "noise_corr": a.noise_corr,
                            "frames": a.frames, "device": str(env.device), "chunks": [], "first_collapse": None}
     t0 = time.perf_counter()
