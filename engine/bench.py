@@ -80,6 +80,8 @@ class BarsConfig:
     revisit_db: float = 1.0
     window_margin_db: float = 0.5
     time_ratio: float = 1.5
+    revisit_se: float = 2.0        # "measurably worse" / "beats" on revisit: the paired difference over the revisit
+                                   # pairs also exceeds this many standard errors (not noise)
 
 
 @dataclass
@@ -272,7 +274,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         "summary": summary,
         "modes": results,
     }
-    doc["bars"] = report.bars(summary, early, late, cfg.bars)
+    doc["bars"] = report.bars(summary, early, late, cfg.bars,
+                              {n: results[n]["series"].get("revisit_psnr") or [] for n in results})
     report.write(out, doc, strips, labels, cfg.plots)
     if cfg.results_json:
         report.results_json(Path(cfg.results_json), doc)

@@ -230,3 +230,28 @@ def test_dense_twin_row_only_when_asked(tmp_path: Path) -> None:
     bad = _bench("frames=4", "modes=[window]", "checkpoint=tiny-random", "device=cpu", "progress=false",
                  "+twin_params.bucket_kernel=channel", f"out={tmp_path / 'bad'}")
     assert bad.returncode != 0 and "twin_params is set but 'dense' is not among the modes" in bad.stderr
+
+
+def test_revisit_bars_ask_for_more_than_noise() -> None:
+    """Per-pair revisit PSNRs: margins that the pairs' spread covers are not "measurably worse" or "beats" (the
+    same means without the pairs pass); steady ones are."""
+    from engine.bench_report import paired
+
+    def summary(revisit: dict[str, float]) -> dict[str, dict]:
+        ms = {"dense": (100.0, (1000.0, 1500.0)), "fastar": (8.0, (500.0, 510.0)), "window": (6.0, (400.0, 400.0))}
+        return {m: summarise(_series([t] * 10, mem, 1, 10) | {"revisit_psnr": [revisit[m]]}, 1, 10, 3)
+                for m, (t, mem) in ms.items()}
+    rng = np.random.default_rng(0)
+    dense = 25.0 + rng.normal(0, 2, 64)
+    window = dense - 1.0 + rng.normal(0, 6, 64)
+    fastar = window + 0.2 + rng.normal(0, 2, 64)
+    noisy = {"dense": list(dense), "window": list(window), "fastar": list(fastar)}
+    s = summary({m: float(np.mean(v)) for m, v in noisy.items()})
+    assert [b["status"] for b in bars(s, 1, 10, BarsConfig())[-2:]] == ["PASS", "PASS"]   # means alone pass
+    got = bars(s, 1, 10, BarsConfig(), noisy)
+    assert [b["status"] for b in got[-2:]] == ["FAIL", "FAIL"], got[-2:]
+    assert "dense - window" in got[-2]["detail"] and "fastar - window" in got[-1]["detail"]
+    steady = {"window": [20.0, 21.0] * 32, "dense": [25.0, 26.0] * 32, "fastar": [25.5, 26.5] * 32}
+    s = summary({"window": 20.5, "dense": 25.5, "fastar": 26.0})
+    assert [b["status"] for b in bars(s, 1, 10, BarsConfig(), steady)[-2:]] == ["PASS", "PASS"]
+    assert paired([1.0, None, 3.0], [0.0, 5.0, 1.0]) == (1.5, 0.5, 2) and paired([1.0], [0.0]) is None
