@@ -112,7 +112,8 @@ class Truth:
 
 
 def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
-               on_chunk: Callable[[dict[str, Any]], None] | None = None) -> list[dict[str, Any]]:
+               on_chunk: Callable[[dict[str, Any]], None] | None = None,
+               on_frame: Callable[[int, np.ndarray, np.ndarray], None] | None = None) -> list[dict[str, Any]]:
     """`cfg.stability_frames` generated frames in attention `mode` from one true frame, under the explorer's
     actions on an unseen map; per 100 frames the colour statistics of generated and true frames, motion, and
     `collapsed`: the generated colour std below `collapse_std` x the truth's (faded to flat colour), the
@@ -123,7 +124,8 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
     (mean colour per image row, (H, 3)) with the truth's; between 100-frame chunks of the same true episode
     it is 0.47-0.96 (median 0.81-0.96 on five unseen maps), ~0 for a flat texture. Not every collapse trips
     the rule: the benchmark's capacity-32 merge rollout (a pink texture) kept layout 0.38 and motion 0.40
-    of the truth's (docs/MODEL.md). on_chunk: called with each chunk as it is done (progress in probes)."""
+    of the truth's (docs/MODEL.md). on_chunk: called with each chunk as it is done (progress in probes);
+    on_frame: called with (index, generated, true) uint8 frames as each is made (a probe's contact sheets)."""
     env.set_attention(mode)
     e = Truth(cfg.episodes, 1)
     env.sampler.reset(99, e.prompt)
@@ -134,7 +136,10 @@ def _stability(env: NeuralEnv, cfg: EvalConfig, mode: str,
     anchored = 0    # spatial memory (engine/memory.py): frames of the chunk that started from a stored latent
     for i in range(1, cfg.stability_frames + 1):
         e.extend(i + 1)
-        g_i, t_i = env.step(e.actions[i]).astype(np.float64), e.frames[i].astype(np.float64)
+        g_u8 = env.step(e.actions[i])
+        if on_frame is not None:
+            on_frame(i, g_u8, e.frames[i])
+        g_i, t_i = g_u8.astype(np.float64), e.frames[i].astype(np.float64)
         g_acc.append(g_i.reshape(-1, 3))
         t_acc.append(t_i.reshape(-1, 3))
         g_row.append(row_profile(g_i[None]))                                       # (H, 3)

@@ -11,14 +11,20 @@ their softmax over every frame seen from a similar heading; a small slope there 
     python tools/stability_probe.py --checkpoint runs/base11/export --decay 0.1,0.1,0.1,0.1,0.01,0.01
 
 A chunk is `collapsed` by the evaluation's rule (colour std, motion or layout far below the truth's).
-Writes the chunks and the first collapsed one as JSON (--out), rewritten after every chunk.
+Writes the chunks and the first collapsed one as JSON (--out), rewritten after every chunk. With --sheets DIR,
+every flagged chunk and the chunk before it are saved as PNG contact sheets (every 10th frame, generated above,
+true below), to see what a flagged chunk is: a fade, a frozen view, or a wall the open-loop actions walk into.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
+
+import cv2
+import numpy as np
 
 from engine.evaluate import EvalConfig, _stability
 from engine.world_model import NeuralEnv, _default_params, merge_params
@@ -41,6 +47,8 @@ def main() -> None:
                    'true}\'; default off')
     p.add_argument("--device", default="auto")
     p.add_argument("--out", default=None)
+    p.add_argument("--sheets", default=None, help="folder for PNG contact sheets of each flagged chunk and the "
+                   "chunk before it (every 10th frame; generated above, true below)")
     a = p.parse_args()
     if a.frames < 1:
         p.error(f"--frames must be >= 1, got {a.frames}")
@@ -61,8 +69,22 @@ def main() -> None:
                            "noise_scale": a.noise_scale, "noise_corr": a.noise_corr,
                            "frames": a.frames, "device": str(env.device), "chunks": [], "first_collapse": None}
     t0 = time.perf_counter()
+    shots: list[tuple[np.ndarray, np.ndarray]] = []      # this chunk's every 10th (generated, true) frame
+    before: list[tuple[np.ndarray, np.ndarray]] = []     # the previous chunk's
+    sheets = Path(a.sheets) if a.sheets else None
+    if sheets is not None:
+        sheets.mkdir(parents=True, exist_ok=True)
+
+    def frame(i: int, gen: np.ndarray, true: np.ndarray) -> None:
+        if i % 10 == 0:
+            shots.append((gen.copy(), true.copy()))
+
+    def sheet(name: str, pairs: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        img = np.concatenate([np.concatenate([g for g, _ in pairs], 1), np.concatenate([t for _, t in pairs], 1)], 0)
+        cv2.imwrite(str(sheets / name), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))   # type: ignore[operator]
 
     def chunk(c: dict[str, Any]) -> None:
+        nonlocal shots, before
         res["chunks"].append(c)
         if c["collapsed"] and res["first_collapse"] is None:
             res["first_collapse"] = c["frames_to"]
@@ -70,11 +92,17 @@ def main() -> None:
         print(f"frames to {c['frames_to']:5d}: motion {c['gen_motion']:6.2f} (truth {c['true_motion']:6.2f})  "
               f"layout {c['layout_corr']:.3f}  {'COLLAPSED' if c['collapsed'] else 'ok':9s} {res['seconds']:6.1f} s",
               flush=True)
+        if sheets is not None and c["collapsed"] and shots:
+            to = c["frames_to"]
+            sheet(f"{a.mode}_{to:05d}_flagged.png", shots)
+            if before:
+                sheet(f"{a.mode}_{to - 100:05d}_before.png", before)
+        before, shots = shots, []
         if a.out:   # after every chunk: a run killed by a time limit keeps what it measured
             with open(a.out, "w") as fh:
                 json.dump(res, fh, indent=1)
 
-    _stability(env, cfg, a.mode, on_chunk=chunk)
+    _stability(env, cfg, a.mode, on_chunk=chunk, on_frame=frame if sheets is not None else None)
     print(json.dumps({k: res[k] for k in ("mode", "decay", "noise_scale", "frames", "first_collapse", "seconds")}))
 
 
