@@ -180,6 +180,13 @@ CONTROL_ACTIONS = {**{k: make_action((k,)) for k in KEY_NAMES if k != "run"},
 # start to say anything about the direction (a dark wall in fog barely moves in any direction).
 FLOW_AXIS = {"forward": "div", "back": "div", "run_forward": "div"}    # every other action: "dx"
 FLOW_MIN = {"dx": 0.5, "div": 0.005}
+# The sign each action's motion has on its axis in the true maze (view_flow's docstring; checked on the simulator
+# in tests/test_model_evaluate.py). A start whose TRUE flow has the other sign is one where the flow estimate
+# failed on that view, not a motion: a periodic tile wall under a 15-degree turn a frame aliases (session 20,
+# start 15 of mouse_right: the truth turned right by 120 degrees and measured +1.1 px). Such a start cannot
+# tell the model's direction, so it is left out of the check and listed as `unreliable_starts`.
+FLOW_SIGN = {"forward": 1, "back": -1, "run_forward": 1, "strafe_left": 1, "strafe_right": -1, "turn_left": 1,
+             "turn_right": -1, "mouse_left": 1, "mouse_right": -1}
 
 
 def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> dict[str, dict[str, Any]]:
@@ -190,7 +197,8 @@ def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> d
     alone says more about that view (a wall to one side) than about the action. Also the view's motion
     (engine.metrics.view_flow) of generated and true frames: per start (dx, divergence) of each, and on the
     action's axis (FLOW_AXIS) whether the generated motion has the truth's sign at each start where the truth
-    moves enough to tell (FLOW_MIN): `direction_agrees` (None where no start tells), and `motion_ratio`, the
+    moves enough to tell (FLOW_MIN) and its flow has the sign its own motion has (FLOW_SIGN; the others are
+    `unreliable_starts`): `direction_agrees` (None where no start tells), the starts that disagree, and `motion_ratio`, the
     median of generated over true motion there (1: as far as the truth; a model that under-turns: < 1)."""
     out: dict[str, dict[str, Any]] = {}
     sims = [Truth(k, context) for k in range(starts)]   # each stopped after its context
@@ -207,20 +215,33 @@ def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> d
             gen_flow.append(view_flow(gen, sim.frames[-1]))
             true_flow.append(view_flow(true, sim.frames[-1]))
         g, c = float(np.mean(gen_db)), float(np.mean(copy_db))
-        axis = FLOW_AXIS.get(name, "dx")
-        i = 0 if axis == "dx" else 1
-        tells = [(gf[i], tf[i]) for gf, tf in zip(gen_flow, true_flow) if abs(tf[i]) >= FLOW_MIN[axis]]
-        told = [(gv > 0) == (tv > 0) for gv, tv in tells]
         out[name] = {"psnr_db": g, "copy_psnr_db": c, "margin_db": round(g - c, 3),
                      "per_start_psnr_db": [round(x, 3) for x in gen_db],
                      "per_start_copy_psnr_db": [round(x, 3) for x in copy_db],
-                     "flow_axis": axis,
+                     "flow_axis": FLOW_AXIS.get(name, "dx"),
                      "per_start_flow": [[round(x, 4) for x in f] for f in gen_flow],
                      "per_start_true_flow": [[round(x, 4) for x in f] for f in true_flow],
-                     "direction_agrees": all(told) if told else None, "direction_starts": len(told),
-                     # how far, against the truth: median over those starts of generated / true on the axis
-                     "motion_ratio": round(float(np.median([gv / tv for gv, tv in tells])), 3) if tells else None}
+                     **direction(name, gen_flow, true_flow)}
     return out
+
+
+def direction(name: str, gen_flow: list[tuple[float, float]],
+              true_flow: list[tuple[float, float]]) -> dict[str, Any]:
+    """The direction verdict of one action from per-start (dx, divergence) flows, generated and true. A start
+    tells where the truth moves at least FLOW_MIN on the action's axis with the sign its motion has (FLOW_SIGN);
+    one that moves the other way is `unreliable` (the estimate failed on that view) and is left out."""
+    axis = FLOW_AXIS.get(name, "dx")
+    i = 0 if axis == "dx" else 1
+    moved = [k for k, tf in enumerate(true_flow) if abs(tf[i]) >= FLOW_MIN[axis]]
+    unreliable = [k for k in moved if true_flow[k][i] * FLOW_SIGN[name] < 0]
+    tells = [k for k in moved if k not in unreliable]
+    told = [(gen_flow[k][i] > 0) == (true_flow[k][i] > 0) for k in tells]
+    return {"direction_agrees": all(told) if told else None, "direction_starts": len(told),
+            "direction_disagree_starts": [k for k, ok in zip(tells, told) if not ok],
+            "unreliable_starts": unreliable,
+            # how far, against the truth: median over those starts of generated / true on the axis
+            "motion_ratio": round(float(np.median([gen_flow[k][i] / true_flow[k][i] for k in tells])), 3)
+            if tells else None}
 
 
 def direction_pass(ctrl: dict[str, dict[str, Any]]) -> bool | None:

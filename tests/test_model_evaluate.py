@@ -68,12 +68,11 @@ def test_view_flow_reads_the_true_maze_s_motion() -> None:
 
     import numpy as np
 
-    from engine.evaluate import CONTROL_ACTIONS, FLOW_AXIS, FLOW_MIN, Truth
+    from engine.evaluate import CONTROL_ACTIONS, FLOW_AXIS, FLOW_MIN, FLOW_SIGN, Truth
     from engine.metrics import view_flow
     sim = Truth(0, 16)
-    want = {"forward": 1, "back": -1, "run_forward": 1, "strafe_left": 1, "strafe_right": -1, "turn_left": 1,
-            "turn_right": -1, "mouse_left": 1, "mouse_right": -1}
-    for name, sign in want.items():
+    assert set(FLOW_SIGN) == set(CONTROL_ACTIONS)
+    for name, sign in FLOW_SIGN.items():
         twin = copy.deepcopy(sim.env)
         flow = view_flow(np.stack([twin.step(CONTROL_ACTIONS[name]) for _ in range(8)]), sim.frames[-1])
         axis = FLOW_AXIS.get(name, "dx")
@@ -81,3 +80,21 @@ def test_view_flow_reads_the_true_maze_s_motion() -> None:
         assert v * sign >= FLOW_MIN[axis], (name, flow)
     still = view_flow(np.stack([sim.frames[-1]] * 3), sim.frames[-1])   # the flow's own noise: well under the bar
     assert abs(still[0]) < FLOW_MIN["dx"] / 2 and abs(still[1]) < FLOW_MIN["div"] / 2, still
+
+
+def test_direction_leaves_out_starts_where_the_truth_s_flow_has_the_wrong_sign() -> None:
+    """A right turn moves the picture left (dx < 0). Session 20's start 15 measured +1.1 px on the truth (a tile
+    wall aliasing under a 15-degree turn): that start is unreliable, not a disagreement; a start where the truth
+    moves the right way and the model the other is one; a truth that barely moves tells nothing."""
+    import numpy as np
+
+    from engine.evaluate import direction
+    gen = [(-5.0, 0.0), (-5.7, 0.0), (2.0, 0.0), (-3.0, 0.0)]
+    true = [(-6.0, 0.0), (1.1, 0.0), (-4.0, 0.0), (-0.1, 0.0)]
+    r = direction("mouse_right", gen, true)
+    assert r["unreliable_starts"] == [1] and r["direction_disagree_starts"] == [2]
+    assert r["direction_starts"] == 2 and r["direction_agrees"] is False
+    assert r["motion_ratio"] == round(float(np.median([-5.0 / -6.0, 2.0 / -4.0])), 3)
+    r = direction("forward", [(0.0, 0.02)], [(0.0, 0.03)])          # forward: divergence, expanding
+    assert r["direction_agrees"] is True and r["unreliable_starts"] == []
+    assert direction("forward", [(0.0, 0.02)], [(0.0, 0.001)])["direction_agrees"] is None
