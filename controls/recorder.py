@@ -18,7 +18,7 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from controls.errors import UsageError
-from controls.video import Video
+from engine.video import Video
 from engine.env import Action, Env, Frame
 from engine.episode import EpisodeError, EpisodeWriter
 

@@ -14,7 +14,7 @@ Phases (each skipped when a checkpoint in `out` says it is done, so a cut run re
 
 Checkpoints: out/ckpt (EMA weights in model shards, raw weights + optimizer in optim shards: resumable, and
 loadable by NeuralEnv as is) every `ckpt_every_min`, at phase ends, at the budget and on SIGTERM; out/export
-(fp16 EMA weights only: what goes to worlds/maze/weights). Log: out/log.jsonl; previews: out/samples/*.png.
+(fp16 EMA weights only: what goes to worlds/maze/weights). Log: out/log.jsonl; previews: out/samples/*.png and *.mp4.
 """
 from __future__ import annotations
 
@@ -606,7 +606,8 @@ class Trainer:
     @torch.no_grad()
     def preview(self, name: str) -> dict[str, float]:
         """Held-out episode: prime `context` true frames, roll out with the true actions (EMA weights);
-        PNG strip truth / model, PSNR vs truth and vs the copy-last-frame baseline."""
+        PNG strip truth / model (every 4th frame), an mp4 of every frame side by side, PSNR vs truth and vs the
+        copy-last-frame baseline."""
         from engine.metrics import mean_psnr
         from engine.world_model import NeuralEnv
         context, rollout = self.cfg.preview_context, self.cfg.preview_frames
@@ -628,6 +629,13 @@ class Trainer:
                                 np.concatenate(list(gen[pick]), 1)], 0)
         from PIL import Image
         Image.fromarray(strip).save(self.out / "samples" / f"{name}.png")
+        # the same rollout as a video, truth | model side by side at the world's 25 fps: motion (turns, walking,
+        # a frozen or flickering rollout) shows in a video and not in every 4th frame
+        from engine.video import Video
+        video = Video(self.out / "samples" / f"{name}.mp4", fps=25.0, scale=2)
+        for t, g in zip(truth[context:], gen):
+            video.write(np.concatenate([t, g], 1))
+        video.close()
         rec = {"preview": name, "rollout_psnr_db": round(p_model, 2), "rollout16_psnr_db": round(p16, 2),
                "copy_psnr_db": round(p_copy, 2)}
         self.log(rec)

@@ -1,8 +1,9 @@
-"""video.mp4 beside the episode, written frame by frame (cv2, mp4v) so a session is watchable as it stands.
+"""An mp4 written frame by frame (cv2, mp4v): a recorded session's video.mp4 beside its episode, so a session
+is watchable as it stands (controls/recorder.py), and the trainer's preview videos (engine/train.py).
 
 The frames are scaled up (nearest neighbour) because players blur or refuse tiny videos. The episode
-frames stay the ground truth; the video is a convenience and never blocks a recording: if the codec is
-missing it is skipped with one notice.
+frames stay the ground truth; the video is a convenience and never blocks a recording or a training run: if
+the codec is missing it is skipped with one notice.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ class Video:
             h, w = big.shape[:2]
             self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*"mp4v"), self.fps, (w, h))
             if not self._writer.isOpened():
-                print(f"notice: cannot write {self.path} (no mp4v encoder); recording without video")
+                print(f"notice: cannot write {self.path} (no mp4v encoder); going on without the video")
                 self.disabled, self._writer = True, None
                 return
         self._writer.write(np.ascontiguousarray(big[:, :, ::-1]))
