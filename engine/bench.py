@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -237,9 +238,10 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         runs.insert(1, (TWIN, "dense", _merge(modes["dense"], dict(cfg.twin_params))))
     total = T * (len(runs) + (len(order) - 1 if dense_latents is not None else 0))
     bar = tqdm(total=total, desc="bench", unit="frame", disable=not cfg.progress, dynamic_ncols=True)
-    for label, name, params in runs:
+    for done, (label, name, params) in enumerate(runs, 1):
         ref = label == "dense"
         bar.set_description(label)
+        t_mode = time.perf_counter()
         frames, series, info = rollout(name, params, trace, source, device, cfg.steps, cfg.warmup,
                                        cfg.sample_every, boot, dense_tokens if ref else {}, bar,
                                        dense_latents if ref else None)
@@ -256,6 +258,9 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         series["checkpoint_sha256"] = info.get("checkpoint_sha256")
         results[label] = {"params": params, "series": series}
         del frames
+        if not cfg.progress:   # a background run's log says how far it got (the bar is off there)
+            print(f"engine.bench: {label} done in {time.perf_counter() - t_mode:.0f} s ({done} of {len(runs)})",
+                  flush=True)
     bar.close()
 
     summary = {n: report.summarise(results[n]["series"], early, late, cfg.fps_window) for n in results}
