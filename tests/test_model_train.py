@@ -43,7 +43,7 @@ def test_tiny_training_decreases_loss(trained: Path) -> None:
     losses = [r["loss"] for r in _log(trained / "run") if r.get("phase") == "dit" and "loss" in r]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert any("preview" in r for r in _log(trained / "run"))
-    import cv2   # the preview video: as many frames as the preview rolled out, truth | model side by side
+    import cv2   # the preview video opens and holds frames, truth | model side by side
     videos = sorted((trained / "run" / "samples").glob("*.mp4"))
     assert videos, "no preview video"
     cap = cv2.VideoCapture(str(videos[-1]))

@@ -57,7 +57,8 @@ def main() -> None:
     dyaw = np.array([abs((poses[k][2] - poses[j][2] + 180) % 360 - 180) for k, j in hits])
     x0, y0, _ = poses[0]
     true_end = (poses[-1][0] - x0, poses[-1][1] - y0)
-    res = {"trace": "bench" if a.bench else f"episode {a.episode}", "frames": a.frames, "memory": cfg.__dict__, "anchored": len(hits),
+    res = {"trace": "bench" if a.bench else f"episode {a.episode}", "frames": a.frames, "memory": cfg.__dict__,
+           "anchored": len(hits),
            "anchored_per_100": np.bincount([k // 100 for k, _ in hits], minlength=(a.frames + 99) // 100).tolist(),
            "true_distance_median": round(float(np.median(dist)), 4) if hits else None,
            "share_beyond_0.3_cells": round(float(np.mean(dist > 0.3)), 3) if hits else None,
