@@ -199,7 +199,8 @@ def controllability(env: NeuralEnv, starts: int, context: int, frames: int) -> d
     action's axis (FLOW_AXIS) whether the generated motion has the truth's sign at each start where the truth
     moves enough to tell (FLOW_MIN) and its flow has the sign its own motion has (FLOW_SIGN; the others are
     `unreliable_starts`): `direction_agrees` (None where no start tells), the starts that disagree, and
-    `motion_ratio`, the median of generated over true motion there (1: as far as the truth; a model that under-turns: < 1)."""
+    `motion_ratio`, the median of generated over true motion there (1: as far as the truth; a model that
+    under-turns: < 1)."""
     out: dict[str, dict[str, Any]] = {}
     sims = [Truth(k, context) for k in range(starts)]   # each stopped after its context
     for name, a in CONTROL_ACTIONS.items():
