@@ -44,7 +44,7 @@ import numpy as np
 from engine import bench_report as report
 from engine.bench_report import TWIN
 from engine.bench_run import follow, git_state, quality, report_frames, rollout, tiny_random_model, where
-from engine.bench_trace import explorer_trace, replay_truth, revisit_pairs, session_trace
+from engine.bench_trace import Trace, explorer_trace, replay_truth, revisit_pairs, session_trace
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -165,6 +165,39 @@ def _sim(cfg: BenchConfig) -> Any:
     return instantiate(cfg.world["sim"], _convert_="all")
 
 
+def trace_and_pairs(cfg: BenchConfig, modes: dict[str, dict[str, Any]]
+                    ) -> tuple[Trace, list[tuple[int, int]], int, tuple[int, int] | None]:
+    """The trace every mode plays (with its true frames and poses), its revisit pairs, the least gap a pair
+    spans (cfg.revisit.min_gap, else what the window mode holds: sinks + window), and the designed revisit's
+    (leave, return) pair when its return lands within the tolerances (always among the pairs)."""
+    sim = _sim(cfg)
+    prompt = cfg.prompt or (cfg.world or {}).get("default_prompt") or ""
+    win = (modes.get("window") or {})
+    min_gap = cfg.revisit.min_gap or int(win.get("sinks", 1)) + int(win.get("window", 32))
+    if cfg.trace.source == "explorer":
+        trace = explorer_trace(sim, cfg.seed, prompt, cfg.frames, cfg.trace.explorer_seed, cfg.trace.revisit,
+                               cfg.trace.revisit_at, min_gap)
+    else:
+        trace = replay_truth(sim, session_trace(cfg.trace.source, cfg.frames))
+    seg = trace.segment
+    must = (seg["leave"], seg["return"]) if seg and seg["pos_err"] <= cfg.revisit.pos_tol and \
+        seg["yaw_err_deg"] <= cfg.revisit.yaw_tol_deg else None
+    pairs = revisit_pairs(trace.poses, min_gap, cfg.revisit.pos_tol, cfg.revisit.yaw_tol_deg,
+                          cfg.revisit.max_pairs, must)
+    return trace, pairs, min_gap, must
+
+
+def load_config(overrides: tuple[str, ...] | list[str] = (), conf_dir: Path = CONF) -> BenchConfig:
+    """conf/bench.yaml with hydra overrides, as `python -m engine.bench` composes it (for tools)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        c = compose(config_name="bench", overrides=list(overrides))
+    node = OmegaConf.merge(OmegaConf.structured(BenchConfig), {k: v for k, v in c.items() if k != "hydra"})
+    return OmegaConf.to_object(node)  # type: ignore[return-value]
+
+
 # ---- the run --------------------------------------------------------------------------------------------------
 def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     """Run every mode, write the outputs, print the table and the bars; returns what bench.json holds."""
@@ -186,20 +219,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
           f"(torch {place['torch']}, timer: {place['timer']}) -> {out}", flush=True)
 
     # The trace and its truth.
-    sim = _sim(cfg)
-    prompt = cfg.prompt or (cfg.world or {}).get("default_prompt") or ""
-    win = (modes.get("window") or {})
-    min_gap = cfg.revisit.min_gap or int(win.get("sinks", 1)) + int(win.get("window", 32))
-    if cfg.trace.source == "explorer":
-        trace = explorer_trace(sim, cfg.seed, prompt, cfg.frames, cfg.trace.explorer_seed, cfg.trace.revisit,
-                               cfg.trace.revisit_at, min_gap)
-    else:
-        trace = replay_truth(sim, session_trace(cfg.trace.source, cfg.frames))
+    trace, pairs, min_gap, must = trace_and_pairs(cfg, modes)
     seg = trace.segment
-    must = (seg["leave"], seg["return"]) if seg and seg["pos_err"] <= cfg.revisit.pos_tol and \
-        seg["yaw_err_deg"] <= cfg.revisit.yaw_tol_deg else None
-    pairs = revisit_pairs(trace.poses, min_gap, cfg.revisit.pos_tol, cfg.revisit.yaw_tol_deg,
-                          cfg.revisit.max_pairs, must)
     truth = trace.truth
     T, (early, late) = trace.frames, report_frames(trace.frames)
 

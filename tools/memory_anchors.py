@@ -7,8 +7,8 @@ true poses of each anchored frame and its source. Seconds on a CPU.
     python tools/memory_anchors.py --episode 4 --frames 3000     # the evaluation's stability trace
     python tools/memory_anchors.py --bench --frames 3000         # the benchmark's trace and its revisit pairs
 
-With --bench the trace is the benchmark's (engine/bench_trace.py: the explorer with its designed revisit, seed
-0, the default prompt, revisit pairs more than 33 frames apart as conf/bench.yaml finds them), and the output
+With --bench the trace is the benchmark's (conf/bench.yaml's defaults through engine.bench.trace_and_pairs: the
+explorer with its designed revisit, and the revisit pairs the benchmark scores), and the output
 adds, over the benchmark's revisit pairs (i, j), how many return frames j the memory anchors, and how many of
 those to i itself or to a frame that truly shows i's pose: what the memory can do for the revisit column.
 """
@@ -81,16 +81,12 @@ def main() -> None:
 
 
 def _bench_trace(frames: int) -> tuple[list[np.ndarray], list[tuple[float, float, float]], list[tuple[int, int]]]:
-    """The benchmark's default trace (conf/bench.yaml): actions with a zero action for the reset frame first
-    (as Truth has them), true poses of frames 0..frames, and its revisit pairs."""
-    from engine.bench_trace import explorer_trace, revisit_pairs
-    from worlds.maze.env import MazeEnv
-    sim = MazeEnv()
-    min_gap = 1 + 32                      # the window mode's sinks + window, as engine/bench.py takes it
-    tr = explorer_trace(sim, 0, sim.default_prompt, frames, 0, True, 0.5, min_gap)
-    seg = tr.segment
-    must = (seg["leave"], seg["return"]) if seg and seg["pos_err"] <= 0.05 and seg["yaw_err_deg"] <= 1.0 else None
-    pairs = revisit_pairs(tr.poses, min_gap, 0.05, 1.0, 64, must)
+    """The benchmark's default trace (conf/bench.yaml, engine.bench.trace_and_pairs): actions with a zero action
+    for the reset frame first (as Truth has them), true poses of frames 0..frames, and its revisit pairs."""
+    from engine.bench import load_config, mode_configs, trace_and_pairs
+    cfg = load_config([f"frames={frames}"])
+    tr, pairs, _, _ = trace_and_pairs(cfg, mode_configs(cfg))
+    assert tr.poses is not None
     actions = [np.zeros_like(tr.actions[0]), *tr.actions]
     return actions, [tuple(p) for p in tr.poses], pairs
 
