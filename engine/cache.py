@@ -187,6 +187,12 @@ class KVCache:
         n = min(self.length[layer], end)
         return torch.cat([b[..., :n] + self._decay_term(self.frame[layer, :n], self.decay[layer]), b[..., n:]], -1)
 
+    def decay_by_head(self, layer: int, frame: torch.Tensor) -> torch.Tensor:
+        """frame (B, H, S): each head's own slot frames (a cache whose heads are ordered differently, AnnSA's
+        bucket order) -> (B, H, S) the temporal decay term, as _decay_term: slope x (frame - now), floored."""
+        back = (frame - self.now).clamp(max=0).to(self.decay.dtype)               # type: ignore[union-attr]
+        return (self.decay[layer][None, :, None] * back).clamp(min=DECAY_FLOOR)   # type: ignore[index]
+
     def _decay_term(self, frame: torch.Tensor, slopes: torch.Tensor) -> torch.Tensor:
         """frame (..., n) slot frame indices, slopes (..., H) -> (..., H, n): slope x (frame - now), floored."""
         back = (frame - self.now).clamp(max=0).to(slopes.dtype)                 # frames back, <= 0

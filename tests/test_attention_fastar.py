@@ -189,10 +189,10 @@ def test_annsa_bucketed_varlen_on_cuda_equals_masked_reference(kernel):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="Triton runs on CUDA")
-@pytest.mark.parametrize("block", [16, 32, 64])
-def test_triton_varlen_equals_segment_loop(block):
+@pytest.mark.parametrize("block,biased", [(16, False), (32, False), (64, False), (16, True), (64, True)])
+def test_triton_varlen_equals_segment_loop(block, biased):
     """The Triton varlen kernel against explicit per-segment softmax: empty segments (no queries, no keys),
-    segments longer than a tile, bf16 inputs; out and log-sum-exps."""
+    segments longer than a tile, bf16 inputs, with and without a logit per key row; out and log-sum-exps."""
     pytest.importorskip("triton")
     from engine.attention import sparse_kernels, triton_varlen
     g = torch.Generator(device="cuda").manual_seed(3)
@@ -200,12 +200,75 @@ def test_triton_varlen_equals_segment_loop(block):
     cu = lambda x: torch.tensor([0] + torch.tensor(x).cumsum(0).tolist(), dtype=torch.int32, device="cuda")  # noqa: E731
     q = torch.randn(sum(lens_q), 1, 64, generator=g, device="cuda").bfloat16()
     k, v = (torch.randn(sum(lens_k), 1, 64, generator=g, device="cuda").bfloat16() for _ in range(2))
-    out, lse = triton_varlen.varlen_attention_lse(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), 0.125, block)
-    ref, ref_lse = sparse_kernels._loop_lse(q.float(), k.float(), v.float(), cu(lens_q), cu(lens_k), 0, 0, 0.125)
+    kb = 3 * torch.randn(sum(lens_k), generator=g, device="cuda") if biased else None
+    out, lse = triton_varlen.varlen_attention_lse(q, k, v, cu(lens_q), cu(lens_k), max(lens_q), 0.125, block, kb)
+    ref, ref_lse = sparse_kernels._loop_lse(q.float(), k.float(), v.float(), cu(lens_q), cu(lens_k), 0, 0, 0.125, kb)
     assert float((out.float() - ref).abs().max()) < 2e-2
     empty = torch.isinf(ref_lse)
     assert torch.equal(torch.isinf(lse), empty) and int(empty.sum()) == 40    # the 40 queries of the keyless segment
     assert float((lse - ref_lse)[~empty].abs().max()) < 2e-2
+
+
+def _decay_caches(modes, layers: int, device: str = "cpu", dtype=F64, hd: int = D, heads: int = H):
+    slopes = torch.tensor([[0.3, 0.05, 0.9, 0.0][:heads], [0.7, 0.0, 0.2, 0.01][:heads]][:layers], dtype=torch.float32)
+    caches = []
+    for m in modes:
+        c = KVCache(layers, B, heads, hd, 4 * N, device=device, dtype=dtype)
+        c.set_decay(slopes)
+        caches.append(c)
+    return caches
+
+
+@pytest.mark.parametrize("path,dense_until", [("bucketed", 0.0), ("bucketed", 0.6), ("masked", 0.6)])
+def test_annsa_bucket_order_with_decay_equals_dense(path, dense_until):
+    """A temporal decay over a cache kept in bucket order (each head's slots then hold other frames): with every
+    bucket probed (bits 1, probes 2) AnnSA equals dense with the decay, across sorts, in two layers, in the
+    steps the schedule runs sparse and in those it runs dense (every bucket: the layer's one frame column no
+    longer says which frame a slot holds)."""
+    sa = build_mode("annsa", ann={"bits": 1, "probes": 2}, schedule={"dense_until": dense_until, "layers": None},
+                    annsa={"path": path, "kernel": "loop", "recent_frames": 2, "chunks": 3})
+    dense = build_mode("dense")
+    cd, cs = _decay_caches((dense, sa), 2)
+    g = torch.Generator().manual_seed(11)
+    for f in range(9):
+        for commit in (False, True):          # step 1 of 2 (progress 0.5), then the commit step
+            for c in (cd, cs):
+                c.now.fill_(f)
+            for layer in range(2):
+                q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+                a, b = _step(dense, cd, layer, f, q, k, v, commit), _step(sa, cs, layer, f, q, k, v, commit)
+                torch.testing.assert_close(b, a, rtol=0, atol=1e-10)
+    assert sa._sorted[0][0] > 0 and sa._paths["self"].startswith(path)
+    assert sa._paths.get("dense", "").startswith("every bucket, " + path) == (dense_until > 0)
+    # on CUDA the order needs a kernel that adds a logit per key (else the packing path runs, as before)
+    from engine.attention import sparse_kernels
+    cpu = torch.device("cpu")
+    assert sparse_kernels.bias_ok("loop", cpu) and sparse_kernels.bias_ok("auto", cpu)
+    assert not sparse_kernels.bias_ok("torch_varlen", cpu) and not sparse_kernels.bias_ok("flash_attn_varlen", cpu)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the varlen kernel runs on CUDA")
+def test_annsa_bucketed_with_decay_on_cuda_equals_dense():
+    """The engine's case on the GPU: a decayed bf16 cache in bucket order, Triton's varlen kernel adding the
+    per-head decay per key, a dense step (every bucket) and a sparse one per frame, against the dense mode."""
+    pytest.importorskip("triton")
+    sa = build_mode("annsa", ann={"bits": 1, "probes": 2}, schedule={"dense_until": 0.6, "layers": None},
+                    annsa={"recent_frames": 3}, metrics={"recall_every": 0})
+    dense = build_mode("dense")
+    Hc, Nc, Dc = 4, 64, 64
+    cd, cs = _decay_caches((dense, sa), 1, "cuda", torch.bfloat16, Dc, Hc)
+    g = torch.Generator(device="cuda").manual_seed(12)
+    for f in range(12):
+        for commit in (False, True):
+            for c in (cd, cs):
+                c.now.fill_(f)
+            q, k, v = (torch.randn(1, Nc, Hc, Dc, generator=g, device="cuda").bfloat16().transpose(1, 2) for _ in range(3))
+            a, b = _step(dense, cd, 0, f, q, k, v, commit), _step(sa, cs, 0, f, q, k, v, commit)
+            assert float((a.float() - b.float()).abs().max()) < 3e-2, (f, commit)
+    assert sa._sorted[0][0] > 0
+    assert sa._paths["self"] == "bucketed:triton_varlen" and sa._paths["dense"] == "every bucket, bucketed:triton_varlen"
+    from engine.attention import sparse_kernels
+    assert not any(k.startswith(("compile", "capture")) for k in sparse_kernels.errors()), sparse_kernels.errors()
 
 
 def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():

@@ -75,12 +75,14 @@ def masked_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, bias: to
 
 def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probe_fn: Callable[[torch.Tensor], torch.Tensor],
                           K: torch.Tensor, V: torch.Tensor, codes: torch.Tensor, bias: torch.Tensor | None,
-                          n_buckets: int, layout: "sparse_kernels.BucketLayout | None" = None
-                          ) -> tuple[torch.Tensor, torch.Tensor, str]:
+                          n_buckets: int, layout: "sparse_kernels.BucketLayout | None" = None,
+                          kbias_fn: Callable[[], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor, str]:
     """q (B, H, n, D); probe_fn: queries (B, H, n, D) -> the buckets they search (B, H, n, T, P) (a function:
     the bucketed path hashes inside its CUDA graph); K, V (B, H, L+n, D) with the frame's own keys last; codes
     (B, H, L, T) for the cached L; bias (B, H, L+n) or None; layout: the cache's bucket order (None: every
-    cached key by bucket). Returns out (B, H, n, D), pairs computed (device scalar), the path's name."""
+    cached key by bucket); kbias_fn: with a layout and a bias, () -> the bias of every slot of the layout's
+    storage, flat (B * H * capacity,) float32 (the bucketed path reads K/V in place, so it takes the bias in
+    the same slot order). Returns out (B, H, n, D), pairs computed (device scalar), the path's name."""
     n, L = q.shape[2], K.shape[2] - q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
     if bias is not None:   # empty slots (NEG_BIAS) are in no bucket
@@ -92,8 +94,10 @@ def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probe_fn: Callable[
         if layout is None or not layout.usable:
             raise ValueError("annsa.path=bucketed needs AnnSA over a growing cache with one table and an unpadded "
                              f"cache (no TempCache); here: {'no bucket layout' if layout is None else layout.why}")
+        if bias is not None and kbias_fn is None:
+            raise ValueError("annsa.path=bucketed with a per-key bias needs it per slot of the cache (kbias_fn)")
         out, pairs = sparse_kernels.sorted_bucket_attention(q, lambda x: probe_fn(x)[..., 0, :], layout, L, scale,
-                                                            cfg.chunks, cfg.kernel)
+                                                            cfg.chunks, cfg.kernel, kbias_fn if bias is not None else None)
         return out, pairs, "bucketed:" + sparse_kernels.last_kernel()
     probes = probe_fn(q)                                                         # (B, H, n, T, P)
     if path == "sparse":

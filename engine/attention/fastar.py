@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -261,14 +261,31 @@ class FastARAttention(AttentionMode):
                 self.meter.add(layer, "sa_density", 1.0)
             if recall_now:
                 self.meter.add(layer, "sa_recall", 1.0)
-        if annsa:
-            bias = cache.attn_bias(layer, end) if biased else None   # (the dense path reads it from the cache)
+        # a decay over a layer kept in bucket order: each head's slots hold other frames, so the decay comes from
+        # the per-head frames (the scratch's are the frame itself: no decay), and the schedule's dense steps
+        # probe every bucket (exact dense attention; dense kernels read the layer's one frame column)
+        by_head = cache.decay is not None and self._bucket_order() and \
+            self.cfg.schedule.in_layers(layer, self._n_layers)
+        if by_head:
+            cache.slot_data[FRAME_H][layer, :, :, L0:end] = cache.now
+        every_bucket = by_head and not annsa and self._sorted.get(layer, (0,))[0] > 0
+        if annsa or every_bucket:
+            bias = self._head_bias(cache, layer, end) if by_head else cache.attn_bias(layer, end) if biased else None
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             layout = self._layout(cache, layer)
-            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, lambda x: hasher.probe_codes(layer, x), K, V,
-                                                     codes, bias, hasher.n_buckets, layout)
-            self._paths["self"] = path
+            probe: Callable[[torch.Tensor], torch.Tensor] = lambda x: hasher.probe_codes(layer, x)  # noqa: E731
+            if every_bucket:
+                assert layout is not None
+                layout = dataclasses.replace(layout, probes=hasher.n_buckets, memo=layout.memo.setdefault("all", {}))
+                probe = lambda x: torch.arange(hasher.n_buckets, device=x.device).expand(*x.shape[:3], 1, -1)  # noqa: E731
+            kbias_fn = (lambda: self._head_bias(cache, layer, cache.capacity).reshape(-1)) if by_head else None
+            out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probe, K, V, codes, bias, hasher.n_buckets,
+                                                     layout, kbias_fn)
             self._pairs = pairs
+        if every_bucket:
+            self._paths["dense"] = "every bucket, " + path
+        elif annsa:
+            self._paths["self"] = path
             if measure:
                 valid = cache.valid(layer, L0).sum() if bias is not None else L0 * q.shape[0] * q.shape[1]
                 self.meter.add(layer, "sa_density", pairs / ((valid + n * q.shape[0] * q.shape[1]) * n))
@@ -306,10 +323,19 @@ class FastARAttention(AttentionMode):
     # ---- AnnSA's bucket order (annsa.py: the bucketed path and the recent frames) -------------------------------
     def _bucket_order(self) -> bool:
         """Whether this mode keeps the cache in bucket order: AnnSA over a growing cache (no TempCache), one
-        hash table (buckets disjoint), no per-key bias (no temporal decay either: the decay reads the layer's
-        per-slot frame, which a per-head bucket order would scramble)."""
+        hash table (buckets disjoint), no per-key bias but a temporal decay, and that only where the sparse
+        kernel adds a per-key logit (sparse_kernels.bias_ok): the order scrambles the layer's one frame column,
+        so the decay is recomputed from the per-head frames (FRAME_H) and handed to the kernel per key."""
+        c = self._cache
         return self.cfg.annsa is not None and self.tc is None and self.hasher is not None and \
-            self.hasher.tables == 1 and not self._biased and (self._cache is None or self._cache.decay is None)
+            self.hasher.tables == 1 and not self._biased and \
+            (c is None or c.decay is None or c.device.type != "cuda" or
+             sparse_kernels.bias_ok(self.cfg.annsa.kernel, c.device))
+
+    def _head_bias(self, cache: KVCache, layer: int, end: int) -> torch.Tensor:
+        """(B, H, end): the bias of slots [0, end) of a layer in bucket order with a temporal decay, from each
+        head's own slot frames (FRAME_H) instead of the layer's one frame column (KVCache.attn_bias)."""
+        return cache.bias[layer, :, :, :end] + cache.decay_by_head(layer, cache.slot_data[FRAME_H][layer, :, :, :end])
 
     def _annsa_ready(self, cached: int, n: int) -> bool:
         """Whether AnnSA runs over `cached` slots: a growing cache (annsa modes) of at least annsa.min_frames
@@ -351,7 +377,9 @@ class FastARAttention(AttentionMode):
         The layer-level frame column gets each slot's newest frame over heads: after a sort the heads' slots
         hold different frames, so a mode switched in later (window, TempCache adopt) reads that."""
         L = cache.length[layer]
-        self._memo.get(layer, {}).pop("key", None)   # the key segments change; a captured call stays valid
+        memo = self._memo.get(layer, {})
+        for m in (memo, memo.get("all", {})):   # the key segments change; a captured call stays valid
+            m.pop("key", None)
         if L == 0:
             self._sorted[layer] = self._unsorted(cache)
             return

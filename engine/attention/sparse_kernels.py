@@ -46,11 +46,11 @@ def _flash_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-
     return _fa_varlen(q, k, v, cu_q, cu_k, max_q, max_k, softmax_scale=scale)
 
 
-def _triton_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
+def _triton_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale, kbias=None):  # type: ignore[no-untyped-def]
     from engine.attention import triton_varlen
     if not triton_varlen.available(q.device):
         raise RuntimeError("triton_varlen needs CUDA and triton")
-    return triton_varlen.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, scale)
+    return triton_varlen.varlen_attention_lse(q, k, v, cu_q, cu_k, max_q, scale, kbias=kbias)
 
 
 def _triton_varlen(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
@@ -77,8 +77,9 @@ def _flash_varlen_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore
     return out, lse.reshape(-1)
 
 
-def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-untyped-def]
-    """One segment at a time with explicit scores: the CPU check of the bucketed path (one head per row)."""
+def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale, kbias=None):  # type: ignore[no-untyped-def]
+    """One segment at a time with explicit scores: the CPU check of the bucketed path (one head per row);
+    kbias (Nk,) or None: a logit per key row."""
     out = torch.zeros_like(q)
     lse = torch.full((q.shape[0],), -math.inf, dtype=torch.promote_types(q.dtype, torch.float32), device=q.device)
     cq, ck = cu_q.tolist(), cu_k.tolist()
@@ -87,6 +88,8 @@ def _loop_lse(q, k, v, cu_q, cu_k, max_q, max_k, scale):  # type: ignore[no-unty
             continue
         qs, ks, vs = q[cq[s]:cq[s + 1], 0], k[ck[s]:ck[s + 1], 0], v[ck[s]:ck[s + 1], 0]
         sc = (qs @ ks.transpose(0, 1)) * scale
+        if kbias is not None:
+            sc = sc + kbias[ck[s]:ck[s + 1]].to(sc.dtype)
         out[cq[s]:cq[s + 1], 0] = sc.softmax(-1) @ vs
         lse[cq[s]:cq[s + 1]] = torch.logsumexp(sc, -1).to(lse.dtype)
     return out, lse
@@ -96,6 +99,7 @@ BACKENDS = {"triton_varlen": _triton_varlen, "flash_attn_varlen": _flash_varlen,
             "loop": _loop}
 LSE_BACKENDS = {"triton_varlen": _triton_varlen_lse, "flash_attn_varlen": _flash_varlen_lse,
                 "torch_varlen": _torch_varlen_lse, "loop": _loop_lse}
+BIAS_BACKENDS = ("triton_varlen", "loop")   # the LSE back-ends that add a per-key logit (kbias)
 _last: dict[str, object] = {"kernel": "none", "errors": {}}
 _fallbacks: dict[str, str] = {}   # compile / capture failures of the bucketed path: kept for the process
 capture: dict[str, tuple] | None = None   # the benchmark sets {} to keep the last packed call, to time the kernel alone
@@ -196,14 +200,24 @@ def bucket_attention(q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor, V: 
     return res.reshape(B, H, n, D), pairs
 
 
-def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel, table=BACKENDS):  # type: ignore[no-untyped-def]
+def bias_ok(kernel: str, device: torch.device) -> bool:
+    """Whether the bucketed path can add a per-key logit (kbias) with annsa.kernel `kernel` on `device`."""
+    if kernel == "auto":
+        return any(name in BIAS_BACKENDS for name in _auto_order(device))
+    return kernel in BIAS_BACKENDS
+
+
+def _run(q, k, v, cu_q, cu_k, max_q, max_k, scale, kernel, table=BACKENDS, kbias=None):  # type: ignore[no-untyped-def]
     names = _auto_order(q.device) if kernel == "auto" else [kernel]
     errs: dict[str, str] = {}
     for name in names:
         if name not in table:
             raise ValueError(f"annsa.kernel: unknown sparse kernel {name!r}; available: auto, {sorted(table)}")
+        if kbias is not None and name not in BIAS_BACKENDS:
+            errs[name] = f"takes no per-key bias (those that do: {', '.join(BIAS_BACKENDS)})"
+            continue
         try:
-            out = table[name](q, k, v, cu_q, cu_k, max_q, max_k, scale)
+            out = table[name](q, k, v, cu_q, cu_k, max_q, max_k, scale, **({} if kbias is None else {"kbias": kbias}))
             _last["kernel"], _last["errors"] = name, errs
             return out
         except Exception as e:  # report, then try the next real sparse kernel
@@ -318,7 +332,8 @@ def _call(name: str, device: torch.device, *args):  # type: ignore[no-untyped-de
 
 
 def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]", lay: BucketLayout,
-                            L: int, scale: float, chunks: int, kernel: str = "auto") -> tuple[torch.Tensor, torch.Tensor]:
+                            L: int, scale: float, chunks: int, kernel: str = "auto",
+                            kbias_fn: "Callable[[], torch.Tensor] | None" = None) -> tuple[torch.Tensor, torch.Tensor]:
     """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probe_fn:
     q -> (B, H, n, P) the buckets each query searches (one table; hashed inside the CUDA graph); slots [0, L) cached, [L, L + n) the frame's own
     keys (scratch). The varlen segments (_key_segments) are each head's (bucket, chunk) ranges of the sorted
@@ -328,7 +343,9 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     89 TFLOP/s on the computed pairs; 8 chunks gave 149 (tools/bench_bucket_layout.py). No host sync. The key
     segments change only when the cache does, so they are kept for the frame's passes (lay.memo). On CUDA
     the call replays one CUDA graph per layer and cache capacity (_BucketGraph): eagerly it was ~40 kernel
-    launches, ~1.3 ms of host time against ~0.2 ms of GPU work at 100 frames on the H100. Returns out
+    launches, ~1.3 ms of host time against ~0.2 ms of GPU work at 100 frames on the H100. kbias_fn: None, or
+    () -> (B * H * capacity,) float32, a logit per slot of lay.k (a temporal decay from each head's own slot
+    frames), called inside the graph so that each replay reads the current frame index. Returns out
     (B, H, n, D) and the query-key pairs computed."""
     B, H, n, D = q.shape
     P, C, nb, dev = lay.probes, chunks, lay.n_buckets, q.device
@@ -342,19 +359,21 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     # itself ran the kernel ~2x slower), rounded up to a power of two so that it changes rarely (graph key)
     max_k = 1 << max(-(-lay.max_count // C), lay.recent_bound, 1).bit_length()
     if dev.type == "cuda":
-        gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale, max_k)
+        gkey = (kf.data_ptr(), vf.data_ptr(), cap, tuple(q.shape), q.dtype, P, C, nb, kernel, scale,
+                kbias_fn is not None, max_k)
         g = lay.memo.get("graph")
         if g is None or g.key != gkey:
-            g = lay.memo["graph"] = _BucketGraph(gkey, q, probe_fn, cu_k, klen, kf, vf, scale, kernel)
+            g = lay.memo["graph"] = _BucketGraph(gkey, q, probe_fn, cu_k, klen, kf, vf, scale, kernel, kbias_fn)
         out = g(q, cu_k, klen)
         if out is not None:
             return out
-    return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k)
+    return _bucketed_eager(q, probe_fn, cu_k, klen, kf, vf, scale, kernel, C, nb, max_k, kbias_fn)
 
 
 def _bucketed_eager(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]", cu_k: torch.Tensor,
                     klen: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, scale: float, kernel: str, C: int, nb: int,
-                    max_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+                    max_k: int, kbias_fn: "Callable[[], torch.Tensor] | None" = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """The call itself. max_k: a bound on the keys of every segment with queries (FA2 reads the real lengths
     from cu_seq_k; the unused-slot segments have no queries, so their length is never read)."""
     B, H, n, D = q.shape
@@ -362,7 +381,8 @@ def _bucketed_eager(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.T
     qp, flat, order, inv, cu_q = _call("pack", q.device, q, probes, C, nb)
     if capture is not None:   # the attention benchmark times the kernel alone (kTF/s)
         capture["args"] = (qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel)
-    out, lse = _run(qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel, LSE_BACKENDS)
+    kbias = None if kbias_fn is None else kbias_fn()
+    out, lse = _run(qp, kf, vf, cu_q, cu_k, n, max_k, scale, kernel, LSE_BACKENDS, kbias)
     return _call("combine", q.device, out, lse, klen, flat, order, inv, (B, H, n, D), probes.shape[-1] * C + 1)
 
 
@@ -376,13 +396,14 @@ class _BucketGraph:
 
     def __init__(self, key: tuple, q: torch.Tensor, probe_fn: "Callable[[torch.Tensor], torch.Tensor]",
                  cu_k: torch.Tensor, klen: torch.Tensor, kf: torch.Tensor, vf: torch.Tensor, scale: float,
-                 kernel: str) -> None:
+                 kernel: str, kbias_fn: "Callable[[], torch.Tensor] | None" = None) -> None:
         from engine.graphs import Graphed
         C, nb, max_k = key[6], key[7], key[-1]
         self.key, self.failed = key, False
         self.q, self.cu_k, self.klen, self.seg = q.clone(), cu_k.clone(), klen.clone(), cu_k
         self.g = Graphed(lambda: _bucketed_eager(self.q, probe_fn, self.cu_k, self.klen, kf, vf, scale, kernel,
-                                                 C, nb, max_k), torch.cuda.graph_pool_handle(), True, warmup=1)
+                                                 C, nb, max_k, kbias_fn), torch.cuda.graph_pool_handle(), True,
+                         warmup=1)
 
     @property
     def graph(self) -> "torch.cuda.CUDAGraph | None":

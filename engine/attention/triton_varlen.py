@@ -10,8 +10,10 @@ small tile. Otherwise a plain flash-attention forward: online softmax in base 2,
 
 Layout as torch's varlen_attn: q (Nq, 1, D), k and v (Nk, 1, D) (one head per row: the caller folds heads
 into segments), cu_q / cu_k (S + 1,) int32 offsets, segment s = queries [cu_q[s], cu_q[s + 1]) against keys
-[cu_k[s], cu_k[s + 1]). Returns out (Nq, 1, D) in q's dtype and lse (Nq,) float32 (natural log; -inf and a
-zero row for a segment without keys). CUDA with triton only; `available()` says whether it can run.
+[cu_k[s], cu_k[s + 1]). kbias (Nk,) float32 or None: a logit added to every score against key row j (a
+temporal decay over a cache in bucket order, where each head's slots hold different frames). Returns out
+(Nq, 1, D) in q's dtype and lse (Nq,) float32 (natural log; -inf and a zero row for a segment without keys).
+CUDA with triton only; `available()` says whether it can run.
 """
 from __future__ import annotations
 
@@ -26,9 +28,10 @@ if _triton_ok:
     import triton.language as tl
 
     @triton.jit
-    def _varlen_fwd(Q, K, V, O, LSE, CU_Q, CU_K, qk_scale,  # type: ignore[no-untyped-def]
-                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        """Program (query block, segment). qk_scale = softmax scale x log2(e): scores in base 2."""
+    def _varlen_fwd(Q, K, V, KB, O, LSE, CU_Q, CU_K, qk_scale,  # type: ignore[no-untyped-def]
+                    D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, HAS_BIAS: tl.constexpr):
+        """Program (query block, segment). qk_scale = softmax scale x log2(e): scores in base 2; KB (a per-key
+        logit, natural log) is read only with HAS_BIAS."""
         blk, seg = tl.program_id(0), tl.program_id(1)
         q0, q1 = tl.load(CU_Q + seg), tl.load(CU_Q + seg + 1)
         start = q0 + blk * BLOCK_M
@@ -48,6 +51,8 @@ if _triton_ok:
             kv_off = offs_n[:, None].to(tl.int64) * D + offs_d[None, :]
             k = tl.load(K + kv_off, mask=col_ok[:, None], other=0.0)
             s = tl.dot(q, tl.trans(k)) * qk_scale                                   # (BLOCK_M, BLOCK_N)
+            if HAS_BIAS:
+                s += tl.load(KB + offs_n, mask=col_ok, other=0.0)[None, :] * 1.4426950408889634
             s = tl.where(col_ok[None, :], s, float("-inf"))
             m_new = tl.maximum(m_i, tl.max(s, 1))
             alpha = tl.exp2(m_i - m_new)
@@ -76,7 +81,8 @@ def block_m(n_queries: int, n_segments: int) -> int:
 
 
 def varlen_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q: torch.Tensor, cu_k: torch.Tensor,
-                         max_q: int, scale: float, block: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                         max_q: int, scale: float, block: int = 0,
+                         kbias: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """See the module docstring. max_q bounds the queries of any segment (sizes the grid; no host sync).
     block: query tile rows, 0 = block_m() from the mean segment size."""
     if not _triton_ok:
@@ -86,11 +92,15 @@ def varlen_attention_lse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cu_q
         raise ValueError(f"triton_varlen: head dim must be 16/32/64/128 with one head per row, got q {tuple(q.shape)}")
     if not (q.is_contiguous() and k.is_contiguous() and v.is_contiguous()):
         raise ValueError("triton_varlen: q, k, v must be contiguous")
+    if kbias is not None and (kbias.shape != (k.shape[0],) or kbias.dtype != torch.float32 or not kbias.is_contiguous()):
+        raise ValueError(f"triton_varlen: kbias must be contiguous float32 ({k.shape[0]},), one per key row, got "
+                         f"{tuple(kbias.shape)} {kbias.dtype}")
     S = cu_q.numel() - 1
     bm = block or block_m(Nq, S)
     out = torch.empty_like(q)
     lse = torch.empty(Nq, device=q.device, dtype=torch.float32)
     grid = (triton.cdiv(max(max_q, 1), bm), S)
-    _varlen_fwd[grid](q, k, v, out, lse, cu_q, cu_k, scale * 1.4426950408889634, D=D, BLOCK_M=bm,
-                      BLOCK_N=64, num_warps=4 if bm >= 64 else 2, num_stages=3)
+    _varlen_fwd[grid](q, k, v, lse if kbias is None else kbias, out, lse, cu_q, cu_k, scale * 1.4426950408889634,
+                      D=D, BLOCK_M=bm, BLOCK_N=64, HAS_BIAS=kbias is not None, num_warps=4 if bm >= 64 else 2,
+                      num_stages=3)
     return out, lse
