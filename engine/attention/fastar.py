@@ -165,10 +165,12 @@ class FastARAttention(AttentionMode):
         if self.tc is not None and cache.device.type == "cuda" and not cache.pad \
                 and self.tc.cfg.bias_layout == "channel":
             cache.set_bias_channel(True)   # group biases ride in a key channel: one plain kernel (kernels.py)
-        if self.tc is not None and cache.pad and self.tc.cfg.bias_layout == "array" and not self._bucket_order() \
+        if cache.pad and (self.tc is None or self.tc.cfg.bias_layout == "array") and not self._bucket_order() \
                 and kernels.decay_in_kernel(cache):
             # a temporal decay had turned the channel on (Sampler.set_decay); the kernel adds it from the slots'
-            # frames instead, beside the group biases in the array: 64 channels, no per-frame channel refresh
+            # frames instead, beside the group biases in the array (TempCache) or alone (AnnCA over a growing
+            # cache, whose dense self-attention ran FA2's head-dim-96 kernel on the channel at 10 fps by frame
+            # 3000 on the H100 against dense's 26): 64 channels, no per-frame channel refresh
             cache.set_bias_channel(False)
         if self._bucket_order():
             if cache.pad:
@@ -283,7 +285,7 @@ class FastARAttention(AttentionMode):
                                                      layout, kbias_fn)
             self._pairs = pairs
         if every_bucket:
-            self._paths["dense"] = "every bucket, " + path
+            self._paths["every_bucket"] = path
         elif annsa:
             self._paths["self"] = path
             if measure:
