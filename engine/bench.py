@@ -43,7 +43,7 @@ import numpy as np
 
 from engine import bench_report as report
 from engine.bench_report import TWIN
-from engine.bench_run import follow, git_state, quality, report_frames, rollout, tiny_random_model, where
+from engine.bench_run import check_commit, follow, git_state, quality, report_frames, rollout, tiny_random_model, where
 from engine.bench_trace import Trace, explorer_trace, replay_truth, revisit_pairs, session_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -90,6 +90,7 @@ class BenchConfig:
     world: Any = None
     checkpoint: str | None = None  # null: the bundled weights; a checkpoint dir; tiny-random: untrained tiny model
     commit: str | None = None      # null: git rev-parse HEAD; set it when the tree was copied without .git
+                                   # (quoted: commit="'81e1391'", else hydra may read it as a number)
     prompt: str | None = None      # null: the world's default prompt
     seed: int = 0
     device: str = "auto"
@@ -122,6 +123,9 @@ class BenchConfig:
     trace: TraceConfig = field(default_factory=TraceConfig)
     revisit: RevisitConfig = field(default_factory=RevisitConfig)
     bars: BarsConfig = field(default_factory=BarsConfig)
+
+    def __post_init__(self) -> None:
+        check_commit(self.commit)
 
 
 # ---- set-up --------------------------------------------------------------------------------------------------

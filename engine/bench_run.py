@@ -11,6 +11,7 @@ from __future__ import annotations
 import gc
 import os
 import platform
+import re
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -51,6 +52,18 @@ def tiny_random_model(seed: int = 0) -> Any:
         for p in m.dit.parameters():
             p.add_(0.2 * torch.randn_like(p))
     return m.eval()
+
+
+_REVISION = re.compile(r"[0-9a-fA-F]{4,40}([+\-_.][\w.+\-]*)?")
+
+
+def check_commit(commit: str | None) -> None:
+    """A commit given on the command line must read as a git revision (4-40 hex digits, optionally a note after
+    + - _ or .): hydra parses an unquoted revision of digits with one 'e' (81e1391) as a float, inf, and the
+    digits are gone before any code sees them. Checked when the config is built, before anything runs."""
+    if commit is not None and not _REVISION.fullmatch(str(commit)):
+        raise ValueError(f"commit: {commit!r} is not a git revision (4-40 hex digits, optionally followed by +note); "
+                         "hydra reads a revision such as 81e1391 as a number: quote it, commit=\"'81e1391'\"")
 
 
 def git_state(commit: str | None = None) -> dict[str, Any]:

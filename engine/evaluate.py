@@ -83,6 +83,10 @@ class EvalConfig:
     quick: bool = False               # CPU-sized: 2 episodes, short rollouts, 200-frame stability
     commit: str | None = None         # reported as given (a GPU machine's copy of the tree may carry a stale .git)
 
+    def __post_init__(self) -> None:
+        from engine.bench_run import check_commit
+        check_commit(self.commit)
+
 
 def _quick(c: EvalConfig) -> EvalConfig:
     return EvalConfig(**{**asdict(c), "episodes": 1, "teacher_forced": 4, "rollout": 8, "stability_frames": 20,

@@ -98,6 +98,19 @@ def test_report_keeps_a_commit_label_and_names_a_bad_file(tmp_path: Path) -> Non
         load(bad)
 
 
+def test_commit_must_read_as_a_revision() -> None:
+    """hydra reads an unquoted 81e1391 as a float (inf): the config refuses it before anything runs and says
+    how to quote it; quoted, or with a note after the hash, it is kept as given."""
+    from engine.bench import load_config
+    from engine.evaluate import EvalConfig
+    assert load_config(["commit='81e1391'"]).commit == "81e1391"
+    assert load_config(["commit=5b5b687+run19"]).commit == "5b5b687+run19"
+    with pytest.raises(ValueError, match="commit: 'inf' is not a git revision.*quote it"):
+        load_config(["commit=81e1391"])
+    with pytest.raises(ValueError, match="not a git revision"):
+        EvalConfig(commit="latest")
+
+
 def test_follow_on_its_own_history_reproduces_the_rollout() -> None:
     """NeuralEnv.follow with a dense rollout's committed latents, in dense mode, gives that rollout's frames bit
     for bit (same noise draws, same history): what the benchmark's one-step comparison rests on. With the

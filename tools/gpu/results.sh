@@ -13,13 +13,13 @@
 # which removes files written into tracked folders (docs/) on the machine.
 set -u
 PROFILE_ARGS=${PROFILE_ARGS:-}
-commit=${1:-unknown}
+commit=${1:?usage: give the commit}
 shift || true
 source tools/gpu/setup.sh
 mkdir -p runs/results
 [ "${TESTS:-1}" = 0 ] || python3 -m pytest -q -p no:cacheprovider -p no:warnings -p no:logging --tb=short tests/test_graphs.py tests/test_tempcache_merge.py tests/test_attention_fastar.py \
   2>&1 | tail -40
-python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/bench results_json=runs/results/bench_h100.json "commit='$commit'" progress=false \
   "modes=${MODES:-[dense,window,tempcache,fastar,tempcache_quant,fastar_quant]}" "$@"
 for m in dense window fastar; do
   python3 tools/profile_step.py --attention $m --frames 200 --no-profile $PROFILE_ARGS 2>&1 | grep -E "^(device|step)|Error"
@@ -27,5 +27,5 @@ done
 [ -n "${PROFILE_PARAMS:-}" ] && python3 tools/profile_step.py --attention fastar --frames 200 --no-profile $PROFILE_ARGS \
   --params "$PROFILE_PARAMS" 2>&1 | grep -E "^(device|step)|Error"
 [ "${ATTN:-0}" = 1 ] && python3 -m engine.attention.bench --reps 10 --out runs/results/attention_h100.json 2>&1 | tail -30
-[ "${EVAL:-1}" = 0 ] || python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 commit=$commit \
+[ "${EVAL:-1}" = 0 ] || python3 -m engine.evaluate out=runs/results/world_model.json stability_frames=1000 "commit='$commit'" \
   $(printf '%s\n' "$@" | grep -E '^(checkpoint)=' || true)

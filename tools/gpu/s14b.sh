@@ -9,7 +9,7 @@ o=runs/results/s14b
 mkdir -p $o
 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py tests/test_model_decay.py -k "cuda or kernel" 2>&1 | tail -8
 python3 tools/decay_kernel_bench.py --out $o/decay_kernel_h100.json 2>&1 | tail -12
-python3 -m engine.bench out=runs/results/bench results_json=$o/bench_h100.json commit=$commit-run12 progress=false \
+python3 -m engine.bench out=runs/results/bench results_json=$o/bench_h100.json "commit='$commit-run12'" progress=false \
   "modes=[dense,window,fastar]" compile=true
 cp runs/results/bench/table.txt $o/bench_table.txt; cp runs/results/bench/bench.json $o/bench.json
 echo "=== done $(date)"

@@ -22,11 +22,11 @@ for k in channel triton; do
     --params "{\"bucket_kernel\": \"$k\"}" 2>&1 | grep -E "^(device|step)|Error|rror"
 done
 echo "=== bench $(date)"
-python3 -m engine.bench out=runs/results/b1 results_json=$o/b1.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b1 results_json=$o/b1.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true 2>&1 | tail -40
 cp runs/results/b1/bench.json $o/b1_bench.json 2>/dev/null; gzip -f $o/b1_bench.json
 echo "=== bench dense triton buckets $(date)"
-python3 -m engine.bench out=runs/results/b2 results_json=$o/b2.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b2 results_json=$o/b2.json "commit='$commit'" progress=false \
   "modes=[dense]" compile=true +mode_params.dense.bucket_kernel=triton +mode_params.dense.graph_frames=4096 2>&1 | tail -25
 cp runs/results/b2/bench.json $o/b2_bench.json 2>/dev/null; gzip -f $o/b2_bench.json
 echo "=== done $(date)"

@@ -12,7 +12,7 @@ for m in dense window fastar; do
     | grep -E "^(device|step)|rror" | tee -a $o/speed.txt
 done
 echo "=== bench $(date)"
-python3 -m engine.bench out=runs/results/b3 results_json=$o/b3.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b3 results_json=$o/b3.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true 2>&1 | grep -v Warn | tail -30
 cp runs/results/b3/bench.json $o/b3_bench.json; gzip -f $o/b3_bench.json
 cp runs/results/b3/table.txt $o/b3_table.txt; for f in runs/results/b3/*.png; do cp $f $o/b3_$(basename $f); done

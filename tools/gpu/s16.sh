@@ -13,7 +13,7 @@ python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py t
   tests/test_graphs.py -k "cuda or chooser" 2>&1 | grep -v Warn | tail -12
 for run in "b1 [dense,window,fastar]" "b2 [dense,fastar] +mode_params.fastar.tempcache.bias_layout=array"; do
   set -- $run
-  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json commit=$commit progress=false "modes=$2" \
+  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json "commit='$commit'" progress=false "modes=$2" \
     compile=true ${3:-} 2>&1 | grep -v Warn | tail -22
   cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json; gzip -f $o/$1_bench.json
 done

@@ -23,8 +23,8 @@ done
 python3 tools/recall_probe.py --checkpoint runs/base15/export --mode window --device cuda --out $o/run15_window.json \
   2>&1 | tail -1 | cut -c1-300
 python3 -m engine.evaluate checkpoint=runs/base15/export out=$o/world_model_run15.json stability_frames=3000 \
-  commit=$commit 2>&1 | tail -18
+  "commit='$commit'" 2>&1 | tail -18
 python3 -m engine.evaluate checkpoint=runs/base15/export out=$o/world_model_run15_g3.json stability_frames=3000 \
-  guidance=3 "stability_modes=[dense]" commit=$commit 2>&1 | tail -18
+  guidance=3 "stability_modes=[dense]" "commit='$commit'" 2>&1 | tail -18
 tar czf runs/results/s16t.tgz -C runs/results s16t
 echo "=== done $(date)"

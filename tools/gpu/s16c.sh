@@ -14,7 +14,7 @@ mkdir -p $o
 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_attention_fastar.py tests/test_graphs.py \
   tests/test_triton_decay.py -k "bias_array or tempcache_equals_the_cpu or bucket or chooser" 2>&1 | grep -v Warn | tail -6
 bench() {   # NAME CHECKPOINT
-  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json commit=$commit progress=false \
+  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json "commit='$commit'" progress=false \
     'modes=[dense,window,fastar]' compile=true ${2:+checkpoint=$2} 2>&1 | grep -v Warn | tail -22
   cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json
   for f in runs/results/$1/*.png; do cp $f $o/$1_$(basename $f); done
@@ -27,6 +27,6 @@ python3 tools/profile_step.py --attention fastar --context 400 --frames 30 --com
 gzip -f $o/fastar_trace.json
 tar czf runs/results/s16c.tgz -C runs/results s16c
 python3 -m engine.evaluate out=$o/world_model_run15.json stability_frames=3000 \
-  commit=$commit 2>&1 | tail -18
+  "commit='$commit'" 2>&1 | tail -18
 tar czf runs/results/s16c.tgz -C runs/results s16c
 echo "=== done $(date)"

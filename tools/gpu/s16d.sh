@@ -8,7 +8,7 @@ source tools/gpu/setup.sh
 o=runs/results/s16d
 mkdir -p $o
 python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py 2>&1 | grep -v Warn | tail -4
-python3 -m engine.bench out=runs/results/b3 results_json=$o/bench_h100.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b3 results_json=$o/bench_h100.json "commit='$commit'" progress=false \
   'modes=[dense,window,fastar]' compile=true 2>&1 | grep -v Warn | tail -22
 cp runs/results/b3/table.txt runs/results/b3/*.png $o/; cp runs/results/b3/bench.json $o/; gzip -f $o/bench.json
 tar czf runs/results/s16d.tgz -C runs/results s16d

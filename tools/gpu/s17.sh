@@ -19,7 +19,7 @@ for fw in "" --fused-writes; do
 done
 for run in "fw1 [dense,window,fastar] fused_writes=true" "fw0 [dense,fastar] fused_writes=false"; do
   set -- $run
-  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json commit=$commit progress=false "modes=$2" \
+  python3 -m engine.bench out=runs/results/$1 results_json=$o/$1.json "commit='$commit'" progress=false "modes=$2" \
     compile=true $3 2>&1 | grep -v Warn | tail -22
   cp runs/results/$1/table.txt $o/$1_table.txt; cp runs/results/$1/bench.json $o/$1_bench.json; gzip -f $o/$1_bench.json
   tar czf runs/results/s17.tgz -C runs/results s17

@@ -16,7 +16,7 @@ for m in "fastar --context 400" "dense --context 96"; do
   python3 tools/profile_step.py --attention $m --frames 100 --no-profile --compile 2>&1 \
     | grep -E "^(device|step|host)|rror" | tee -a $o/speed.txt
 done
-python3 -m engine.bench out=runs/results/b17c results_json=$o/b17c.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b17c results_json=$o/b17c.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true 2>&1 | grep -v Warn | tail -22
 cp runs/results/b17c/table.txt $o/b17c_table.txt; cp runs/results/b17c/bench.json $o/b17c_bench.json
 gzip -f $o/b17c_bench.json; cp runs/results/b17c/*.png $o/ 2>/dev/null

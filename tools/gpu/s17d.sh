@@ -15,7 +15,7 @@ for p in '{}' '{"tempcache": {"bias_layout": "channel"}}'; do
     | grep -E "^(device|step|host)|rror" | tee -a $o/speed.txt
 done
 tar czf runs/results/s17d.tgz -C runs/results s17d
-python3 -m engine.bench out=runs/results/b17d results_json=$o/b17d.json commit=$commit-run15 progress=false \
+python3 -m engine.bench out=runs/results/b17d results_json=$o/b17d.json "commit='$commit-run15'" progress=false \
   "modes=[dense,fastar]" compile=true one_step=false 2>&1 | grep -v Warn | tail -16
 cp runs/results/b17d/table.txt $o/b17d_table.txt
 tar czf runs/results/s17d.tgz -C runs/results s17d

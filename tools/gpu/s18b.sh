@@ -16,7 +16,7 @@ tail -12 $o/tune.txt
 tar czf runs/results/s18b.tgz -C runs/results s18b
 python3 tools/profile_step.py --attention fastar --context 400 --frames 100 --no-profile --compile 2>&1 \
   | grep -E "^(device|step|host)|rror" | tee $o/speed.txt
-python3 -m engine.bench out=runs/results/b18 results_json=$o/b18.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b18 results_json=$o/b18.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true +twin_params.bucket_kernel=channel 2>&1 | grep -v Warn | tail -24
 cp runs/results/b18/table.txt $o/b18_table.txt; cp runs/results/b18/bench.json $o/b18_bench.json
 gzip -f $o/b18_bench.json; cp runs/results/b18/*.png $o/ 2>/dev/null

@@ -12,7 +12,7 @@ python3 -m pytest -q -p no:cacheprovider --tb=short tests/test_triton_decay.py t
 python3 tools/profile_step.py --attention fastar --context 400 --frames 100 --no-profile --compile 2>&1 \
   | grep -E "^(device|step|host)|rror" | tee $o/speed.txt
 tar czf runs/results/s18d.tgz -C runs/results s18d
-python3 -m engine.bench out=runs/results/b18d results_json=$o/b18d.json commit=$commit progress=false \
+python3 -m engine.bench out=runs/results/b18d results_json=$o/b18d.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true 2>&1 | grep -v Warn | tail -20
 cp runs/results/b18d/table.txt $o/b18d_table.txt; cp runs/results/b18d/bench.json $o/b18d_bench.json
 gzip -f $o/b18d_bench.json; cp runs/results/b18d/*.png $o/ 2>/dev/null

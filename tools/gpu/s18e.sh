@@ -7,6 +7,6 @@ commit=$1
 source tools/gpu/setup.sh
 o=runs/results/s18e
 mkdir -p $o
-python3 -m engine.evaluate out=$o/world_model.json stability_frames=3000 commit=$commit 2>&1 | tail -30 | tee $o/eval.txt
+python3 -m engine.evaluate out=$o/world_model.json stability_frames=3000 "commit='$commit'" 2>&1 | tail -30 | tee $o/eval.txt
 tar czf runs/results/s18e.tgz -C runs/results s18e
 echo "=== done $(date)"

@@ -19,6 +19,6 @@ python3 -m engine.train preset=base init=worlds/maze/weights out=runs/$run time_
 cp runs/$run/log.jsonl $o/${run}_log.jsonl
 tar czf runs/results/s18t.tgz -C runs/results s18t
 python3 -m engine.evaluate checkpoint=runs/$run/export out=$o/world_model_$run.json stability_frames=3000 \
-  commit=$commit 2>&1 | tail -24
+  "commit='$commit'" 2>&1 | tail -24
 tar czf runs/results/s18t.tgz -C runs/results s18t
 echo "=== done $(date)"

@@ -7,10 +7,10 @@ commit=$1
 source tools/gpu/setup.sh
 o=runs/results/s19
 mkdir -p $o
-python3 -m engine.evaluate out=$o/world_model_memory.json stability_frames=3000 commit=$commit \
+python3 -m engine.evaluate out=$o/world_model_memory.json stability_frames=3000 "commit='$commit'" \
   memory.enabled=true 2>&1 | tail -30 | tee $o/eval_memory.txt
 tar czf runs/results/s19.tgz -C runs/results s19
-[ -n "${NOBENCH:-}" ] || python3 -m engine.bench out=runs/results/b19 results_json=$o/b19.json commit=$commit progress=false \
+[ -n "${NOBENCH:-}" ] || python3 -m engine.bench out=runs/results/b19 results_json=$o/b19.json "commit='$commit'" progress=false \
   "modes=[dense,window,fastar]" compile=true 2>&1 | grep -v Warn | tail -20
 cp runs/results/b19/table.txt $o/b19_table.txt; cp runs/results/b19/bench.json $o/b19_bench.json
 gzip -f $o/b19_bench.json; cp runs/results/b19/*.png $o/ 2>/dev/null

@@ -9,7 +9,7 @@ commit=$1
 source tools/gpu/setup.sh
 o=runs/results/s20b
 mkdir -p $o
-python3 -m engine.bench out=$o results_json=$o/bench_h100_all.json commit=$commit progress=false compile=true \
+python3 -m engine.bench out=$o results_json=$o/bench_h100_all.json "commit='$commit'" progress=false compile=true \
   ${MODES:+"modes=$MODES"} 2>&1 | grep --line-buffered -v Warn
 gzip -f $o/bench.json
 tar czf runs/results/s20b.tgz -C runs/results s20b

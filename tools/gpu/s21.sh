@@ -10,7 +10,7 @@ commit=$1 tag=$2 modes=$3
 source tools/gpu/setup.sh
 o=runs/results/$tag
 mkdir -p $o
-python3 -m engine.bench out=$o results_json=$o/bench_h100_$tag.json commit=$commit progress=false compile=true \
+python3 -m engine.bench out=$o results_json=$o/bench_h100_$tag.json "commit='$commit'" progress=false compile=true \
   "modes=$modes" 2>&1 | grep --line-buffered -v Warn
 nvidia-smi --query-gpu=memory.used,memory.total --format=csv
 gzip -f $o/bench.json

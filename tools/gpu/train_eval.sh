@@ -13,4 +13,4 @@ printf '%s\n' "$@" | grep -q '^init=' && init=""
 python3 -m engine.train preset=base $init out=$out time_budget_min=${TIME:-17} ckpt_every_min=3 progress=false max_step_s=${MAX_STEP_S:-10} "$@" \
   || { echo "training failed"; exit 1; }
 python3 -m engine.evaluate checkpoint=$out/export out=$out/world_model.json stability_frames=${STABILITY:-1000} \
-  commit=$commit
+  "commit='$commit'"
