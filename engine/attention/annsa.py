@@ -85,8 +85,6 @@ def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probe_fn: Callable[
     the same slot order). Returns out (B, H, n, D), pairs computed (device scalar), the path's name."""
     n, L = q.shape[2], K.shape[2] - q.shape[2]
     scale = 1.0 / math.sqrt(q.shape[-1])
-    if bias is not None:   # empty slots (NEG_BIAS) are in no bucket
-        codes = torch.where(bias[:, :, :L, None] > NEG_BIAS / 2, codes, torch.full_like(codes, n_buckets))
     path = cfg.path
     if path == "auto":
         path = "masked" if q.device.type != "cuda" else ("bucketed" if layout is not None and layout.usable else "sparse")
@@ -99,6 +97,8 @@ def sparse_self_attention(cfg: AnnSAConfig, q: torch.Tensor, probe_fn: Callable[
         out, pairs = sparse_kernels.sorted_bucket_attention(q, lambda x: probe_fn(x)[..., 0, :], layout, L, scale,
                                                             cfg.chunks, cfg.kernel, kbias_fn if bias is not None else None)
         return out, pairs, "bucketed:" + sparse_kernels.last_kernel()
+    if bias is not None:   # empty slots (NEG_BIAS) are in no bucket (the bucketed path reads no codes)
+        codes = torch.where(bias[:, :, :L, None] > NEG_BIAS / 2, codes, torch.full_like(codes, n_buckets))
     probes = probe_fn(q)                                                         # (B, H, n, T, P)
     if path == "sparse":
         if layout is not None and layout.sorted_len < L:

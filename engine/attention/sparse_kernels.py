@@ -23,6 +23,7 @@ exactly; no host sync, one CUDA graph replay per call (details at the function).
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass, field
@@ -200,8 +201,10 @@ def bucket_attention(q: torch.Tensor, probes: torch.Tensor, K: torch.Tensor, V: 
     return res.reshape(B, H, n, D), pairs
 
 
+@functools.lru_cache(maxsize=None)
 def bias_ok(kernel: str, device: torch.device) -> bool:
-    """Whether the bucketed path can add a per-key logit (kbias) with annsa.kernel `kernel` on `device`."""
+    """Whether the bucketed path can add a per-key logit (kbias) with annsa.kernel `kernel` on `device`
+    (cached: asked several times per layer and pass, and the answer is fixed for the process)."""
     if kernel == "auto":
         return any(name in BIAS_BACKENDS for name in _auto_order(device))
     return kernel in BIAS_BACKENDS
