@@ -304,6 +304,47 @@ def test_dense_skips_keys_past_the_decay_horizon_exactly(channel: bool, monkeypa
     assert max(float((a - b).abs().max()) for a, b in zip(ref, bad)) > 1e-6
 
 
+ANNSA_BUCKETED = {"ann": {"bits": 2, "probes": 2}, "schedule": {"dense_until": 0.0, "layers": None},
+                  "annsa": {"path": "bucketed", "kernel": "loop", "recent_frames": 2, "chunks": 2}}
+
+
+def _roll_annsa(m: torch.nn.Module, frames: int, horizon: bool, dense_until: float) -> tuple[list[torch.Tensor], Sampler]:
+    params = {**ANNSA_BUCKETED, "schedule": {"dense_until": dense_until, "layers": None}}
+    s = Sampler(m, build_mode("annsa", **params), steps=2, context_sigma=0.05, shift=2.0)
+    s.reset(seed=3, prompt="night stone")
+    if not horizon:
+        s.cache.horizon = None
+    acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+    out = [s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float64)) for i in range(frames)]
+    return out, s
+
+
+@pytest.mark.parametrize("dense_until", [0.0, 0.6])
+def test_annsa_bucket_order_skips_keys_past_the_decay_horizon_exactly(dense_until: float,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """AnnSA over a cache kept in bucket order skips, per head and bucket, the oldest keys past the head's
+    horizon (each bucket holds its keys oldest first: FastARAttention._horizon_skip_fn), as dense skips the
+    slots before it: the frames equal reading every key of the probed buckets (float64, 1e-10) while it
+    computes fewer pairs, in the sparse steps and (dense_until 0.6: the first of 2 steps) in the schedule's
+    dense steps, which probe every bucket. With no margin the same skipping changes the frames: the test can
+    tell."""
+    m = _steep_decay_model()
+    ref, rs = _roll_annsa(m, 24, horizon=False, dense_until=dense_until)
+    got, s = _roll_annsa(m, 24, horizon=True, dense_until=dense_until)
+    assert s.cache.horizon is not None and max(h[0] for h in s.cache.horizon) < 20
+    paths = s.mode.stats()["paths"]
+    assert paths["self"].startswith("bucketed:") and s.mode._sorted[1][0] > 0
+    assert paths.get("every_bucket", "").startswith("bucketed:") == (dense_until > 0)
+    dens = [x.mode.meter.mean("sa_density") for x in (rs, s)]
+    assert dens[1] < 0.9 * dens[0], dens                               # the steep head's old keys are skipped
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    import engine.cache as cache_mod
+    monkeypatch.setattr(cache_mod, "HORIZON_MARGIN", -20.0)          # skip keys that do matter
+    bad, _ = _roll_annsa(m, 24, horizon=True, dense_until=dense_until)
+    assert max(float((a - b).abs().max()) for a, b in zip(ref, bad)) > 1e-6
+
+
 def test_logit_bound_holds_for_real_queries_and_keys() -> None:
     """CausalDiT.logit_bound bounds |q.k| / sqrt(head_dim) of the keys a rollout actually stores."""
     m = _steep_decay_model()

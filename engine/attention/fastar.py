@@ -151,6 +151,8 @@ class FastARAttention(AttentionMode):
         self._search_layers: list[int] = []     # TempCache: layers whose new keys search for repeats
         self._sorted: dict[int, tuple[int, torch.Tensor, int]] = {}   # AnnSA bucket order per layer (_sort_buckets)
         self._memo: dict[int, dict] = {}        # per layer: the bucketed path's key segments (BucketLayout.memo)
+        self._hz_dev: dict[int, tuple] = {}     # per layer: (which horizons, (H,) long on the device)
+        self._kbias: dict[int, tuple] = {}      # per layer: (what it was computed for, (B * H * capacity,) float32)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -193,6 +195,7 @@ class FastARAttention(AttentionMode):
         self._fresh.clear()
         self._sorted.clear()
         self._memo.clear()
+        self._kbias.clear()
         if self.tc is not None:
             self.tc.reset()
 
@@ -222,6 +225,7 @@ class FastARAttention(AttentionMode):
         self._biased = self.tc is not None or (bool((cache.bias != 0).any()) if cache.tokens() else False)
         self._sorted.clear()
         self._memo.clear()
+        self._kbias.clear()
         if self._bucket_order():   # everything adopted counts as old: sorted by bucket now
             self._setup(cache)
             for layer in range(cache.n_layers):
@@ -274,13 +278,13 @@ class FastARAttention(AttentionMode):
         if annsa or every_bucket:
             bias = self._head_bias(cache, layer, end) if by_head else cache.attn_bias(layer, end) if biased else None
             codes = cache.slot_data[CODES][layer, :, :, :L0]
-            layout = self._layout(cache, layer)
+            layout = self._layout(cache, layer, info.frame)
             probe: Callable[[torch.Tensor], torch.Tensor] = lambda x: hasher.probe_codes(layer, x)  # noqa: E731
             if every_bucket:
                 assert layout is not None
                 layout = dataclasses.replace(layout, probes=hasher.n_buckets, memo=layout.memo.setdefault("all", {}))
                 probe = lambda x: torch.arange(hasher.n_buckets, device=x.device).expand(*x.shape[:3], 1, -1)  # noqa: E731
-            kbias_fn = (lambda: self._head_bias(cache, layer, cache.capacity).reshape(-1)) if by_head else None
+            kbias_fn = self._kbias_fn(cache, layer, end, info.frame) if by_head else None
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probe, K, V, codes, bias, hasher.n_buckets,
                                                      layout, kbias_fn)
             self._pairs = pairs
@@ -339,13 +343,33 @@ class FastARAttention(AttentionMode):
         head's own slot frames (FRAME_H) instead of the layer's one frame column (KVCache.attn_bias)."""
         return cache.bias[layer, :, :, :end] + cache.decay_by_head(layer, cache.slot_data[FRAME_H][layer, :, :, :end])
 
+    def _kbias_fn(self, cache: KVCache, layer: int, end: int, frame: int) -> Callable[[], torch.Tensor]:
+        """The bucketed call's per-slot logit (B * H * capacity,) in the cache's bias dtype (_head_bias over slots [0, end); the
+        slots after them are never read), in a buffer kept per layer and recomputed once a frame, not once a
+        call: it changes only with the frame drawn, the cache's length and its sorts (at 3000 frames it is ~6M
+        elements, and the 5 passes x 6 sorted layers of a frame had recomputed it 30 times, inside the call's
+        graph). The function hands the buffer to the call (its graph reads it in place)."""
+        B, H, cap = cache.batch, cache.n_heads, cache.capacity
+        key = (frame, end, self._sorted.get(layer, (0,))[0], cap, cache.k.data_ptr())
+        entry = self._kbias.get(layer)
+        dtype = cache.decay.dtype  # type: ignore[union-attr]   # float32 (float64 in the exactness tests)
+        if entry is None or entry[1].numel() != B * H * cap or entry[1].dtype != dtype:
+            entry = (None, torch.zeros(B * H * cap, dtype=dtype, device=cache.device))
+        if entry[0] != key:
+            entry[1].view(B, H, cap)[..., :end].copy_(self._head_bias(cache, layer, end))
+            entry = (key, entry[1])
+        self._kbias[layer] = entry
+        buf = entry[1]
+        return lambda: buf
+
     def _annsa_ready(self, cached: int, n: int) -> bool:
         """Whether AnnSA runs over `cached` slots: a growing cache (annsa modes) of at least annsa.min_frames
         frames. Below it the bucketed call costs more than dense attention over those keys (annsa.min_frames,
         conf/attention/annsa.yaml says what was measured). A bounded cache (TempCache) is always ready."""
         return self.tc is not None or cached >= self.cfg.annsa.min_frames * n  # type: ignore[union-attr]
 
-    def _layout(self, cache: KVCache, layer: int) -> sparse_kernels.BucketLayout | None:
+    def _layout(self, cache: KVCache, layer: int, frame: int = -1) -> sparse_kernels.BucketLayout | None:
+        """frame: the frame being drawn (host int, = cache.now): with a horizon the skipped keys change with it."""
         if not self._bucket_order() or not self.cfg.schedule.in_layers(layer, self._n_layers):
             return None
         if layer not in self._sorted:   # nothing sorted yet: every key is recent (counts all zero, kept)
@@ -355,8 +379,40 @@ class FastARAttention(AttentionMode):
         assert h is not None
         # slots from sorted_len to the scratch's end: < recent_frames frames since the sort, plus the frame
         recent = (max(1, self.cfg.annsa.recent_frames) + 1) * self._n  # type: ignore[union-attr]
+        skip_fn = self._horizon_skip_fn(cache, layer, P, counts)
         return sparse_kernels.BucketLayout(P, counts, max_count, cache.k[layer], cache.v[layer], h.n_buckets,
-                                           h.probes, recent, self._memo.setdefault(layer, {}))
+                                           h.probes, recent, self._memo.setdefault(layer, {}), skip_fn,
+                                           None if skip_fn is None else frame)
+
+    def _horizon_skip_fn(self, cache: KVCache, layer: int, P: int,
+                         counts: torch.Tensor) -> Callable[[], torch.Tensor] | None:
+        """With a temporal decay and horizons (KVCache.set_decay: per head, the frames back beyond which a key
+        weighs below e^-HORIZON_MARGIN of the newest key's, whatever q and k are), () -> (B * H, n_buckets) the
+        keys at the start of each bucket older than the head's horizon: the bucketed call skips them, as dense
+        skips the slots before its horizon (dense.py), exactly to float rounding. Each bucket holds its keys
+        oldest first (_sort_buckets orders by bucket, then frame), so they are a prefix, found by one
+        searchsorted over (bucket, frame) per head. None without a horizon."""
+        hz = cache.horizon[layer] if cache.horizon is not None and cache.decay is not None else None
+        if hz is None or all(w is None for w in hz) or P == 0:
+            return None
+        far = -(1 << 31) + 2   # a head without a horizon: below every frame
+        key = (id(cache.horizon), layer, cache.device)
+        if self._hz_dev.get(layer, (None,))[0] != key:   # made once per horizon set: no host copy per frame
+            self._hz_dev[layer] = (key, torch.tensor([far if w is None else w for w in hz], dtype=torch.long,
+                                                     device=cache.device))
+        horizon = self._hz_dev[layer][1]
+        nb = self.hasher.n_buckets  # type: ignore[union-attr]
+
+        def skip() -> torch.Tensor:
+            B, H = cache.batch, cache.n_heads
+            codes = cache.slot_data[CODES][layer, :, :, :P, 0]                      # (B, H, P), bucket order
+            frames = cache.slot_data[FRAME_H][layer, :, :, :P]
+            seq = (codes * (1 << 32) + frames).reshape(B * H, P)                   # sorted per head
+            thr = torch.where(horizon == far, horizon, cache.now - horizon)        # (H,) oldest frame read
+            first = torch.arange(nb, device=codes.device) * (1 << 32) + thr[:, None]   # (H, nb)
+            pos = torch.searchsorted(seq, first.expand(B, H, nb).reshape(B * H, nb).contiguous())
+            return pos - (counts.cumsum(-1) - counts)
+        return skip
 
     def _unsorted(self, cache: KVCache) -> tuple[int, torch.Tensor, int]:
         nb = self.hasher.n_buckets  # type: ignore[union-attr]
@@ -382,11 +438,15 @@ class FastARAttention(AttentionMode):
         memo = self._memo.get(layer, {})
         for m in (memo, memo.get("all", {})):   # the key segments change; a captured call stays valid
             m.pop("key", None)
+        if layer in self._kbias:   # recomputed at the next call, in the same buffer (a captured call reads it)
+            self._kbias[layer] = (None, self._kbias[layer][1])
         if L == 0:
             self._sorted[layer] = self._unsorted(cache)
             return
         codes = cache.slot_data[CODES][layer, :, :, :L, 0]                      # (B, H, L), one table
-        perm = (codes * L + torch.arange(L, device=codes.device)).argsort(-1)
+        # by bucket, then frame (then slot: stable), so that each bucket holds its keys oldest first and a
+        # decay's horizon cuts a prefix of it (_horizon_skip_fn); frames are >= -1 and < 2^31
+        perm = (codes * (1 << 32) + cache.slot_data[FRAME_H][layer, :, :, :L]).argsort(dim=-1, stable=True)
         cache.gather_heads(layer, perm)
         cache.frame[layer, :L] = cache.slot_data[FRAME_H][layer, :, :, :L].amax(dim=(0, 1))
         nb = self.hasher.n_buckets  # type: ignore[union-attr]

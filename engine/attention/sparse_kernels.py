@@ -246,6 +246,11 @@ class BucketLayout:
     probes: int                                 # buckets each query searches
     recent_bound: int                           # >= slots from sorted_len to the end of the scratch
     memo: dict = field(default_factory=dict)   # the layer's key segments, kept while the cache is unchanged
+    # () -> (B * H, n_buckets) keys at the start of each bucket that no query reads (past a temporal decay's
+    # horizon: each bucket holds its keys oldest first), or None; asked only when the segments are rebuilt,
+    # which skip_key (with the lengths) says
+    skip_fn: Callable[[], torch.Tensor] | None = None
+    skip_key: object = None
 
     @property
     def usable(self) -> bool:
@@ -256,19 +261,24 @@ class BucketLayout:
         return "ok" if self.usable else "the cache's K/V are not contiguous (a bias-channel layout)"
 
 
-def _key_segments(counts: torch.Tensor, C: int, Ps: int, end: int, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """counts (G, nb) keys per bucket of each head's sorted part -> cu_seq_k (G * (nb * C + 2) + 1,) int32 over
-    the flattened (G * cap) key rows, and each segment's key count (long). Per head: its (bucket, chunk)
-    ranges, bucket b's chunk c starting at start_b + floor(c * count_b / C); then [Ps, end) (recent keys and
-    the frame itself); then [end, cap), the unused slots, a segment no query reads (varlen sequences must
-    tile the key rows). Built with device fills only: a host-to-device copy would wait for the GPU."""
+def _key_segments(counts: torch.Tensor, C: int, Ps: int, end: int, cap: int,
+                  skip: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """counts (G, nb) keys per bucket of each head's sorted part -> cu_seq_k (G * (nb * (C + 1) + 2) + 1,) int32
+    over the flattened (G * cap) key rows, and each segment's key count (long). Per head and bucket b: first
+    its skip_b oldest keys (skip (G, nb), None: none), a segment no query reads; then C chunks of the rest,
+    chunk c starting at start_b + skip_b + floor(c * rest_b / C). Then [Ps, end) (recent keys and the frame
+    itself); then [end, cap), the unused slots, a segment no query reads (varlen sequences must tile the key
+    rows). Built with device fills only: a host-to-device copy would wait for the GPU."""
     G, nb = counts.shape
     dev = counts.device
     start_b = counts.cumsum(-1) - counts                                          # (G, nb) within the head
-    cstart = start_b[..., None] + (counts[..., None] * torch.arange(C, device=dev)) // C   # (G, nb, C)
+    skip = torch.zeros_like(counts) if skip is None else skip.clamp(min=0).minimum(counts)
+    rest = counts - skip
+    cstart = (start_b + skip)[..., None] + (rest[..., None] * torch.arange(C, device=dev)) // C   # (G, nb, C)
+    per_bucket = torch.cat([start_b[..., None], cstart], -1)                      # (G, nb, C + 1)
     tail = torch.full((G, 2), Ps, device=dev, dtype=torch.long)
     tail[:, 1] = end
-    starts = torch.cat([cstart.reshape(G, nb * C), tail], -1) + torch.arange(G, device=dev)[:, None] * cap
+    starts = torch.cat([per_bucket.reshape(G, nb * (C + 1)), tail], -1) + torch.arange(G, device=dev)[:, None] * cap
     cu_k = torch.cat([starts.reshape(-1), torch.full((1,), G * cap, device=dev, dtype=torch.long)]).to(torch.int32)
     return cu_k, (cu_k[1:] - cu_k[:-1]).long()
 
@@ -280,9 +290,9 @@ def _pack_queries(q: torch.Tensor, probes: torch.Tensor, C: int, nb: int) -> tup
     shapes: compiled once on CUDA (sorted_bucket_attention)."""
     B, H, n, D = q.shape
     G, P, dev = B * H, probes.shape[-1], q.device
-    nseg, R = nb * C + 2, P * C + 1
-    seg_b = (probes.reshape(G, n, P, 1) * C + torch.arange(C, device=dev)).reshape(G, n, P * C)
-    seg = torch.cat([seg_b, torch.full((G, n, 1), nb * C, device=dev, dtype=seg_b.dtype)], -1)
+    nseg, R = nb * (C + 1) + 2, P * C + 1   # per bucket a skipped segment, then C chunks (_key_segments)
+    seg_b = (probes.reshape(G, n, P, 1) * (C + 1) + 1 + torch.arange(C, device=dev)).reshape(G, n, P * C)
+    seg = torch.cat([seg_b, torch.full((G, n, 1), nb * (C + 1), device=dev, dtype=seg_b.dtype)], -1)
     flat = (seg + torch.arange(G, device=dev)[:, None, None] * nseg).reshape(-1)     # (G * n * R,)
     order = flat.argsort(stable=True)
     inv = torch.empty_like(order).scatter_(0, order, torch.arange(order.numel(), device=dev))
@@ -353,9 +363,10 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     B, H, n, D = q.shape
     P, C, nb, dev = lay.probes, chunks, lay.n_buckets, q.device
     G, cap, Ps, end = B * H, lay.k.shape[2], lay.sorted_len, L + n
-    key = (Ps, end, cap, C)   # the owner clears memo whenever it sorts or resets
+    key = (Ps, end, cap, C, lay.skip_key)   # the owner clears memo whenever it sorts or resets
     if lay.memo.get("key") != key:
-        lay.memo["key"], lay.memo["seg"] = key, _key_segments(lay.counts.reshape(G, nb), C, Ps, end, cap)
+        skip = None if lay.skip_fn is None else lay.skip_fn()
+        lay.memo["key"], lay.memo["seg"] = key, _key_segments(lay.counts.reshape(G, nb), C, Ps, end, cap, skip)
     cu_k, klen = lay.memo["seg"]
     kf, vf = lay.k.reshape(G * cap, 1, D), lay.v.reshape(G * cap, 1, D)
     # max_k bounds the keys of every segment that has queries (FA2 sizes its split-KV work by it: the capacity
