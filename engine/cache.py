@@ -83,6 +83,7 @@ class KVCache:
         self._slot_fill: dict[str, float] = {}
         self.decay: torch.Tensor | None = None   # (L, H) temporal-decay slopes (set_decay), or None
         self.horizon: list[list[int | None]] | None = None   # [L][H] frames back that matter (set_decay), or None
+        self._hz_dev: tuple[int, torch.Tensor] | None = None   # (id(horizon), (L, H) int32 on the device, 0: none)
         self.now = torch.zeros((), dtype=torch.int64, device=self.device)   # frame being generated (decay)
         self._aranges: dict[int, torch.Tensor] = {}   # n -> arange(n) on the device (the *_at methods)
         self.fused_writes = False   # the scratch writes as one kernel (set_fused_writes; engine/cache_kernels.py)
@@ -172,6 +173,19 @@ class KVCache:
             # slope x w > M + 2R. Frames, rounded up; no horizon (huge) where the slope is 0.
             need = (HORIZON_MARGIN + 2 * logit_bound.detach().float().cpu()[:, None]) / slopes.detach().float().cpu()
             self.horizon = [[int(math.ceil(w)) if math.isfinite(w) else None for w in row] for row in need.tolist()]
+
+    def horizon_starts(self, layer: int, n: int) -> tuple[torch.Tensor, list[int]] | None:
+        """For a layer whose slots hold consecutive frames in order, the newest last (a growing cache its mode
+        filled itself), with n tokens a frame: per head its horizon as (H,) int32 on the device (0: none, what
+        triton_decay takes) and the first slot it reads (host ints), or None where no head has a horizon. The
+        tensor is made once per horizon set (no host copy per call; not inside a CUDA graph capture)."""
+        if self.horizon is None or self.decay is None or all(w is None for w in self.horizon[layer]):
+            return None
+        if self._hz_dev is None or self._hz_dev[0] != id(self.horizon):
+            rows = [[0 if w is None else w for w in row] for row in self.horizon]
+            self._hz_dev = (id(self.horizon), torch.tensor(rows, dtype=torch.int32, device=self.device))
+        length = self.length[layer]
+        return self._hz_dev[1][layer], [0 if w is None else max(0, length - w * n) for w in self.horizon[layer]]
 
     def _bias_dtype(self) -> torch.dtype:
         """float32, or float64 for a float64 cache (the exactness tests' reference precision)."""

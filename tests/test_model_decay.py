@@ -372,3 +372,28 @@ def test_cuda_dense_horizon_equals_reading_every_key() -> None:
                 for i in range(24)]
     for a, b in zip(roll(False), roll(True)):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the decay kernel runs on CUDA")
+@pytest.mark.parametrize("mode", ["annca", "annsa"])
+def test_cuda_fastar_growing_cache_horizon_equals_reading_every_key(mode: str) -> None:
+    """A FAST-AR mode over a growing cache (annca; annsa's first and last layers, outside its bucket order)
+    runs its dense self-attention on the decay kernel, which skips each head's keys past the horizon when the
+    slots are in frame order: float32 frames equal reading every key, and the kernel column says it."""
+    pytest.importorskip("triton")
+    m = _steep_decay_model().float().cuda()
+
+    def roll(horizon: bool) -> tuple[list[torch.Tensor], Sampler]:
+        s = Sampler(m, build_mode(mode, metrics={"recall_every": 0}), steps=2, context_sigma=0.05, shift=2.0)
+        s.reset(seed=3, prompt="night stone")
+        if not horizon:
+            s.cache.horizon = None
+        acts = [(("forward",), 0.0), (("turn_left",), 0.2), ((), -0.4), (("back", "run"), 0.0)]
+        out = [s.step(torch.tensor([make_action(*acts[i % len(acts)])], dtype=torch.float32, device="cuda"))
+               for i in range(24)]
+        return out, s
+    ref, _ = roll(False)
+    got, s = roll(True)
+    assert s.mode.stats()["paths"]["dense"].endswith("+horizon"), s.mode.stats()["paths"]
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)

@@ -153,6 +153,7 @@ class FastARAttention(AttentionMode):
         self._memo: dict[int, dict] = {}        # per layer: the bucketed path's key segments (BucketLayout.memo)
         self._hz_dev: dict[int, tuple] = {}     # per layer: (which horizons, (H,) long on the device)
         self._kbias: dict[int, tuple] = {}      # per layer: (what it was computed for, (B * H * capacity,) float32)
+        self._adopted = False                   # the cache came from another mode (its slot order unknown)
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -196,6 +197,7 @@ class FastARAttention(AttentionMode):
         self._sorted.clear()
         self._memo.clear()
         self._kbias.clear()
+        self._adopted = False
         if self.tc is not None:
             self.tc.reset()
 
@@ -206,6 +208,7 @@ class FastARAttention(AttentionMode):
         """Switch in over a cache another mode filled: fit the hasher on its keys, then compress (TempCache) or
         just compute the bucket codes of every slot (AnnSA)."""
         self._setup(cache)
+        self._adopted = True
         n = self._n = tokens_per_frame
         self._fresh = {layer: 0 for layer in range(cache.n_layers)}   # adopted groups may carry a bias
         for layer in range(cache.n_layers):
@@ -306,8 +309,11 @@ class FastARAttention(AttentionMode):
         else:
             # committed slots change at the commit, or above when TempCache lays the layer out: then the
             # channel is written in full, else the frame's refresh stands (KVCache.padded)
-            out = kernels.cache_attention(q, cache, layer, end, biased, committed_fresh=not laid_out,
-                                          kernel_decay=True)
+            # only group biases (TempCache's, an adopted cache's) need the bias array: a decay alone is added in
+            # the kernel, and over a growing cache in frame order the kernel skips the keys past its horizon
+            out = kernels.cache_attention(q, cache, layer, end, self._biased and not self._plain(layer),
+                                          committed_fresh=not laid_out, kernel_decay=True,
+                                          in_order=self._frame_order(layer))
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:
@@ -342,6 +348,12 @@ class FastARAttention(AttentionMode):
         """(B, H, end): the bias of slots [0, end) of a layer in bucket order with a temporal decay, from each
         head's own slot frames (FRAME_H) instead of the layer's one frame column (KVCache.attn_bias)."""
         return cache.bias[layer, :, :, :end] + cache.decay_by_head(layer, cache.slot_data[FRAME_H][layer, :, :, :end])
+
+    def _frame_order(self, layer: int) -> bool:
+        """Whether `layer`'s slots hold consecutive frames in order, the newest last, with no bias but a decay:
+        a growing cache (no TempCache) this mode filled from empty (not adopted), not kept in bucket order."""
+        return self.tc is None and not self._biased and not self._adopted and \
+            not (self._bucket_order() and self.cfg.schedule.in_layers(layer, self._n_layers))
 
     def _kbias_fn(self, cache: KVCache, layer: int, end: int, frame: int) -> Callable[[], torch.Tensor]:
         """The bucketed call's per-slot logit (B * H * capacity,) in the cache's bias dtype (_head_bias over slots [0, end); the

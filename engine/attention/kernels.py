@@ -223,7 +223,7 @@ def _q_tail(width: int, scale: float, q: torch.Tensor) -> torch.Tensor:
 
 def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool,
                     committed_fresh: bool = False, runs: list[tuple[int, int, int]] | None = None,
-                    kernel_decay: bool = False) -> torch.Tensor:
+                    kernel_decay: bool = False, in_order: bool = False) -> torch.Tensor:
     """q (B, H, n, D) against cache slots [0, end) of `layer`, with their biases when `biased`. A cache with the
     bias channel on (KVCache.set_bias_channel) runs one plain kernel on the padded storage, q padded as
     [q, 1/scale, 0...]: no mask, no copy of the cache (a mask kernel measured 0.23 ms against 0.06 ms for
@@ -232,9 +232,12 @@ def cache_attention(q: torch.Tensor, cache: "KVCache", layer: int, end: int, bia
     runs: [(h0, h1, start)], heads [h0, h1) attend to slots [start, end) only (one call per run, the outputs
     joined over heads); None: every head attends to [0, end) in one call. kernel_decay: a decayed cache without
     the channel adds the decay inside triton_decay's kernel where it can run (decay_in_kernel; the TempCache
-    modes ask for it, dense has its own kernel path and keeps `decay_kernel: channel` meaning the mask path)."""
+    modes ask for it, dense has its own kernel path and keeps `decay_kernel: channel` meaning the mask path).
+    in_order: the layer's slots hold consecutive frames in order, the newest last, and no bias but the decay
+    (a growing cache its mode filled itself): the decay kernel then skips, per head, the slots past the decay's
+    horizon (KVCache.horizon_starts), exact to float rounding, as dense does."""
     if kernel_decay and cache.decay is not None and not cache.pad and runs is None and decay_in_kernel(cache):
-        return _decayed(q, cache, layer, end, biased)
+        return _decayed(q, cache, layer, end, biased, cache.horizon_starts(layer, q.shape[2]) if in_order else None)
     biased = biased or cache.decay is not None   # temporal decay: every slot carries a bias
     if biased and cache.pad:
         kp, vp = cache.padded(layer, end, committed_fresh)
@@ -261,10 +264,12 @@ def decay_in_kernel(cache: "KVCache") -> bool:
         and cache.dtype in (torch.bfloat16, torch.float16, torch.float32) and triton_decay.available(cache.device)
 
 
-def _decayed(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool) -> torch.Tensor:
+def _decayed(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bool,
+             horizon: "tuple[torch.Tensor, list[int]] | None" = None) -> torch.Tensor:
     """q (B, H, n, D) against slots [0, end) = the committed slots and the n scratch slots after them, the decay
     max(slope x (frame - now), floor) added in the kernel over the committed ones (KVCache.attn_bias's
-    definition), and the bias array over all of them when `biased` (TempCache's group weights)."""
+    definition), and the bias array over all of them when `biased` (TempCache's group weights). horizon: per
+    head the horizon and first slot read (KVCache.horizon_starts) for slots in frame order, or None."""
     from engine.attention import triton_decay
     global _last_kernel
     n, length = q.shape[2], cache.length[layer]
@@ -273,9 +278,11 @@ def _decayed(q: torch.Tensor, cache: "KVCache", layer: int, end: int, biased: bo
                          f"[0, {length + n}), asked for [0, {end})")
     K, V, _ = cache.view(layer, end)
     assert cache.decay is not None
-    _last_kernel = "triton_split+bias+decay" if biased else "triton_split+decay"
+    _last_kernel = ("triton_split+bias+decay" if biased else "triton_split+decay") + ("+horizon" if horizon else "")
     return triton_decay.decay_attention(q, K, V, cache.frame[layer, :end], cache.now, cache.decay[layer].float(),
-                                        None, length, n, bias=cache.bias[layer, :, :, :end] if biased else None)
+                                        None if horizon is None else horizon[0], length, n,
+                                        starts=None if horizon is None else horizon[1],
+                                        bias=cache.bias[layer, :, :, :end] if biased else None)
 
 
 def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> torch.Tensor:
