@@ -309,11 +309,14 @@ class FastARAttention(AttentionMode):
         else:
             # committed slots change at the commit, or above when TempCache lays the layer out: then the
             # channel is written in full, else the frame's refresh stands (KVCache.padded)
-            # only group biases (TempCache's, an adopted cache's) need the bias array: a decay alone is added in
-            # the kernel, and over a growing cache in frame order the kernel skips the keys past its horizon
-            out = kernels.cache_attention(q, cache, layer, end, self._biased and not self._plain(layer),
-                                          committed_fresh=not laid_out, kernel_decay=True,
-                                          in_order=self._frame_order(layer))
+            # over a growing cache (annca, annsa's unscheduled layers) only an adopted cache's biases need the
+            # bias array: a decay alone is added in the kernel, which also skips the keys past its horizon when
+            # the slots are in frame order. TempCache modes keep passing it: their plain layers without it ran
+            # another kernel variant, compiled when they turned plain (a 1.07 s frame at frame 31 of fastar's
+            # rollout on the H100, session 22), and a bounded window gains nothing from leaving it out
+            group = biased if self.tc is not None else self._biased
+            out = kernels.cache_attention(q, cache, layer, end, group, committed_fresh=not laid_out,
+                                          kernel_decay=True, in_order=self._frame_order(layer))
             self._paths["dense"] = kernels.kernel_name()
             self._pairs = None
         if info.commit:
