@@ -168,24 +168,32 @@ class KVCache:
                              f"({self.n_layers}, {self.n_heads})")
         self.decay = None if slopes is None else slopes.detach().to(self.device, self._bias_dtype()).clone()
         self.horizon = None
+        self._hz_dev = None
         if slopes is not None and logit_bound is not None:
             # a key w frames back scores at most R - slope x w, the newest at least -R: below e^-M when
             # slope x w > M + 2R. Frames, rounded up; no horizon (huge) where the slope is 0.
             need = (HORIZON_MARGIN + 2 * logit_bound.detach().float().cpu()[:, None]) / slopes.detach().float().cpu()
             self.horizon = [[int(math.ceil(w)) if math.isfinite(w) else None for w in row] for row in need.tolist()]
 
-    def horizon_starts(self, layer: int, n: int) -> tuple[torch.Tensor, list[int]] | None:
-        """For a layer whose slots hold consecutive frames in order, the newest last (a growing cache its mode
-        filled itself), with n tokens a frame: per head its horizon as (H,) int32 on the device (0: none, what
-        triton_decay takes) and the first slot it reads (host ints), or None where no head has a horizon. The
-        tensor is made once per horizon set (no host copy per call; not inside a CUDA graph capture)."""
-        if self.horizon is None or self.decay is None or all(w is None for w in self.horizon[layer]):
+    def horizon_tensor(self) -> torch.Tensor | None:
+        """`horizon` as (L, H) int32 on the device, 0 where a head has none (what triton_decay takes), or None
+        without horizons. Made once per set_decay (no host copy per call; not first inside a graph capture)."""
+        if self.horizon is None or self.decay is None:
             return None
         if self._hz_dev is None or self._hz_dev[0] != id(self.horizon):
             rows = [[0 if w is None else w for w in row] for row in self.horizon]
             self._hz_dev = (id(self.horizon), torch.tensor(rows, dtype=torch.int32, device=self.device))
+        return self._hz_dev[1]
+
+    def horizon_starts(self, layer: int, n: int) -> tuple[torch.Tensor, list[int]] | None:
+        """For a layer whose slots hold consecutive frames in order, the newest last (a growing cache its mode
+        filled itself), with n tokens a frame: per head its horizon (H,) int32 (horizon_tensor) and the first
+        slot it reads (host ints), or None where no head of the layer has a horizon."""
+        hz = self.horizon_tensor()
+        if hz is None or all(w is None for w in self.horizon[layer]):  # type: ignore[index]
+            return None
         length = self.length[layer]
-        return self._hz_dev[1][layer], [0 if w is None else max(0, length - w * n) for w in self.horizon[layer]]
+        return hz[layer], [0 if w is None else max(0, length - w * n) for w in self.horizon[layer]]  # type: ignore[index]
 
     def _bias_dtype(self) -> torch.dtype:
         """float32, or float64 for a float64 cache (the exactness tests' reference precision)."""

@@ -18,6 +18,9 @@ Paths computing the same function:
   segment out of the cache and runs one variable-length kernel over all of them: the work skipped is really
   skipped, but the packing copies keys (a call at 3000 frames took 103 ms on the H100).
 
+With a temporal decay the bucketed path skips each bucket's keys past the head's horizon (the cache sorts
+each bucket oldest first, so they are a prefix: FastARAttention._horizon_skip_fn), as dense skips them.
+
 Key codes are computed once, when a frame's keys are committed, and kept in KVCache.slot_data["codes"] so they
 move with their slots (TempCache compaction, window rings).
 """

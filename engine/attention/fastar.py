@@ -151,7 +151,6 @@ class FastARAttention(AttentionMode):
         self._search_layers: list[int] = []     # TempCache: layers whose new keys search for repeats
         self._sorted: dict[int, tuple[int, torch.Tensor, int]] = {}   # AnnSA bucket order per layer (_sort_buckets)
         self._memo: dict[int, dict] = {}        # per layer: the bucketed path's key segments (BucketLayout.memo)
-        self._hz_dev: dict[int, tuple] = {}     # per layer: (which horizons, (H,) long on the device)
         self._kbias: dict[int, tuple] = {}      # per layer: (what it was computed for, (B * H * capacity,) float32)
         self._adopted = False                   # the cache came from another mode (its slot order unknown)
 
@@ -407,15 +406,9 @@ class FastARAttention(AttentionMode):
         skips the slots before its horizon (dense.py), exactly to float rounding. Each bucket holds its keys
         oldest first (_sort_buckets orders by bucket, then frame), so they are a prefix, found by one
         searchsorted over (bucket, frame) per head. None without a horizon."""
-        hz = cache.horizon[layer] if cache.horizon is not None and cache.decay is not None else None
-        if hz is None or all(w is None for w in hz) or P == 0:
+        hz_all = cache.horizon_tensor()                                             # (L, H) int32, 0: none
+        if hz_all is None or all(w is None for w in cache.horizon[layer]) or P == 0:  # type: ignore[index]
             return None
-        far = -(1 << 31) + 2   # a head without a horizon: below every frame
-        key = (id(cache.horizon), layer, cache.device)
-        if self._hz_dev.get(layer, (None,))[0] != key:   # made once per horizon set: no host copy per frame
-            self._hz_dev[layer] = (key, torch.tensor([far if w is None else w for w in hz], dtype=torch.long,
-                                                     device=cache.device))
-        horizon = self._hz_dev[layer][1]
         nb = self.hasher.n_buckets  # type: ignore[union-attr]
 
         def skip() -> torch.Tensor:
@@ -423,7 +416,9 @@ class FastARAttention(AttentionMode):
             codes = cache.slot_data[CODES][layer, :, :, :P, 0]                      # (B, H, P), bucket order
             frames = cache.slot_data[FRAME_H][layer, :, :, :P]
             seq = (codes * (1 << 32) + frames).reshape(B * H, P)                   # sorted per head
-            thr = torch.where(horizon == far, horizon, cache.now - horizon)        # (H,) oldest frame read
+            horizon = hz_all[layer].long()
+            # (H,) the oldest frame read; a head without a horizon: below every frame (-1 is the lowest)
+            thr = torch.where(horizon == 0, torch.full_like(horizon, -(1 << 31) + 2), cache.now - horizon)
             first = torch.arange(nb, device=codes.device) * (1 << 32) + thr[:, None]   # (H, nb)
             pos = torch.searchsorted(seq, first.expand(B, H, nb).reshape(B * H, nb).contiguous())
             return pos - (counts.cumsum(-1) - counts)

@@ -350,7 +350,8 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     """AnnSA over a cache in bucket order, read in place (annsa.py, path "bucketed"). q (B, H, n, D); probe_fn:
     q -> (B, H, n, P) the buckets each query searches (one table; hashed inside the CUDA graph); slots [0, L) cached, [L, L + n) the frame's own
     keys (scratch). The varlen segments (_key_segments) are each head's (bucket, chunk) ranges of the sorted
-    part, its recent keys with the frame, and its unused slots; each query has P x chunks + 1 rows
+    part (after each bucket's keys past a decay's horizon, lay.skip_fn), its recent keys with the frame, and
+    its unused slots; each query has P x chunks + 1 rows
     (_pack_queries), combined by log-sum-exp (_combine; exact: with one table the buckets are disjoint and
     chunks split them). Why chunks: with one segment per (head, bucket) only 96 programs ran and FA2 reached
     89 TFLOP/s on the computed pairs; 8 chunks gave 149 (tools/bench_bucket_layout.py). No host sync. The key
