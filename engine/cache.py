@@ -192,8 +192,8 @@ class KVCache:
         hz = self.horizon_tensor()
         if hz is None or all(w is None for w in self.horizon[layer]):  # type: ignore[index]
             return None
-        length = self.length[layer]
-        return hz[layer], [0 if w is None else max(0, length - w * n) for w in self.horizon[layer]]  # type: ignore[index]
+        length, row = self.length[layer], self.horizon[layer]  # type: ignore[index]
+        return hz[layer], [0 if w is None else max(0, length - w * n) for w in row]
 
     def _bias_dtype(self) -> torch.dtype:
         """float32, or float64 for a float64 cache (the exactness tests' reference precision)."""

@@ -308,7 +308,8 @@ ANNSA_BUCKETED = {"ann": {"bits": 2, "probes": 2}, "schedule": {"dense_until": 0
                   "annsa": {"path": "bucketed", "kernel": "loop", "recent_frames": 2, "chunks": 2}}
 
 
-def _roll_annsa(m: torch.nn.Module, frames: int, horizon: bool, dense_until: float) -> tuple[list[torch.Tensor], Sampler]:
+def _roll_annsa(m: torch.nn.Module, frames: int, horizon: bool,
+                dense_until: float) -> tuple[list[torch.Tensor], Sampler]:
     params = {**ANNSA_BUCKETED, "schedule": {"dense_until": dense_until, "layers": None}}
     s = Sampler(m, build_mode("annsa", **params), steps=2, context_sigma=0.05, shift=2.0)
     s.reset(seed=3, prompt="night stone")

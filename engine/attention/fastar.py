@@ -358,11 +358,12 @@ class FastARAttention(AttentionMode):
             not (self._bucket_order() and self.cfg.schedule.in_layers(layer, self._n_layers))
 
     def _kbias_fn(self, cache: KVCache, layer: int, end: int, frame: int) -> Callable[[], torch.Tensor]:
-        """The bucketed call's per-slot logit (B * H * capacity,) in the cache's bias dtype (_head_bias over slots [0, end); the
-        slots after them are never read), in a buffer kept per layer and recomputed once a frame, not once a
-        call: it changes only with the frame drawn, the cache's length and its sorts (at 3000 frames it is ~6M
-        elements, and the 5 passes x 6 sorted layers of a frame had recomputed it 30 times, inside the call's
-        graph). The function hands the buffer to the call (its graph reads it in place)."""
+        """The bucketed call's per-slot logit (B * H * capacity,) in the decay's dtype (_head_bias over slots
+        [0, end); the slots after them are never read), in a buffer kept per layer and recomputed once a frame,
+        not once a call: it changes only with the frame drawn, the cache's length and its sorts (at 3000 frames
+        it is ~6M elements, and the 5 passes x 6 sorted layers of a frame had recomputed it 30 times, inside
+        the call's graph). The function hands the buffer to the call (its graph reads it in place, so the
+        buffer stays the same tensor while the capacity does)."""
         B, H, cap = cache.batch, cache.n_heads, cache.capacity
         key = (frame, end, self._sorted.get(layer, (0,))[0], cap, cache.k.data_ptr())
         entry = self._kbias.get(layer)
