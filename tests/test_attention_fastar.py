@@ -578,3 +578,22 @@ def test_cuda_bias_array_layout_equals_the_channel(mode: str) -> None:
     assert ref_s[0].cache.pad > 0 and got_s[0].cache.pad == 0
     for a, b in zip(ref, got):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
+def test_key_segments_put_each_buckets_skipped_prefix_in_a_segment_no_query_reads():
+    """_key_segments with a skip: per bucket the skipped oldest keys, then C chunks of the rest, then the recent
+    keys and the unused slots; a skip larger than its bucket is clamped; the query rows of _pack_queries name
+    chunk segments only, never a skipped one."""
+    from engine.attention.sparse_kernels import _key_segments, _pack_queries
+    counts = torch.tensor([[4, 0, 5]])                     # one head, 3 buckets, sorted part of 9 slots
+    cu, klen = _key_segments(counts, 2, 9, 12, 16, torch.tensor([[1, 0, 7]]))
+    # bucket 0: skip [0, 1), chunks [1, 2), [2, 4); bucket 1: empty; bucket 2: skip [4, 9), chunks empty;
+    # recent [9, 12); unused [12, 16)
+    assert cu.tolist() == [0, 1, 2, 4, 4, 4, 4, 9, 9, 9, 12, 16]
+    assert klen.tolist() == [1, 1, 2, 0, 0, 0, 5, 0, 0, 3, 4] and int(klen.sum()) == 16
+    q = torch.randn(1, 1, 2, 4)
+    probes = torch.tensor([[[[0, 2], [1, 2]]]])             # (B, H, n, P)
+    _, flat, _, _, cu_q = _pack_queries(q, probes, 2, 3)
+    assert sorted(set(flat.tolist())) == [1, 2, 4, 5, 7, 8, 9]   # chunks of buckets 0-2 and the recent segment
+    assert not {0, 3, 6, 10} & set(flat.tolist())                # skipped segments and unused slots: no query
+    assert cu_q.numel() == cu.numel()
