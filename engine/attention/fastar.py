@@ -278,15 +278,18 @@ class FastARAttention(AttentionMode):
             cache.slot_data[FRAME_H][layer, :, :, L0:end] = cache.now
         every_bucket = by_head and not annsa and self._sorted.get(layer, (0,))[0] > 0
         if annsa or every_bucket:
-            bias = self._head_bias(cache, layer, end) if by_head else cache.attn_bias(layer, end) if biased else None
             codes = cache.slot_data[CODES][layer, :, :, :L0]
             layout = self._layout(cache, layer, info.frame)
+            kbias_fn = self._kbias_fn(cache, layer, end, info.frame) if by_head else None
+            # in bucket order with a decay the per-slot bias is the buffer kept once a frame (_kbias_fn), read
+            # as (B, H, end), not computed again in each call
+            bias = kbias_fn().view(cache.batch, cache.n_heads, -1)[..., :end] if kbias_fn is not None else \
+                cache.attn_bias(layer, end) if biased else None
             probe: Callable[[torch.Tensor], torch.Tensor] = lambda x: hasher.probe_codes(layer, x)  # noqa: E731
             if every_bucket:
                 assert layout is not None
                 layout = dataclasses.replace(layout, probes=hasher.n_buckets, memo=layout.memo.setdefault("all", {}))
                 probe = lambda x: torch.arange(hasher.n_buckets, device=x.device).expand(*x.shape[:3], 1, -1)  # noqa: E731
-            kbias_fn = self._kbias_fn(cache, layer, end, info.frame) if by_head else None
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probe, K, V, codes, bias, hasher.n_buckets,
                                                      layout, kbias_fn)
             self._pairs = pairs

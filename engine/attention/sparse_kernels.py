@@ -359,7 +359,8 @@ def sorted_bucket_attention(q: torch.Tensor, probe_fn: "Callable[[torch.Tensor],
     the call replays one CUDA graph per layer and cache capacity (_BucketGraph): eagerly it was ~40 kernel
     launches, ~1.3 ms of host time against ~0.2 ms of GPU work at 100 frames on the H100. kbias_fn: None, or
     () -> (B * H * capacity,) float32, a logit per slot of lay.k (a temporal decay from each head's own slot
-    frames), called inside the graph so that each replay reads the current frame index. Returns out
+    frames); called inside the graph, so what it returns must stay one tensor that its owner refreshes in
+    place (FastARAttention._kbias_fn: once a frame). Returns out
     (B, H, n, D) and the query-key pairs computed."""
     B, H, n, D = q.shape
     P, C, nb, dev = lay.probes, chunks, lay.n_buckets, q.device
