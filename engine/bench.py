@@ -43,7 +43,8 @@ import numpy as np
 
 from engine import bench_report as report
 from engine.bench_report import TWIN
-from engine.bench_run import check_commit, follow, git_state, quality, report_frames, rollout, tiny_random_model, where
+from engine.bench_run import (check_commit, follow, frame_digests, git_state, quality, report_frames, rollout,
+                              tiny_random_model, where)
 from engine.bench_trace import Trace, explorer_trace, replay_truth, revisit_pairs, session_trace
 
 REPO = Path(__file__).resolve().parent.parent
@@ -275,6 +276,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
             bar.set_description(f"{label} on dense's history")
             followed = follow(name, params, trace, source, device, cfg.steps, boot, dense_latents, bar)
         series.update(quality(frames, dense_frames, truth, pairs, cfg.metric_threads, followed))
+        series["frame_digest"], series["frames_sha256"] = frame_digests(frames)
         if ref:
             dense_frames = frames
             series["psnr_vs_dense"] = series["ssim_vs_dense"] = [None] * T   # the reference itself
@@ -284,8 +286,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
         results[label] = {"params": params, "series": series}
         del frames
         if not cfg.progress:   # a background run's log says how far it got (the bar is off there)
-            print(f"engine.bench: {label} done in {time.perf_counter() - t_mode:.0f} s ({done} of {len(runs)})",
-                  flush=True)
+            print(f"engine.bench: {label} done in {time.perf_counter() - t_mode:.0f} s ({done} of {len(runs)}), "
+                  f"frames sha256 {series['frames_sha256'][:16]}", flush=True)
     bar.close()
 
     summary = {n: report.summarise(results[n]["series"], early, late, cfg.fps_window) for n in results}

@@ -23,7 +23,7 @@ TWIN = "dense_twin"   # dense again on other kernels (BenchConfig.twin_params): 
 SUMMARY_FIELDS: tuple[str, ...] = (
     "fps_at_300", "fps_at_3000", "mean_fps", "peak_mem_mib_at_300", "peak_mem_mib_at_3000", "psnr_vs_dense_db",
     "ssim_vs_dense", "psnr_vs_dense_1step_db", "ssim_vs_dense_1step", "psnr_vs_truth_db", "revisit_psnr_db",
-    "density", "recall", "kernel", "motion_late", "truth_motion_late", "layout_late")
+    "density", "recall", "kernel", "motion_late", "truth_motion_late", "layout_late", "frames_sha256")
 
 
 def mean_of(xs: list[float | None] | None) -> float | None:
@@ -83,6 +83,7 @@ def summarise(series: dict[str, Any], early: int, late: int, fps_window: int) ->
         "recall": mean_of(st["recall"]),
         "kernel": series["kernel"],
         "excluded_frames": len(excluded),
+        "frames_sha256": series.get("frames_sha256"),   # equal in two runs exactly when the frames are
     }
 
 

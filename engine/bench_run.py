@@ -9,6 +9,7 @@ statistics and the kernel registry's report are used: nothing here reaches into 
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import platform
 import re
@@ -234,6 +235,19 @@ def follow(name: str, params: dict[str, Any], trace: Trace, source: dict[str, An
     del env
     gc.collect()
     return frames
+
+
+def frame_digests(frames: np.ndarray) -> tuple[list[str], str]:
+    """Per frame the first 16 hex digits of the sha256 of its uint8 pixels, and the sha256 of the whole rollout.
+    Two runs made the same frames exactly when the whole digests match; where they do not, the per-frame ones
+    say from which frame on (docs/BENCHMARKS.md: determinism across processes)."""
+    whole = hashlib.sha256()
+    per: list[str] = []
+    for f in np.ascontiguousarray(frames, dtype=np.uint8):
+        b = f.tobytes()
+        whole.update(b)
+        per.append(hashlib.sha256(b).hexdigest()[:16])
+    return per, whole.hexdigest()
 
 
 def kernel_label(stats: dict[str, Any], info: dict[str, Any]) -> str:

@@ -45,6 +45,7 @@ from typing import Any, Callable, Hashable, Iterator
 import torch
 
 from engine.attention.base import FrameAttention
+from engine.compiled import compile_static
 from engine.model.dit import Attn, CausalDiT, Rope
 
 Buf = dict[str, torch.Tensor]
@@ -102,7 +103,7 @@ def compile_piece(fn: Callable[..., Any]) -> Callable[..., Any]:
     to hold a deep model's worth."""
     import torch._dynamo
     torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, 256)
-    return torch.compile(fn, fullgraph=True, dynamic=False)
+    return compile_static(fn, fullgraph=True)
 
 
 def _pool(capture: bool) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
         for key in ("gen_ms", "psnr_vs_dense", "ssim_vs_dense", "psnr_vs_truth"):
             assert len(series[key]) == FRAMES, key
         assert series["memory"]["frame"] == [1, 4, 8]
+        digests = series["frame_digest"]
+        assert len(digests) == FRAMES and all(re.fullmatch("[0-9a-f]{16}", d) for d in digests)
+        assert re.fullmatch("[0-9a-f]{64}", s["frames_sha256"])
     assert doc["summary"]["dense"]["density"] == 1.0 and doc["summary"]["dense"]["psnr_vs_dense_db"] is None
     assert doc["summary"]["window"]["psnr_vs_dense_db"] is not None
     # one step on dense's history: the window (1 sink + 4) holds all of it for frames 1-5, so those equal dense
@@ -239,6 +243,8 @@ def test_dense_twin_row_only_when_asked(tmp_path: Path) -> None:
     assert doc["modes"]["dense_twin"]["params"]["bucket_kernel"] == "channel"
     assert doc["modes"]["dense_twin"]["series"]["psnr_vs_dense"] == [100.0] * 4
     assert doc["summary"]["dense_twin"]["ssim_vs_dense"] > 0.999
+    assert doc["summary"]["dense_twin"]["frames_sha256"] == doc["summary"]["dense"]["frames_sha256"]
+    assert doc["modes"]["dense_twin"]["series"]["frame_digest"] == doc["modes"]["dense"]["series"]["frame_digest"]
     assert "note: dense_twin is dense again, the same attention" in (out / "table.txt").read_text()
     bad = _bench("frames=4", "modes=[window]", "checkpoint=tiny-random", "device=cpu", "progress=false",
                  "+twin_params.bucket_kernel=channel", f"out={tmp_path / 'bad'}")
@@ -268,3 +274,38 @@ def test_revisit_bars_ask_for_more_than_noise() -> None:
     s = summary({"window": 20.5, "dense": 25.5, "fastar": 26.0})
     assert [b["status"] for b in bars(s, 1, 10, BarsConfig(), steady)[-2:]] == ["PASS", "PASS"]
     assert paired([1.0, None, 3.0], [0.0, 5.0, 1.0]) == (1.5, 0.5, 2) and paired([1.0], [0.0]) is None
+
+
+def test_frame_digests_change_from_the_first_frame_that_differs() -> None:
+    """The per-frame digests say from which frame two rollouts part; the whole digest, whether they do at all."""
+    from engine.bench_run import frame_digests
+
+    a = np.random.default_rng(0).integers(0, 256, (4, 8, 8, 3), dtype=np.uint8)
+    b = a.copy()
+    b[2, 3, 3, 1] ^= 1                                   # one low bit of one pixel
+    (pa, wa), (pb, wb) = frame_digests(a), frame_digests(b)
+    assert pa[:2] == pb[:2] and pa[2] != pb[2] and pa[3] == pb[3] and wa != wb
+    assert frame_digests(a.copy()) == (pa, wa)
+
+
+def test_compare_runs_names_the_first_differing_frame(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """tools/compare_runs.py: identical rollouts pass, a rollout that parts at frame 3 fails and says so, and
+    runs without digests are an error rather than 'identical'."""
+    from tools import compare_runs
+
+    def run(name: str, digests: list[str], sha: str, gz: bool = False) -> Path:
+        doc = {"modes": {"dense": {"series": {"frame_digest": digests, "frames_sha256": sha}}}}
+        p = tmp_path / (name + (".json.gz" if gz else ".json"))
+        raw = json.dumps(doc).encode()
+        p.write_bytes(gzip.compress(raw) if gz else raw)
+        return p
+
+    a, b = run("a", ["1", "2", "3", "4"], "x"), run("b", ["1", "2", "3", "4"], "x", gz=True)
+    c = run("c", ["1", "2", "9", "4"], "y")
+    assert compare_runs.main([str(a), str(b)]) == 0 and "dense: identical (4 frames" in capsys.readouterr().out
+    assert compare_runs.main([str(a), str(b), str(c)]) == 1
+    assert "first differing frame 3" in capsys.readouterr().out
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"modes": {"dense": {"series": {}}}}))
+    with pytest.raises(SystemExit, match="no frame_digest"):
+        compare_runs.main([str(a), str(old)])

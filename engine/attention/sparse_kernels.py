@@ -32,6 +32,8 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from engine.compiled import compile_static
+
 try:  # optional
     from flash_attn import flash_attn_varlen_func as _fa_varlen  # type: ignore
 except Exception:  # pragma: no cover
@@ -325,7 +327,7 @@ def _fn(name: str, device: torch.device):  # type: ignore[no-untyped-def]
         return eager
     key = (name, device.type)
     if key not in _FNS:
-        _FNS[key] = torch.compile(eager, dynamic=False)
+        _FNS[key] = compile_static(eager)
     return _FNS[key]
 
 

@@ -69,6 +69,7 @@ from engine.attention import tempcache_merge as tm
 from engine.attention.lsh import Hasher
 from engine.attention.quant import quantize_8bit
 from engine.cache import NEG_BIAS, KVCache
+from engine.compiled import compile_static
 
 CODES = "codes"   # name of the per-slot bucket-code tensor in KVCache.slot_data, (L, B, H, C, T)
 ROWS = "search_rows"   # per-slot search rows of the stored-row search (TempCache._commit_rows), (L, B, H, C, R)
@@ -134,7 +135,7 @@ def _compiled_plan() -> Callable[..., tuple[tm.Plan, torch.Tensor]]:
     compiled; the in-place writes stay eager (compiling them gave wrong merges: tempcache_merge.fold_plan)."""
     global _COMPILED
     if _COMPILED is None:
-        _COMPILED = torch.compile(tm.plan_rows, dynamic=False)
+        _COMPILED = compile_static(tm.plan_rows)
     return _COMPILED
 
 
