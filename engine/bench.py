@@ -46,6 +46,7 @@ from engine.bench_report import TWIN
 from engine.bench_run import (check_commit, follow, frame_digests, git_state, quality, report_frames, rollout,
                               tiny_random_model, where)
 from engine.bench_trace import Trace, explorer_trace, replay_truth, revisit_pairs, session_trace
+from engine.compiled import inductor_options
 
 REPO = Path(__file__).resolve().parent.parent
 CONF = REPO / "conf"
@@ -294,7 +295,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     truth_revisit = [min(psnr(truth[j], truth[i]), 100.0) for i, j in pairs] if truth is not None else []
     doc: dict[str, Any] = {
         "benchmark": "engine.bench", "created": dt.datetime.now().isoformat(timespec="seconds"),
-        **place, **git_state(cfg.commit), "frames": T, "early_frame": early, "late_frame": late,
+        **place, **git_state(cfg.commit), "inductor_options": inductor_options(),
+        "frames": T, "early_frame": early, "late_frame": late,
         "fields_note": f"*_at_300 = at frame {early}, *_at_3000 = at frame {late}",
         "config": dataclasses.asdict(cfg) | {"world": dict(cfg.world or {})},
         "trace": {"source": trace.source, "seed": trace.seed, "prompt": trace.prompt, "segment": seg,

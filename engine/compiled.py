@@ -9,18 +9,40 @@ of frames two dense rollouts were as far apart as two different samples). The en
 for the same seed, trace, device and mode, so inductor's deterministic mode is always on: reductions take a
 configuration by heuristic, never by timing (pointwise kernels are still tuned: their numerics do not depend
 on the configuration). Cost measured on the H100: docs/BENCHMARKS.md, session 23.
+
+ENGINE_INDUCTOR_DETERMINISTIC=0 in the environment turns it off (to measure what it costs, or what it fixes);
+the process then warns once, and the benchmark's JSON records the options it ran with (`inductor_options`).
 """
 from __future__ import annotations
 
+import os
+import warnings
 from typing import Any, Callable
 
 # inductor config keys applied to every compiled function of the engine (torch.compile(options=...)): the
 # options enter inductor's cache key, so kernels compiled without them are never reused.
 INDUCTOR_OPTIONS: dict[str, Any] = {"deterministic": True}
+OFF_VAR = "ENGINE_INDUCTOR_DETERMINISTIC"
+_warned = False
+
+
+def inductor_options() -> dict[str, Any]:
+    """INDUCTOR_OPTIONS, or none when OFF_VAR=0 (with a warning, once per process)."""
+    global _warned
+    value = os.environ.get(OFF_VAR, "1")
+    if value not in ("0", "1"):
+        raise ValueError(f"{OFF_VAR}={value!r}: expected 1 (default: inductor's deterministic mode) or 0 (off)")
+    if value == "1":
+        return dict(INDUCTOR_OPTIONS)
+    if not _warned:
+        warnings.warn(f"{OFF_VAR}=0: inductor times reduction configurations again; frames may differ between "
+                      "processes (same seed, trace, device and mode)", stacklevel=2)
+        _warned = True
+    return {}
 
 
 def compile_static(fn: Callable[..., Any], fullgraph: bool = False) -> Callable[..., Any]:
-    """torch.compile(fn) with static shapes and INDUCTOR_OPTIONS (see the module docstring)."""
+    """torch.compile(fn) with static shapes and inductor_options() (see the module docstring)."""
     import torch
 
-    return torch.compile(fn, fullgraph=fullgraph, dynamic=False, options=dict(INDUCTOR_OPTIONS))
+    return torch.compile(fn, fullgraph=fullgraph, dynamic=False, options=inductor_options())

@@ -12,7 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from engine.bench_report import load
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))   # run as a script from anywhere
+from engine.bench_report import load  # noqa: E402
 
 
 def first_difference(a: list[str], b: list[str]) -> int | None:
