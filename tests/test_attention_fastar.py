@@ -597,3 +597,15 @@ def test_key_segments_put_each_buckets_skipped_prefix_in_a_segment_no_query_read
     assert sorted(set(flat.tolist())) == [1, 2, 4, 5, 7, 8, 9]   # chunks of buckets 0-2 and the recent segment
     assert not {0, 3, 6, 10} & set(flat.tolist())                # skipped segments and unused slots: no query
     assert cu_q.numel() == cu.numel()
+
+
+def test_kernel_pick_gives_near_ties_to_the_fixed_order():
+    """Timing noise must not change the frames: candidates within TIE of the fastest are tied, and a tie goes
+    to the first in the table's order, whichever of them happened to time fastest; a clear win still wins."""
+    from engine.attention import kernels
+    assert kernels.pick({"a": 0.0299, "b": 0.0280}) == "a"           # 6.8% apart: tied, the first
+    assert kernels.pick({"a": 0.0280, "b": 0.0299}) == "a"
+    assert kernels.pick({"a": 0.0280, "b": 0.0299}, tie=0.0) == "a"
+    assert kernels.pick({"a": 0.0299, "b": 0.0280}, tie=0.0) == "b"
+    assert kernels.pick({"a": 0.028, "b": 0.010}) == "b"             # triton_decay against the channel
+    assert kernels.pick({"a": None, "b": 0.05, "c": 0.03}) == "c"     # untimed candidates never win

@@ -212,7 +212,7 @@ class DenseAttention(AttentionMode):
             return "channel"
         timer = self._timer or kernels._time
         times: dict[str, float | None] = {"channel": timer(channel), "triton_decay": timer(kernel)}
-        choice = min(times, key=lambda c: times[c] or float("inf"))
+        choice = kernels.pick(times)   # a near tie goes to the channel, whatever the timing noise
         kernels.record_choice(q, keys, tag, choice, times)
         print(f"dense: {tag.removesuffix('s')} kernel chosen by measurement over {keys // n} frames of keys: "
               f"{choice} ({', '.join(f'{c} {t:.3f} ms' for c, t in times.items() if t is not None)})", flush=True)

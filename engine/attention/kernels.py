@@ -3,8 +3,9 @@ slow path.
 
 Why measure: on Hopper, torch SDPA picks cuDNN by default, which is fast for long query blocks but ~6x slower
 than the FlashAttention-2 backend for one 256-query frame against a long cache. So on CUDA the first call for a
-shape bucket times every backend that accepts the inputs and keeps the fastest; `kernel_name()` says which one
-ran, and the benchmark reports it. On the CPU the math path runs (and is the float64 reference in tests).
+shape bucket times every backend that accepts the inputs and keeps the fastest (near ties, within TIE, go to a
+fixed order, so that timing noise between near-equal kernels does not change the frames); `kernel_name()` says
+which one ran, and the benchmark reports it. On the CPU the math path runs (and is the float64 reference in tests).
 
 Per-key bias (TempCache's log(group size)): the candidates are every plain kernel on extra-channel inputs and
 the SDPA kernels that take a (B, H, 1, Lk) bias mask natively; the measurement picks among them, so a bias can
@@ -351,7 +352,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
 def choose(cands: dict[str, Fn], q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
            scale: float, timer: Callable[[Callable[[], torch.Tensor]], float] | None = None,
            reference: Callable[[], torch.Tensor] | None = None) -> tuple[str, dict[str, float | None]]:
-    """The fastest candidate that computes the call, and every candidate's ms (None: failed or wrong).
+    """The fastest candidate that computes the call (`pick`: a near tie goes to the earlier in `cands`), and
+    every candidate's ms (None: failed or wrong).
     Each candidate is first checked against the float32 reference: a kernel that runs but computes
     something else is never chosen; the bound follows the best candidate's error, so the inputs' own
     rounding never rules out every kernel. timer: GPU ms of a call (default _time, CUDA). reference: the
@@ -378,9 +380,23 @@ def choose(cands: dict[str, Fn], q: torch.Tensor, k: torch.Tensor, v: torch.Tens
     if not times:
         raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype} "
                            f"(failed: {times_failed}; wrong: {wrong})")
-    return min(times, key=times.__getitem__), {**times, **{f"{n} (failed)": None for n in times_failed},
+    return pick(times), {**times, **{f"{n} (failed)": None for n in times_failed},
                                                 **{f"{n} (wrong: relative error {e:.2g})": None
                                                    for n, e in wrong.items()}}
+
+
+# Candidates whose times are within TIE of the fastest count as tied; a tie goes to the first of them in the
+# candidate table's fixed order. Why: candidates differ in rounding, so the choice decides the frames, and two
+# kernels a few percent apart (window's 64- and 72-channel kernels at 8-16K keys: 0.028 against 0.030 ms on the
+# H100) were picked differently by timing noise in different processes (docs/BENCHMARKS.md, session 23).
+TIE = 0.10
+
+
+def pick(times: dict[str, float | None], tie: float = TIE) -> str:
+    """The first candidate, in the dict's order, whose ms is within `tie` of the fastest (None: not timed)."""
+    timed = {n: t for n, t in times.items() if t is not None}
+    best = min(timed.values())
+    return next(n for n, t in timed.items() if t <= best * (1.0 + tie))
 
 
 def _reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
