@@ -609,3 +609,26 @@ def test_kernel_pick_gives_near_ties_to_the_fixed_order():
     assert kernels.pick({"a": 0.0299, "b": 0.0280}, tie=0.0) == "b"
     assert kernels.pick({"a": 0.028, "b": 0.010}) == "b"             # triton_decay against the channel
     assert kernels.pick({"a": None, "b": 0.05, "c": 0.03}) == "c"     # untimed candidates never win
+
+
+def test_quant_centroids_are_the_per_cluster_sums_without_float_atomics():
+    """QuantHasher's spherical k-means sums each cluster's points with a one-hot matmul (a fixed order on CUDA,
+    where a float scatter_add's order is whatever its atomics do). The centroids equal those of the
+    scatter_add update to float32 rounding (the hasher works in float32): only the summation order changed."""
+    import torch.nn.functional as F
+
+    from engine.attention.quant import QuantHasher
+    g = torch.Generator().manual_seed(0)
+    k = torch.randn(1, 3, 40, 16, generator=g, dtype=torch.float64)
+    h = QuantHasher(16, centroids=5, iters=4, seed=2)
+    h.fit(0, k)
+
+    # the same k-means, written with scatter_add
+    x = h._unit(0, k).transpose(0, 1).reshape(3, -1, 16)
+    idx = torch.randint(0, x.shape[1], (5,), generator=torch.Generator().manual_seed(2))
+    c = x[:, idx].clone()
+    for _ in range(4):
+        a = torch.einsum("hnd,hkd->hnk", x, c).argmax(-1)
+        s = torch.zeros_like(c).scatter_add_(1, a[..., None].expand(-1, -1, 16), x)
+        c = torch.where(s.norm(dim=-1, keepdim=True) > 0, F.normalize(s, dim=-1), c)
+    assert torch.allclose(h._cent[0][0], c, atol=1e-6)

@@ -53,7 +53,10 @@ class QuantHasher:
             c = x[:, idx].clone()                                               # (H, K, D)
             for _ in range(self.iters):  # spherical k-means; empty clusters keep their old centre
                 a = torch.einsum("hnd,hkd->hnk", x, c).argmax(-1)               # (H, N)
-                s = torch.zeros_like(c).scatter_add_(1, a[..., None].expand(-1, -1, D), x)
+                # per-centroid sums as a matmul with the one-hot assignment, not scatter_add: on CUDA a float
+                # scatter_add sums in whatever order its atomics land, so centroids (and every bucket after them)
+                # could differ in the low bits from one process to the next; a matmul sums in a fixed order
+                s = torch.einsum("hnk,hnd->hkd", F.one_hot(a, self.n_buckets).to(x.dtype), x)   # (H, K, D)
                 nonempty = s.norm(dim=-1, keepdim=True) > 0
                 c = torch.where(nonempty, F.normalize(s, dim=-1), c)
             cents.append(c)
