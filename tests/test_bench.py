@@ -306,6 +306,9 @@ def test_compare_runs_names_the_first_differing_frame(tmp_path: Path, capsys: py
     assert compare_runs.main([str(a), str(b)]) == 0 and "dense: identical (4 frames" in capsys.readouterr().out
     assert compare_runs.main([str(a), str(b), str(c)]) == 1
     assert "first differing frame 3" in capsys.readouterr().out
+    short = run("short", ["1", "2"], "z")
+    assert compare_runs.main([str(a), str(short)]) == 1
+    assert "the same first 2 frames, then 4 against 2" in capsys.readouterr().out
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"modes": {"dense": {"series": {}}}}))
     with pytest.raises(SystemExit, match="no frame_digest"):

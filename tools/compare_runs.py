@@ -22,6 +22,15 @@ def first_difference(a: list[str], b: list[str]) -> int | None:
     return next((k for k, (x, y) in enumerate(zip(a, b), start=1) if x != y), None)
 
 
+def _difference(a: list[str], b: list[str]) -> str:
+    k = first_difference(a, b)
+    if k is not None:
+        return f"first differing frame {k}"
+    if len(a) == len(b):
+        return "same frames"
+    return f"the same first {min(len(a), len(b))} frames, then {len(a)} against {len(b)}"
+
+
 def compare(docs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], bool]:
     """Lines of the report, and whether every mode common to all runs made identical frames."""
     modes = [m for m in docs[0]["modes"] if all(m in d["modes"] for d in docs[1:])]
@@ -36,7 +45,7 @@ def compare(docs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], bo
             lines.append(f"{m}: identical ({len(series[0]['frame_digest'])} frames, sha256 {shas[0][:16]})")
             continue
         same = False
-        parts = [f"{n} vs {names[0]}: first differing frame {first_difference(series[0]['frame_digest'], s['frame_digest'])}"
+        parts = [f"{n} vs {names[0]}: {_difference(series[0]['frame_digest'], s['frame_digest'])}"
                  for n, s in zip(names[1:], series[1:])]
         lines.append(f"{m}: DIFFERENT; " + "; ".join(parts))
     return lines, same

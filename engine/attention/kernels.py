@@ -381,14 +381,14 @@ def choose(cands: dict[str, Fn], q: torch.Tensor, k: torch.Tensor, v: torch.Tens
         raise RuntimeError(f"no attention kernel accepts q{tuple(q.shape)} k{tuple(k.shape)} {q.dtype} "
                            f"(failed: {times_failed}; wrong: {wrong})")
     return pick(times), {**times, **{f"{n} (failed)": None for n in times_failed},
-                                                **{f"{n} (wrong: relative error {e:.2g})": None
-                                                   for n, e in wrong.items()}}
+                         **{f"{n} (wrong: relative error {e:.2g})": None for n, e in wrong.items()}}
 
 
 # Candidates whose times are within TIE of the fastest count as tied; a tie goes to the first of them in the
 # candidate table's fixed order. Why: candidates differ in rounding, so the choice decides the frames, and two
-# kernels a few percent apart (window's 64- and 72-channel kernels at 8-16K keys: 0.028 against 0.030 ms on the
-# H100) were picked differently by timing noise in different processes (docs/BENCHMARKS.md, session 23).
+# kernels within a few percent (the window's 72-channel bias_channel and 64-channel triton_split+channel on the
+# H100: 0.0304 and 0.0304 ms at 8K keys, 0.0421 and 0.0416 at 16K) were picked differently by timing noise in
+# different processes, and the window's frames with them (docs/BENCHMARKS.md, session 23).
 TIE = 0.10
 
 
