@@ -299,6 +299,15 @@ class KVCache:
         self.frame[layer].index_copy_(0, start + self._arange(n), frame.reshape(1).expand(n))
         self.length[layer] += n
 
+    def move_at(self, layer: int, src: slice, dst: torch.Tensor, frame: torch.Tensor) -> None:
+        """move() to the slots from the device scalar `dst` on, which then hold frame index `frame` (a device
+        scalar): the window's ring write with no host value of the slot frozen into a captured graph."""
+        n = src.stop - src.start
+        idx = dst + self._arange(n)
+        for t in (self.k, self.v, self.bias, *self.slot_data.values()):
+            t[layer].index_copy_(2, idx, t[layer, :, :, src].clone())   # clone: src is part of the written tensor
+        self.frame[layer].index_copy_(0, idx, frame.reshape(1).expand(n))
+
     def padded_bucket(self, layer: int, start: torch.Tensor, n: int, lo: int, end: int
                       ) -> tuple[torch.Tensor, torch.Tensor]:
         """padded() for slots [0, end) when the frame's scratch starts at the device scalar `start`, lo <= start:

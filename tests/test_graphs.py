@@ -497,3 +497,28 @@ def test_cuda_dense_buckets_are_captured_and_equal_eager(decay: bool) -> None:
     # shapes; else it rides in the channel)
     in_kernel = triton_decay.available(torch.device("cuda")) and s.mode.decay_choice == "triton_decay"
     assert (s.cache.pad > 0) == (decay and not in_kernel)
+
+
+def test_window_commit_has_one_graph_key_for_every_ring_slot() -> None:
+    """Once the ring is full the window's commit pass has one key for all its slots: the slot it overwrites is a
+    device scalar that graph_inputs sets before each capture or replay (one capture instead of `window`). The
+    scalar names the oldest ring frame, and the commit writes the frame there (its frame index included)."""
+    from engine.attention.base import StepInfo
+    m = random_model(torch.float32)
+    keep: list = []
+    _roll(m, "window", "off", frames=6, out_sampler=keep)          # sinks 1 + window 3: the ring wrapped twice
+    s = keep[0]
+    mode, cache, n = s.mode, s.cache, s.cache.length[0] // 4
+    keys = set()
+    for f in range(6, 12):
+        info = StepInfo(f, 3, 3, True)
+        keys.add(mode.graph_key(info, cache))
+        mode.graph_inputs(info)
+        done = mode._frames[0]
+        assert int(mode._dst_t) == (1 + (done - 1) % 3) * n        # the oldest frame of the ring
+        mode.graph_replayed(info)
+    assert keys == {("commit", 0)}
+    assert mode.graph_key(StepInfo(12, 0, 3, False), cache) == ("pass", -1)
+    # what the 6 frames left in the cache: the sink (0), then the ring, where frames 4 and 5 overwrote 1 and 2
+    frames = cache.frame[0, :cache.length[0]].reshape(4, n)
+    assert frames[:, 0].tolist() == [0, 4, 5, 3] and bool((frames == frames[:, :1]).all())
