@@ -25,7 +25,7 @@ from engine.episode import EpisodeError, EpisodeWriter
 # info() keys that describe the episode rather than the frame: they go to meta.json ("env_info"), not to
 # every trace line
 STATIC_INFO = frozenset({"checkpoint_sha256", "checkpoint", "device", "dtype", "noise_scale", "noise_corr", "prompt",
-                         "guidance", "guide_attention", "fused_writes",
+                         "guidance", "guide_attention", "fused_writes", "kernel_choices",
                          "seed", "world"})
 RESERVED = frozenset({"frame", "action", "keys", "mouse_dx", "t_wall", "gen_ms"})
 

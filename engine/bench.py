@@ -105,6 +105,8 @@ class BenchConfig:
     compile: bool = False          # fuse the CUDA-graph pieces with torch.compile (engine/graphs.py)
     fused_writes: bool | None = None   # the cache's scratch writes as one triton kernel (engine/cache_kernels.py;
                                        # None: on CUDA with triton)
+    kernel_choices: str | None = None  # a bench.json[.gz] (or {bucket: kernel} JSON) whose kernels to use instead
+                                       # of measuring: repeat that run's frames on another GPU of its kind
     frames: int = 3000             # generated frames (env.step calls) per mode
     modes: list[str] = field(default_factory=lambda: list(DEFAULT_MODES))
     mode_params: dict[str, Any] = field(default_factory=dict)   # per-mode overrides of conf/attention/<mode>.yaml
@@ -128,6 +130,9 @@ class BenchConfig:
 
     def __post_init__(self) -> None:
         check_commit(self.commit)
+        if self.kernel_choices:   # a bad file fails here, before anything runs
+            from engine.attention.kernels import load_choices
+            load_choices(self.kernel_choices)
 
 
 # ---- set-up --------------------------------------------------------------------------------------------------
@@ -239,6 +244,8 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
     if cfg.compile:
         source["compile"] = True
     source["fused_writes"] = cfg.fused_writes
+    if cfg.kernel_choices:
+        source["kernel_choices"] = cfg.kernel_choices
     source["noise_scale"] = cfg.noise_scale
     if cfg.guidance:
         source.update(guidance=cfg.guidance, guide_attention=cfg.guide_attention)
@@ -303,6 +310,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
                   "notes": trace.notes, "revisit_min_gap": min_gap, "revisit_pairs": pairs},
         "truth": {"revisit_psnr_db": report.mean_of(truth_revisit), "revisit_psnr": truth_revisit},
         "kernels": {"chosen": kernels.chosen_kernels(), "timings_ms": kernels.kernel_timings(),
+                    "pinned_from": kernels.pinned_source(),
                     "per_mode": {n: summary[n]["kernel"] for n in summary},
                     "cuda_graphs": {n: results[n]["series"].get("cuda_graphs") for n in results}},
         "summary": summary,

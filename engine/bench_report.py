@@ -311,8 +311,9 @@ def report_text(doc: dict[str, Any]) -> str:
     chosen = doc["kernels"]["chosen"]
     text = [f"engine.bench on {doc['device']} (host {doc['host']}), torch {doc['torch']}, commit {commit}"
             f"{' (dirty)' if doc['dirty'] else ''}, {doc['frames']} frames, timer {doc['timer']}",
-            "dense kernels chosen by measurement: " + (json.dumps(chosen) if chosen else
-                                                       "none (no CUDA: the torch SDPA math path runs)"),
+            ("dense kernels pinned from " + str(doc["kernels"]["pinned_from"]) + " (buckets it lacks: measured)"
+             if doc["kernels"].get("pinned_from") else "dense kernels chosen by measurement")
+            + ": " + (json.dumps(chosen) if chosen else "none (no CUDA: the torch SDPA math path runs)"),
             f"revisit pairs: {len(doc['trace']['revisit_pairs'])} (gap > {doc['trace']['revisit_min_gap']} frames); "
             f"truth's own revisit PSNR: {_f(doc['truth']['revisit_psnr_db'], '{:.2f}')} dB", "",
             table(doc["summary"], doc["early_frame"], doc["late_frame"]), "", "bars:"]

@@ -75,7 +75,8 @@ class NeuralEnv:
                  cuda_graphs: bool | None = None, compile: bool = False, noise_scale: float = 1.0,
                  noise_corr: float = 0.0, guidance: float = 0.0,
                  guide_attention: str | dict[str, Any] = "window", fused_writes: bool | None = None,
-                 memory: MemoryConfig | dict[str, Any] | bool | None = None) -> None:
+                 memory: MemoryConfig | dict[str, Any] | bool | None = None,
+                 kernel_choices: str | Path | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -92,7 +93,12 @@ class NeuralEnv:
         fused_writes: the cache's per-call scratch writes as one triton kernel (Sampler; CUDA with triton;
         None: on where it can run, and a CUDA run without triton says that it is off). info() says which.
         memory: the spatial memory (engine/memory.py: a frame at a pose seen before starts from that frame's
-        latent; a MemoryConfig, its fields as a dict, or True for the defaults; None/False: off)."""
+        latent; a MemoryConfig, its fields as a dict, or True for the defaults; None/False: off).
+        kernel_choices: a file of attention kernel choices to use instead of measuring them (a bench.json[.gz]
+        or a JSON object of shape bucket -> kernel; engine/attention/kernels.py: pin): on another machine of
+        the same kind, the same kernels and so the same frames as the run that wrote it. None: measured."""
+        if kernel_choices is not None:
+            kernels.pin(kernels.load_choices(kernel_choices), str(kernel_choices))
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
         if model is None:
@@ -200,7 +206,8 @@ class NeuralEnv:
         stats = self.sampler.mode.stats()
         return {"frame": self.sampler.frame - 1, "cache_tokens": cache.tokens(),
                 "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
-                "kernel": kernels.kernel_name(), "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
+                "kernel": kernels.kernel_name(), "kernel_choices": kernels.pinned_source() or "measured",
+                "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
                 "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),
                 "noise_scale": self.sampler.noise_scale, "noise_corr": self.sampler.noise_corr,

@@ -632,3 +632,43 @@ def test_quant_centroids_are_the_per_cluster_sums_without_float_atomics():
         s = torch.zeros_like(c).scatter_add_(1, a[..., None].expand(-1, -1, 16), x)
         c = torch.where(s.norm(dim=-1, keepdim=True) > 0, F.normalize(s, dim=-1), c)
     assert torch.allclose(h._cent[0][0], c, atol=1e-6)
+
+
+def test_pinned_kernel_choices_replace_the_measurement(tmp_path, capsys):
+    """kernels.pin: a recorded run's choices are used instead of timing (listed as pinned), a bucket the file
+    lacks is measured and said so, a pinned kernel that is no candidate is an error naming the bucket and the
+    file; load_choices reads a bench.json.gz's kernels.chosen or a plain mapping and names the file on errors."""
+    import gzip
+    import json
+
+    from engine.attention import kernels
+    q = torch.zeros(1, 2, 256, 64)
+    doc = {"kernels": {"chosen": {"q256_kv4096_d64_float32_decay": "triton_decay"}}}
+    bench = tmp_path / "bench.json.gz"
+    bench.write_bytes(gzip.compress(json.dumps(doc).encode()))
+    try:
+        kernels.pin(kernels.load_choices(bench), str(bench))
+        assert kernels.pinned_source() == str(bench)
+        assert kernels.recorded_choice(q, 4000, "decay") == "triton_decay"          # 4000 keys: the 4096 bucket
+        assert kernels.chosen_kernels() == {"q256_kv4096_d64_float32_decay": "triton_decay"}
+        assert kernels.kernel_timings()["q256_kv4096_d64_float32_decay"] == {"triton_decay (pinned)": None}
+        assert kernels.recorded_choice(q, 4000, "buckets") is None                 # not pinned: measure it
+        assert "q256_kv4096_d64_float32_buckets is not among the pinned choices" in capsys.readouterr().out
+        plain = tmp_path / "choices.json"
+        plain.write_text(json.dumps({"q256_kv4096_d64_float32_decay": "flash_attn_9"}))
+        kernels.pin(kernels.load_choices(plain), str(plain))
+        assert kernels.chosen_kernels() == {}                                      # new pins forget old choices
+        with pytest.raises(ValueError, match=r"choices.json: q256_kv4096_d64_float32_decay = 'flash_attn_9' is "
+                                             r"not a candidate"):
+            kernels.recorded_choice(q, 4000, "decay")
+    finally:
+        kernels.pin({}, "")
+    assert kernels.pinned_source() is None and kernels.recorded_choice(q, 4000, "decay") is None
+    with pytest.raises(FileNotFoundError, match="nope.json does not exist"):
+        kernels.load_choices(tmp_path / "nope.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="bad.json is not JSON"):
+        kernels.load_choices(tmp_path / "bad.json")
+    (tmp_path / "empty.json").write_text(json.dumps({"kernels": {"chosen": {}}}))
+    with pytest.raises(ValueError, match="empty.json holds no kernel choices"):
+        kernels.load_choices(tmp_path / "empty.json")

@@ -309,7 +309,31 @@ def test_compare_runs_names_the_first_differing_frame(tmp_path: Path, capsys: py
     short = run("short", ["1", "2"], "z")
     assert compare_runs.main([str(a), str(short)]) == 1
     assert "the same first 2 frames, then 4 against 2" in capsys.readouterr().out
+    kd = [json.loads(p.read_bytes() if p.suffix == ".json" else gzip.decompress(p.read_bytes())) for p in (a, c)]
+    kd[0]["kernels"], kd[1]["kernels"] = {"chosen": {"q256_kv16": "sdpa_cudnn"}}, {"chosen": {"q256_kv16": "sdpa_x"}}
+    assert compare_runs.kernel_differences(kd, ["a", "c"]) == ["kernel choices differ, a vs c: q256_kv16 sdpa_cudnn "
+                                                               "vs sdpa_x"]
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"modes": {"dense": {"series": {}}}}))
     with pytest.raises(SystemExit, match="no frame_digest"):
         compare_runs.main([str(a), str(old)])
+
+
+def test_kernel_choices_are_pinned_from_a_file_or_refused_before_the_run(tmp_path: Path) -> None:
+    """kernel_choices=<file>: every env of the run pins those kernels (bench.json says from where, the table
+    too); a file that holds no choices stops the run before anything runs, naming the file."""
+    choices = tmp_path / "choices.json"
+    choices.write_text(json.dumps({"q256_kv16_d64_bfloat16": "sdpa_efficient"}))
+    out = tmp_path / "run"
+    r = _bench("frames=2", "modes=[dense]", "checkpoint=tiny-random", "device=cpu", "warmup=1", "progress=false",
+               "plots=false", "one_step=false", f"kernel_choices={choices}", f"out={out}")
+    assert r.returncode == 0, r.stderr[-3000:]
+    doc = json.loads((out / "bench.json").read_text())
+    assert doc["kernels"]["pinned_from"] == str(choices)
+    assert f"dense kernels pinned from {choices}" in (out / "table.txt").read_text()
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"kernels": {}}))
+    r = _bench("frames=2", "modes=[dense]", "checkpoint=tiny-random", "device=cpu", f"kernel_choices={bad}",
+               f"out={tmp_path / 'bad_run'}")
+    assert r.returncode != 0 and "bad.json holds no kernel choices" in r.stderr
+    assert not (tmp_path / "bad_run" / "bench.json").exists()

@@ -522,3 +522,24 @@ def test_window_commit_has_one_graph_key_for_every_ring_slot() -> None:
     # what the 6 frames left in the cache: the sink (0), then the ring, where frames 4 and 5 overwrote 1 and 2
     frames = cache.frame[0, :cache.length[0]].reshape(4, n)
     assert frames[:, 0].tolist() == [0, 4, 5, 3] and bool((frames == frames[:, :1]).all())
+
+
+def test_env_pins_kernel_choices_from_a_file(tmp_path) -> None:
+    """NeuralEnv(kernel_choices=...) pins the file's kernels for the process and says so in info() (a session's
+    meta records it); without it the choices are measured."""
+    import json
+
+    from engine.attention import kernels
+    from engine.world_model import NeuralEnv
+    f = tmp_path / "choices.json"
+    f.write_text(json.dumps({"q256_kv16_d64_bfloat16": "sdpa_efficient"}))
+    m = random_model(torch.float32)
+    try:
+        env = NeuralEnv(model=m, device="cpu", kernel_choices=f)
+        env.reset(seed=0, prompt=None)
+        assert env.info()["kernel_choices"] == str(f)
+    finally:
+        kernels.pin({}, "")
+    env = NeuralEnv(model=m, device="cpu")
+    env.reset(seed=0, prompt=None)
+    assert env.info()["kernel_choices"] == "measured"

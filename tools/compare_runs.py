@@ -1,5 +1,6 @@
 """Did two or more benchmark runs make the same frames? Per mode: the whole-rollout sha256 of each run and, where
-they differ, the first frame whose digest differs (engine.bench writes both: `frames_sha256`, `frame_digest`).
+they differ, the first frame whose digest differs (engine.bench writes both: `frames_sha256`, `frame_digest`);
+then the attention kernels the runs chose differently, the usual cause (`kernel_choices=` pins them).
 
     python tools/compare_runs.py runs/bench/a/bench.json runs/bench/b/bench.json[.gz] ...
 
@@ -48,7 +49,22 @@ def compare(docs: list[dict[str, Any]], names: list[str]) -> tuple[list[str], bo
         parts = [f"{n} vs {names[0]}: {_difference(series[0]['frame_digest'], s['frame_digest'])}"
                  for n, s in zip(names[1:], series[1:])]
         lines.append(f"{m}: DIFFERENT; " + "; ".join(parts))
+    lines += kernel_differences(docs, names)
     return lines, same
+
+
+def kernel_differences(docs: list[dict[str, Any]], names: list[str]) -> list[str]:
+    """The shape buckets whose attention kernel differs between the first run and another (kernels picked by
+    timing differ in rounding, hence in frames: pin them with `kernel_choices=` to repeat a run)."""
+    first = (docs[0].get("kernels") or {}).get("chosen") or {}
+    out = []
+    for n, d in zip(names[1:], docs[1:]):
+        other = (d.get("kernels") or {}).get("chosen") or {}
+        diff = {b: (first[b], other[b]) for b in first if b in other and first[b] != other[b]}
+        if diff:
+            out.append(f"kernel choices differ, {names[0]} vs {n}: "
+                       + ", ".join(f"{b} {a} vs {c}" for b, (a, c) in sorted(diff.items())))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

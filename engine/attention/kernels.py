@@ -16,8 +16,11 @@ the bias with no mask argument.
 """
 from __future__ import annotations
 
+import gzip
+import json
 import math
-from typing import TYPE_CHECKING, Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +41,8 @@ if TYPE_CHECKING:
 _last_kernel: str = "none"
 _choice: dict[tuple, str] = {}
 _timings: dict[tuple, dict[str, float | None]] = {}   # every candidate's measured ms per shape bucket (benchmark)
+_pinned: dict[str, str] = {}    # shape-bucket name -> kernel to use without measuring (pin(): a recorded run's)
+_pinned_from = ""               # where _pinned came from (for messages)
 
 
 def kernel_name() -> str:
@@ -45,9 +50,75 @@ def kernel_name() -> str:
     return _last_kernel
 
 
+def bucket_name(key: tuple) -> str:
+    """The name of a shape bucket in chosen_kernels(), kernel_timings() and pinned choices."""
+    return f"q{key[0]}_kv{key[1]}_d{key[2]}_{key[3]}"
+
+
 def chosen_kernels() -> dict[str, str]:
-    """Every shape bucket measured so far and the kernel chosen for it."""
-    return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _choice.items()}
+    """Every shape bucket measured (or pinned) so far and the kernel chosen for it."""
+    return {bucket_name(k): v for k, v in _choice.items()}
+
+
+def pin(choices: dict[str, str], source: str) -> None:
+    """Use these kernels for these shape buckets instead of measuring (a recorded run's `kernels.chosen`, so a
+    later run on another machine of the same kind repeats its frames: the candidates differ in rounding, and
+    timing can pick differently from one machine or process to the next, docs/BENCHMARKS.md session 23). A
+    bucket not listed is measured as usual and printed. Replaces earlier pins and forgets the choices made so
+    far (unless the same choices are pinned again: every env of a benchmark pins them), so call it before the
+    first attention call. pin({}, "") unpins."""
+    global _pinned, _pinned_from
+    if choices == _pinned and source == _pinned_from:
+        return
+    bad = {k: v for k, v in choices.items() if not isinstance(k, str) or not isinstance(v, str)}
+    if bad:
+        raise ValueError(f"kernel choices from {source}: expected shape-bucket name -> kernel name strings, got {bad}")
+    _pinned, _pinned_from = dict(choices), source
+    _choice.clear()
+    _timings.clear()
+
+
+def pinned_source() -> str | None:
+    """Where the pinned choices came from, or None when every choice is measured."""
+    return _pinned_from if _pinned else None
+
+
+def _take_pinned(key: tuple, allowed: "Iterable[str]") -> str | None:
+    """The pinned kernel of this bucket (recorded as chosen, with no timings), None if none is pinned; a pinned
+    name that is no candidate here is an error naming the bucket, the file and the candidates."""
+    name = bucket_name(key)
+    if not _pinned:
+        return None
+    kernel = _pinned.get(name)
+    if kernel is None:
+        print(f"kernels: {name} is not among the pinned choices ({_pinned_from}): measured", flush=True)
+        return None
+    allowed = list(allowed)
+    if kernel not in allowed:
+        raise ValueError(f"kernel choices from {_pinned_from}: {name} = {kernel!r} is not a candidate on this "
+                         f"machine; candidates: {allowed}")
+    _choice[key], _timings[key] = kernel, {f"{kernel} (pinned)": None}
+    return kernel
+
+
+def load_choices(path: str | Path) -> dict[str, str]:
+    """Kernel choices from a file: a bench.json or bench.json.gz (its `kernels.chosen`), or a JSON object of
+    shape-bucket name -> kernel. Errors name the file and what was expected."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"kernel_choices: {p} does not exist (expected a bench.json[.gz] or a JSON object "
+                                f"of shape bucket -> kernel)")
+    try:
+        raw = gzip.decompress(p.read_bytes()) if p.suffix == ".gz" else p.read_bytes()
+        doc = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"kernel_choices: {p} is not JSON (or gzipped JSON): {e}") from None
+    if isinstance(doc, dict) and isinstance(doc.get("kernels"), dict) and "chosen" in doc["kernels"]:
+        doc = doc["kernels"]["chosen"]
+    if not isinstance(doc, dict) or not doc or not all(isinstance(k, str) and isinstance(v, str) for k, v in doc.items()):
+        raise ValueError(f"kernel_choices: {p} holds no kernel choices (expected `kernels.chosen` of a bench.json, "
+                         f"or an object like {{\"q256_kv4096_d72_bfloat16\": \"sdpa_flash\"}})")
+    return doc
 
 
 def with_bias_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor,
@@ -294,7 +365,7 @@ def padded_attention(q: torch.Tensor, kp: torch.Tensor, vp: torch.Tensor) -> tor
     global _last_kernel
     if q.device.type == "cuda" and q.dtype != torch.float64 and _triton_runs():
         key = _tag_key(q, kp.shape[2], "padded")
-        if key not in _choice:
+        if key not in _choice and _take_pinned(key, _PADDED) is None:
             if torch.cuda.is_current_stream_capturing():
                 raise RuntimeError(f"attention shape {key} first seen inside a CUDA graph capture: run the pass "
                                    f"eagerly once first")
@@ -340,7 +411,7 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     biased = bias is not None
     key = _bucket(q, k, biased)
     cands = _candidates(biased)
-    if key not in _choice:
+    if key not in _choice and _take_pinned(key, cands) is None:
         if torch.cuda.is_current_stream_capturing():
             raise RuntimeError(f"attention shape {key} first seen inside a CUDA graph capture: its kernel is chosen "
                                f"by timing, which cannot be captured; run the pass eagerly once first")
@@ -434,10 +505,14 @@ def record_choice(q: torch.Tensor, keys: int, tag: str, choice: str, times: dict
 
 def recorded_choice(q: torch.Tensor, keys: int, tag: str) -> str | None:
     """The choice record_choice kept for this shape and tag, if any: a later env of the same process reuses it
-    rather than timing again, as `attention` does, so that two rollouts with one seed draw the same frames."""
-    return _choice.get(_tag_key(q, keys, tag))
+    rather than timing again, as `attention` does, so that two rollouts with one seed draw the same frames.
+    A pinned choice (pin()) counts as recorded."""
+    key = _tag_key(q, keys, tag)
+    if key in _choice:
+        return _choice[key]
+    return _take_pinned(key, ("channel", "triton_decay"))
 
 
 def kernel_timings() -> dict[str, dict[str, float | None]]:
     """Measured ms of every candidate per shape bucket (what the choice was made from), for the benchmark."""
-    return {f"q{k[0]}_kv{k[1]}_d{k[2]}_{k[3]}": v for k, v in _timings.items()}
+    return {bucket_name(k): v for k, v in _timings.items()}
