@@ -62,9 +62,9 @@ class WindowAttention(AttentionMode):
 
     def _dst_tensor(self, done: int, n: int, device: torch.device) -> torch.Tensor:
         """The first slot of the ring frame that commit number `done` overwrites, as a device scalar: filled here
-        on eager calls and by graph_inputs before a capture or replay, so one graph serves every ring slot (with
-        a host int each of the `window` slots needed a graph of its own: `window` captures, ~3 frames of warm-up
-        each, in the H100 runs of session 23 frames 33-96 ran at 13-23 ms instead of 4.2)."""
+        on eager calls and by graph_inputs before a capture or replay, so one graph serves every ring slot. With
+        a host int each of the `window` slots needed a graph of its own: `window` eager commits, then `window`
+        captures, before the first replay (on the H100, session 23: frames 33-96 at 13-23 ms instead of 4.2)."""
         t = self._dst_t
         if t is None or t.device != device:
             if capturing():
