@@ -28,6 +28,9 @@ STATIC_INFO = frozenset({"checkpoint_sha256", "checkpoint", "device", "dtype", "
                          "guidance", "guide_attention", "fused_writes", "kernel_choices",
                          "seed", "world"})
 RESERVED = frozenset({"frame", "action", "keys", "mouse_dx", "t_wall", "gen_ms"})
+# info() keys whose last value goes to meta.json when the session closes (not to trace lines): the attention
+# kernels the run chose by timing, which a replay pins to draw the same frames on another GPU of the same kind
+FINAL_INFO = frozenset({"kernels_chosen"})
 
 
 def engine_version() -> str:
@@ -69,7 +72,7 @@ def trace_fields(info: dict[str, Any]) -> dict[str, Any]:
     """The per-frame part of env.info() that belongs on a trace line."""
     out = {}
     for k, v in info.items():
-        if k in STATIC_INFO or k in RESERVED:
+        if k in STATIC_INFO or k in RESERVED or k in FINAL_INFO:
             continue
         s = _small(v)
         if s is not None:
@@ -123,6 +126,7 @@ class Recorder:
         self.video: Video | None = None
         self.sessions: list[Path] = []
         self.error: str | None = None
+        self._final: dict[str, Any] = {}   # the last value of each FINAL_INFO key, for meta.json at close
 
     @property
     def active(self) -> bool:
@@ -156,6 +160,7 @@ class Recorder:
             return
         import time
 
+        self._final.update({k: info[k] for k in FINAL_INFO if k in info})
         try:
             self.writer.append(frame, action, t_wall=round(time.time(), 4), gen_ms=round(gen_ms, 3),
                                **trace_fields(info))
@@ -178,7 +183,8 @@ class Recorder:
         try:
             if video is not None:
                 video.close()
-            writer.close()
+            final, self._final = self._final, {}
+            writer.close(**final)
         except OSError as e:
             self.say(f"closing {writer.path} failed ({e}); its trace and frames stay readable")
         if not quiet:

@@ -2,7 +2,8 @@
 
 A session is rebuilt from its meta.json: the recorded seed and prompt, and the recorded world, engine and
 attention config, except for what the command line names (`python play.py replay=DIR engine=model` replays
-a simulator session on the model). A session from another world, checkpoint or config version is refused
+a simulator session on the model), and the attention kernels the recording chose (meta.json `kernels_chosen`,
+pinned unless `engine.kernel_choices=` is given). A session from another world, checkpoint or config version is refused
 with the mismatching field named, unless `allow_mismatch=true`, which the report records. Nothing in the
 session is modified; check=true adds check_report.json and check_strip.png beside it.
 """
@@ -73,6 +74,12 @@ def replay_config(cfg: DictConfig, overrides: list[str], meta: dict[str, Any]) -
             out[key] = meta["config"][key]
     if "device" in named and "engine" not in named and "device" in out.engine:
         out.engine.device = cfg.device  # the recorded engine node holds the recording's resolved device
+    chosen = meta.get("kernels_chosen")
+    sets_choices = any(o.split("=", 1)[0].lstrip("+~") == "engine.kernel_choices" for o in overrides if "=" in o)
+    if isinstance(chosen, dict) and chosen and not sets_choices and "kernel_choices" in (out.get("engine") or {}):
+        # the attention kernels the recording ran (chosen by timing there): the same kernels draw the same frames
+        # on another GPU of the same kind, where timing could pick others (docs/BENCHMARKS.md, session 23)
+        out.engine.kernel_choices = chosen
     seed = int(cfg.seed) if "seed" in named else int(meta["seed"])
     prompt = str(cfg.prompt) if "prompt" in named and cfg.prompt is not None else str(meta["prompt"])
     return out, seed, prompt

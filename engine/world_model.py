@@ -76,7 +76,7 @@ class NeuralEnv:
                  noise_corr: float = 0.0, guidance: float = 0.0,
                  guide_attention: str | dict[str, Any] = "window", fused_writes: bool | None = None,
                  memory: MemoryConfig | dict[str, Any] | bool | None = None,
-                 kernel_choices: str | Path | None = None) -> None:
+                 kernel_choices: str | Path | dict[str, str] | None = None) -> None:
         """bf16: cast the model's inference parts to bfloat16 once here (None: on CUDA only; False forces
         float32 on a GPU). An in-memory model is copied before the cast, so a trainer's EMA is never touched.
         max_frames: pre-size a dense cache for this many frames (no reallocation mid-run).
@@ -94,10 +94,15 @@ class NeuralEnv:
         None: on where it can run, and a CUDA run without triton says that it is off). info() says which.
         memory: the spatial memory (engine/memory.py: a frame at a pose seen before starts from that frame's
         latent; a MemoryConfig, its fields as a dict, or True for the defaults; None/False: off).
-        kernel_choices: a file of attention kernel choices to use instead of measuring them (a bench.json[.gz]
-        or a JSON object of shape bucket -> kernel; engine/attention/kernels.py: pin): on another machine of
-        the same kind, the same kernels and so the same frames as the run that wrote it. None: measured."""
-        if kernel_choices is not None:
+        kernel_choices: attention kernel choices to use instead of measuring them: a file (a bench.json[.gz] or
+        a JSON object of shape bucket -> kernel) or that mapping itself (a recorded session's `kernels_chosen`,
+        which replay passes); engine/attention/kernels.py: pin. On another machine of the same kind, the same
+        kernels and so the same frames as the run that chose them. None: measured. info()["kernels_chosen"]
+        lists this process's choices so far (a recording keeps the last in its meta.json)."""
+        if isinstance(kernel_choices, dict):
+            if kernel_choices:   # a CPU recording chose none: nothing to pin
+                kernels.pin(dict(kernel_choices), "the recorded session's kernels_chosen")
+        elif kernel_choices is not None:
             kernels.pin(kernels.load_choices(kernel_choices), str(kernel_choices))
         self.device = _resolve_device(device)
         dtype = torch.bfloat16 if (bf16 if bf16 is not None else self.device.type == "cuda") else None
@@ -207,6 +212,7 @@ class NeuralEnv:
         return {"frame": self.sampler.frame - 1, "cache_tokens": cache.tokens(),
                 "cache_mib": round(cache.nbytes() / 2 ** 20, 3), "attention": self.mode_name,
                 "kernel": kernels.kernel_name(), "kernel_choices": kernels.pinned_source() or "measured",
+                "kernels_chosen": kernels.chosen_kernels(),
                 "mode_stats": stats, "gen_ms": round(self._last_ms, 2),
                 "cuda_graphs": self.sampler.graphs == "cuda", "compiled": self.sampler.compiled,
                 "whole_pass_replays": getattr(self.sampler.run, "whole_replays", 0),

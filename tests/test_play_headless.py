@@ -114,3 +114,33 @@ def test_a_folder_of_sessions_is_a_suite(session: Path, tmp_path: Path) -> None:
     r = run_play(f"replay={tmp_path / 'suite'}", "check=true", *SMALL)
     assert r.returncode == 1, r.stdout + r.stderr
     assert "1 ok, 1 failed" in r.stdout
+
+
+def test_a_recording_keeps_its_kernel_choices_and_a_replay_pins_them(tmp_path: Path) -> None:
+    """The attention kernels a run chose by timing (env.info()["kernels_chosen"], growing as shapes appear) go to
+    meta.json when the session closes, not to trace lines; a replay of a neural session pins them (the same
+    kernels, the same frames on another GPU of the kind), unless the command line names its own."""
+    from omegaconf import OmegaConf
+
+    from controls.recorder import Recorder
+    from controls.replay import replay_config
+    rec = Recorder(tmp_path / "rec", fps=20, say=lambda m: None)
+    frame = np.zeros((8, 8, 3), np.uint8)
+    rec.start({"world": "maze", "seed": 0, "prompt": "", "config": {}}, frame, {"kernels_chosen": {"a": "x"}})
+    rec.append(frame, np.zeros(8, np.float32), 1.0, {"kernels_chosen": {"a": "x", "b": "y"}, "cache_tokens": 3})
+    path = rec.stop()
+    ep = EpisodeReader(path)
+    assert ep.meta["kernels_chosen"] == {"a": "x", "b": "y"}
+    assert all("kernels_chosen" not in line for line in ep.trace) and ep.trace[1]["cache_tokens"] == 3
+
+    cfg = OmegaConf.create({"seed": 0, "prompt": None, "device": "cpu", "engine": {"name": "model",
+                                                                                   "kernel_choices": None}})
+    meta = {"config": {"engine": {"name": "model", "kernel_choices": None}}, "seed": 1, "prompt": "p",
+            "kernels_chosen": {"q256_kv16_d64_bfloat16": "sdpa_efficient"}}
+    out, _, _ = replay_config(cfg, [], meta)
+    assert out.engine.kernel_choices == {"q256_kv16_d64_bfloat16": "sdpa_efficient"}
+    out, _, _ = replay_config(cfg, ["engine.kernel_choices=/tmp/k.json"], meta)
+    assert out.engine.kernel_choices is None      # the command line's (this test's cfg stands for it)
+    meta_sim = {"config": {"engine": {"name": "sim"}}, "seed": 1, "prompt": "p", "kernels_chosen": {}}
+    out, _, _ = replay_config(OmegaConf.create({"seed": 0, "prompt": None, "engine": {"name": "sim"}}), [], meta_sim)
+    assert "kernel_choices" not in out.engine
