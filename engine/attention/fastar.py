@@ -289,7 +289,8 @@ class FastARAttention(AttentionMode):
             if every_bucket:
                 assert layout is not None
                 layout = dataclasses.replace(layout, probes=hasher.n_buckets, memo=layout.memo.setdefault("all", {}))
-                probe = lambda x: torch.arange(hasher.n_buckets, device=x.device).expand(*x.shape[:3], 1, -1)  # noqa: E731
+                every = cache._arange(hasher.n_buckets)   # every bucket, made once per cache (not per call)
+                probe = lambda x: every.expand(*x.shape[:3], 1, -1)  # noqa: E731
             out, pairs, path = sparse_self_attention(self.cfg.annsa, q, probe, K, V, codes, bias, hasher.n_buckets,
                                                      layout, kbias_fn)
             self._pairs = pairs
