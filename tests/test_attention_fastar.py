@@ -277,10 +277,12 @@ def test_annca_keeping_everything_equals_dense_and_recall_falls_when_dropping():
     k, v = torch.randn(B, H, 40, D, generator=g, dtype=F64), torch.randn(B, H, 40, D, generator=g, dtype=F64)
     info = StepInfo(frame=0, step=2, num_steps=2, commit=False)
     dense = build_mode("dense").cross_attention(0, q, k, v, info)
-    for compact in ("never", "always"):
+    for compact in ("never", "always", "auto"):
         ca = build_mode("annca_quant", ann={"centroids": 1, "probes": 1}, annca={"compact": compact})
         assert torch.allclose(ca.cross_attention(0, q, k, v, info), dense, atol=1e-10)
         assert ca.stats()["ca_recall"] == pytest.approx(1.0)
+        # auto masks (no host sync for the kept count); only "always" packs
+        assert ca.stats()["paths"]["cross"].startswith("packed:" if compact == "always" else "masked:")
     ca = build_mode("annca", ann={"bits": 8, "probes": 1})
     ca.cross_attention(0, q[:, :, :1], k, v, info)                # one query: most prompt buckets hold none
     st = ca.stats()

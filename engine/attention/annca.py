@@ -2,10 +2,18 @@
 none of the frame's queries (their own buckets and probes) is left out of that frame's cross-attention; the
 next frame decides afresh, so nothing is removed for good.
 
-The kept set is per (batch, head), shared by all queries of the frame, so it is a key subset: on the GPU the
-kept tokens are packed to the front (one host sync for the largest kept count) and the dense kernel runs over
-that many keys only; on the CPU the dropped ones are masked (same function). A head that would keep nothing
-keeps everything (no empty softmax).
+The kept set is per (batch, head), shared by all queries of the frame, so it is a key subset. Two paths compute
+the same function:
+- "masked" (`compact: never`, and what `auto` takes on every device): the dropped tokens get NEG_BIAS in a
+  per-key bias and the dense kernel runs over the whole prompt. No host sync, so the host keeps queueing work
+  ahead of the GPU, as in dense.
+- "packed" (`compact: always`): the kept tokens are gathered to the front and the kernel runs over the
+  largest kept count only. That count is read on the host: one sync per call. Why `auto` does not take it:
+  with this model's 16 prompt tokens the whole cross-attention call is a few microseconds of GPU work, less
+  than what a sync costs (the GPU drains and then waits for the host's launches). On the H100 the annca mode
+  ran at 21.7 fps at frame 300 with packing against dense's 106.8 (docs/BENCHMARKS.md, session 24). A
+  prompt of hundreds of tokens with a low kept share is where packing could pay; measure it there.
+A head that would keep nothing keeps everything (no empty softmax).
 """
 from __future__ import annotations
 
@@ -20,7 +28,7 @@ from engine.cache import NEG_BIAS
 
 @dataclass
 class AnnCAConfig:
-    compact: str = "auto"   # auto (pack kept tokens on CUDA, mask on CPU) | always | never
+    compact: str = "auto"   # auto (= never: mask, no host sync; module docstring) | always (pack: a sync a call) | never
 
     def __post_init__(self) -> None:
         if self.compact not in ("auto", "always", "never"):

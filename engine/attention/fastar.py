@@ -533,7 +533,7 @@ class FastARAttention(AttentionMode):
         hk = CROSS + layer
         self.hasher.fit(hk, k, q)
         keep = keep_mask(self.hasher.probe_codes(hk, q), self.hasher.codes(hk, k, True), self.hasher.n_buckets)
-        compact = {"always": True, "never": False}.get(self.cfg.annca.compact, q.device.type == "cuda")
+        compact = self.cfg.annca.compact == "always"   # auto masks: no host sync (annca.py says why)
         out, pairs = sparse_cross_attention(q, k, v, keep, compact)
         self._paths["cross"] = ("packed:" if compact else "masked:") + kernels.kernel_name()
         B, H, n = q.shape[:3]
