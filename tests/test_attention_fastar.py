@@ -674,3 +674,25 @@ def test_pinned_kernel_choices_replace_the_measurement(tmp_path, capsys):
     (tmp_path / "empty.json").write_text(json.dumps({"kernels": {"chosen": {}}}))
     with pytest.raises(ValueError, match="empty.json holds no kernel choices"):
         kernels.load_choices(tmp_path / "empty.json")
+
+
+def test_meter_sums_device_values_in_place_and_reset_keeps_the_accumulators() -> None:
+    """LayerMeter: device values sum on the device, value and count in one accumulator that a captured CUDA
+    graph keeps adding to; reset zeroes it in place (a graph captured before the reset still adds to it), and
+    host floats and device values of one name average together."""
+    from engine.attention.metrics import LayerMeter
+    m = LayerMeter()
+    m.add(0, "d", torch.tensor(0.5))
+    m.add(0, "d", torch.tensor(0.25))
+    m.add(0, "d", 1.0)
+    m.add(1, "d", torch.tensor(0.0))
+    assert m.summary() == {"0": {"d": pytest.approx(0.5833333)}, "1": {"d": 0.0}}
+    assert m.mean("d") == pytest.approx((0.5833333 + 0.0) / 2)
+    acc = m._dev[(0, "d")]
+    m.reset()
+    assert m._dev[(0, "d")] is acc and float(acc.abs().sum()) == 0.0
+    assert m.mean("d") is None and m.summary() == {}
+    acc[0].add_(0.75)   # what a replay of a graph captured before the reset does
+    acc[1].add_(1.0)
+    assert m.mean("d") == pytest.approx(0.75)
+

@@ -18,8 +18,10 @@ ACTIONS = [((), 0.0), (("forward",), 0.3), (("turn_left", "run"), -0.5), (("back
 
 
 SMALL = {"dense": {}, "window": {"sinks": 1, "window": 3}, "tempcache": {"tempcache": {"capacity_frames": 4}},
-         "fastar": {"tempcache": {"capacity_frames": 4, "layers": [0]}}}   # bounded modes reach their fixed shapes
-# early; fastar: layer 1 of the tiny model keeps a window and attends with no bias from frame 4 on
+         "fastar": {"tempcache": {"capacity_frames": 4, "layers": [0]}},
+         "annca": {"schedule": {"layers": None}, "metrics": {"recall_every": 3}}}
+# bounded modes reach their fixed shapes early; fastar: layer 1 of the tiny model keeps a window and attends with
+# no bias from frame 4 on; annca: both layers of the tiny model prune the prompt, recall measured every 3rd frame
 
 
 def with_bias_layout(mode: str, layout: str) -> dict:
@@ -54,7 +56,7 @@ def _roll(m: torch.nn.Module, mode: str, graphs: str, frames: int = 12, switch_t
     return out
 
 
-@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar", "annca"])
 def test_pieced_pass_equals_run(mode: str) -> None:
     m = random_model(torch.float32)
     ref, got = _roll(m, mode, "off"), _roll(m, mode, "pieces")
@@ -132,7 +134,7 @@ def test_cuda_graphs_with_heading_heads_equal_eager() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
-@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar", "annca"])
 def test_cuda_graphs_equal_eager(mode: str) -> None:
     """Captured pieces and whole passes replay the eager kernels: same frames to float32 rounding (a capture
     may pick other cuBLAS algorithms than the eager warm-up, so not bit-exact by promise). The bounded modes
@@ -160,6 +162,41 @@ def test_cuda_graphs_equal_eager(mode: str) -> None:
     for i in range(5):
         env.step(make_action(("forward",), 0.1))
     assert env.sampler.run.captured and env._decode.captured
+
+
+def test_annca_keeping_every_prompt_token_rolls_out_as_dense() -> None:
+    """AnnCA alone changes only the cross-attention: its self-attention is dense's own (FastARAttention._dense).
+    With one bucket (every prompt token kept) its rollout is dense's, in float64; and it measured its density."""
+    m = random_model(torch.float64)
+    samplers: list[Sampler] = []
+    ref = _roll(m, "dense", "off")
+    got = _roll(m, "annca_quant", "off", out_sampler=samplers,
+                params={"ann": {"centroids": 1, "probes": 1}, "schedule": {"layers": None}})
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    mode = samplers[0].mode
+    assert mode._dense is not None
+    st = mode.stats()
+    assert st["paths"]["cross"].startswith("masked:") and st["ca_density"] == pytest.approx(1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
+def test_cuda_annca_whole_pass_graphs_keep_counting_its_metrics() -> None:
+    """AnnCA's pass is captured whole (dense's buckets plus the prompt's keep mask); its density and recall
+    accumulate on the device inside the graphs (LayerMeter), so after replays they equal the eager run's."""
+    m = random_model(torch.float32).cuda()
+    se: list[Sampler] = []
+    sg: list[Sampler] = []
+    ref = _roll(m, "annca", "off", frames=16, out_sampler=se)
+    got = _roll(m, "annca", "cuda", frames=16, out_sampler=sg)
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+    assert sg[0].run.whole_replays > 0
+    a, b = se[0].mode.meter._totals(), sg[0].mode.meter._totals()
+    assert sorted(a) == sorted(b) and any(name == "ca_recall" for _, name in a)
+    for key in a:
+        assert b[key][1] == a[key][1], (key, a[key], b[key])            # as many values counted
+        assert b[key][0] == pytest.approx(a[key][0], rel=1e-4), (key, a[key], b[key])
 
 
 def test_bias_channel_layout_equals_mask_path() -> None:
@@ -194,7 +231,7 @@ def test_tempcache_on_bias_channel_cache_equals_plain() -> None:
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar"])
+@pytest.mark.parametrize("mode", ["dense", "window", "tempcache", "fastar", "annca"])
 @pytest.mark.parametrize("graphs", ["off", "cuda"])
 def test_cuda_rollouts_are_deterministic(mode: str, graphs: str) -> None:
     """Same seed, actions, device and mode -> the same frames, bit for bit (replay checks rely on it; TempCache's

@@ -14,6 +14,13 @@ is not scheduled: it shapes the cache, which every later step reads.
 
 The hasher is shared: one set of hyperplanes/centroids per layer serves the key codes stored in the cache
 (AnnSA, TempCache's LSH search) and the queries' probes, so stored codes and probes always agree.
+
+AnnCA alone (the annca modes) changes only the cross-attention to the prompt, so its self-attention is dense's
+own (a DenseAttention inside, `_dense`): the same kernels, buckets and whole-pass CUDA graphs. AnnCA's keep
+mask and masked call have no host sync and fixed shapes, so they are captured with the rest of the pass, under
+a key that adds whether this pass is sparse and whether it measures recall. Before, the annca modes ran
+FastARAttention's own growing-cache path between graphed pieces: 42.8 fps at frame 300 on the H100 against
+dense's 107.4 (docs/BENCHMARKS.md, session 24).
 """
 from __future__ import annotations
 
@@ -27,6 +34,7 @@ from engine.attention import kernels, sparse_kernels
 from engine.attention.annca import AnnCAConfig, keep_mask, sparse_cross_attention
 from engine.attention.annsa import AnnSAConfig, allowed_mask, sparse_self_attention
 from engine.attention.base import AttentionMode, StepInfo
+from engine.attention.dense import DenseAttention
 from engine.attention.lsh import Hasher, LSHHasher
 from engine.attention.metrics import LayerMeter, mass_recall, sample_queries
 from engine.attention.quant import QuantHasher
@@ -153,6 +161,8 @@ class FastARAttention(AttentionMode):
         self._memo: dict[int, dict] = {}        # per layer: the bucketed path's key segments (BucketLayout.memo)
         self._kbias: dict[int, tuple] = {}      # per layer: (what it was computed for, (B * H * capacity,) float32)
         self._adopted = False                   # the cache came from another mode (its slot order unknown)
+        # AnnCA alone: dense's self-attention and graphs (module docstring)
+        self._dense = DenseAttention() if cfg.tempcache is None and cfg.annsa is None else None
 
     # ---- setup -------------------------------------------------------------------------------------------
     def _setup(self, cache: KVCache) -> None:
@@ -199,13 +209,22 @@ class FastARAttention(AttentionMode):
         self._adopted = False
         if self.tc is not None:
             self.tc.reset()
+        if self._dense is not None:
+            self._dense.reset()
 
     def capacity_tokens(self, tokens_per_frame: int) -> int | None:
         return None if self.cfg.tempcache is None else (self.cfg.tempcache.capacity_frames + 1) * tokens_per_frame
 
     def adopt(self, cache: KVCache, tokens_per_frame: int) -> None:
         """Switch in over a cache another mode filled: fit the hasher on its keys, then compress (TempCache) or
-        just compute the bucket codes of every slot (AnnSA)."""
+        just compute the bucket codes of every slot (AnnSA); AnnCA alone: dense's adopt."""
+        if self._dense is not None:
+            self._cache, self._n_layers, self._n, self._adopted = cache, cache.n_layers, tokens_per_frame, True
+            for layer in range(cache.n_layers):
+                fr = cache.frame[layer, :cache.length[layer]]
+                self._frames[layer] = int(fr[fr >= 0].unique().numel()) if cache.length[layer] else 0
+            self._dense.adopt(cache, tokens_per_frame)
+            return
         self._setup(cache)
         self._adopted = True
         n = self._n = tokens_per_frame
@@ -242,6 +261,16 @@ class FastARAttention(AttentionMode):
         """Hot path. With recall/density off (metrics.recall_every = 0) and AnnSA/AnnCA off (the fastar
         default, see FASTAR_DEFAULTS): no host sync and fixed shapes: TempCache's fixed layout makes the
         attention length S + n from the first call on; the commit pass adds one fixed-shape merge."""
+        if self._dense is not None:   # AnnCA alone: dense's self-attention (module docstring)
+            self._cache, self._n_layers, self._n = cache, cache.n_layers, k.shape[2]
+            self._pairs = None
+            self._pairs_src = (cache, layer, cache.length[layer], k.shape[2], q.shape[0] * q.shape[1],
+                               self._dense._biased)
+            out = self._dense.self_attention(layer, q, k, v, cache, info)
+            self._paths["dense"] = kernels.kernel_name()
+            if info.commit:
+                self._frames[layer] = self._frames.get(layer, 0) + 1
+            return out
         self._setup(cache)
         hasher = self.hasher
         assert hasher is not None
@@ -543,10 +572,18 @@ class FastARAttention(AttentionMode):
             self.meter.add(layer, "ca_recall", mass_recall(q[:, :, idx], k, None, keep))
         return out
 
-    def graph_key(self, info: StepInfo, cache: KVCache) -> tuple[str] | None:
+    def graph_key(self, info: StepInfo, cache: KVCache) -> tuple | None:
         """Capturable when only TempCache runs in this pass (AnnSA/AnnCA scheduled off in every layer: their
-        sparse paths and metrics sync) and every layer is in the fixed layout (after its first call)."""
+        sparse paths and metrics sync) and every layer is in the fixed layout (after its first call). AnnCA
+        alone: where dense's pass is capturable, keyed by dense's key, whether AnnCA runs in this pass and
+        whether it measures recall (both change the pass's device work)."""
         L = self._n_layers
+        if self._dense is not None:
+            inner = self._dense.graph_key(info, cache)
+            if inner is None or L is None:
+                return None
+            sparse = any(self.cfg.schedule.active(layer, info, L) for layer in range(L))
+            return ("annca", inner, sparse, sparse and self._recall_now(info))
         if self.tc is None or L is None or self.tc.cfg.engine == "faiss":   # faiss searches on the host
             return None
         for module in (self.cfg.annsa, self.cfg.annca):
@@ -558,7 +595,19 @@ class FastARAttention(AttentionMode):
         plain = tuple(layer for layer in range(L) if self._plain(layer))   # which attention kernel each call runs
         return ("commit" if info.commit else "pass", plain)
 
+    def graph_stale(self, old: Any, new: Any) -> bool:
+        if self._dense is not None and old[0] == new[0] == "annca":
+            return self._dense.graph_stale(old[1], new[1])
+        return False
+
+    def graph_inputs(self, info: StepInfo) -> None:
+        super().graph_inputs(info)
+        if self._dense is not None:
+            self._dense.graph_inputs(info)
+
     def graph_replayed(self, info: StepInfo) -> None:
+        if self._dense is not None:
+            self._dense.graph_replayed(info)
         if info.commit and self._n_layers is not None:
             for layer in range(self._n_layers):
                 self._frames[layer] = self._frames.get(layer, 0) + 1
@@ -574,6 +623,9 @@ class FastARAttention(AttentionMode):
         out: dict[str, Any] = {"mode": self.name, "backend": self.cfg.ann.backend, "kernel": kernels.kernel_name(),
                                "paths": dict(self._paths), "sparse_kernel": sparse_kernels.last_kernel(),
                                "sparse_kernel_errors": sparse_kernels.errors()}
+        if self._dense is not None:   # AnnCA alone: how dense's self-attention ran
+            ds = self._dense.stats()
+            out["horizon_skipped"], out["decay_kernel"] = ds["horizon_skipped"], ds["decay_kernel"]
         if self.tc is not None:
             out["merge"] = self.tc.merge_path   # TempCache's merge step: compiled, eager, or why not compiled
             out["top1"] = self.tc.top1_path     # its search: triton (fused kernel) or matmul (bmm + argmax)

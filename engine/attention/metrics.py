@@ -22,29 +22,61 @@ import torch.nn.functional as F
 
 
 class LayerMeter:
-    """Per-layer running means of named quantities; values may be device tensors (no sync until summary)."""
+    """Per-layer running means of named quantities. Host floats sum on the host; device tensors sum on the
+    device, value and count together, in place into one accumulator per (layer, name): no sync until summary,
+    and a call captured in a CUDA graph keeps adding on every replay (the accumulator exists from the pass's
+    eager run before the capture, and reset zeroes it in place rather than dropping it)."""
 
     def __init__(self) -> None:
-        self._sum: dict[int, dict[str, Any]] = defaultdict(dict)
+        self._sum: dict[int, dict[str, float]] = defaultdict(dict)
         self._cnt: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self._dev: dict[tuple[int, str], torch.Tensor] = {}   # (layer, name) -> (2,) float32: sum, count
 
     def add(self, layer: int, name: str, value: torch.Tensor | float) -> None:
-        v = value.detach().float() if isinstance(value, torch.Tensor) else float(value)
-        self._sum[layer][name] = self._sum[layer].get(name, 0.0) + v
-        self._cnt[layer][name] += 1
+        if not isinstance(value, torch.Tensor):
+            self._sum[layer][name] = self._sum[layer].get(name, 0.0) + float(value)
+            self._cnt[layer][name] += 1
+            return
+        acc = self._dev.get((layer, name))
+        if acc is None or acc.device != value.device:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError(f"meter: first value of {name!r} (layer {layer}) inside a CUDA graph capture; "
+                                   f"the pass must run eagerly once first")
+            acc = self._dev[(layer, name)] = torch.zeros(2, dtype=torch.float32, device=value.device)
+        acc[0].add_(value.detach().float().reshape(()))
+        acc[1].add_(1.0)
 
     def reset(self) -> None:
         self._sum.clear()
         self._cnt.clear()
+        for acc in self._dev.values():
+            acc.zero_()
+
+    def _totals(self) -> dict[tuple[int, str], tuple[float, float]]:
+        """(layer, name) -> (sum, count) over host and device values (one sync for all device ones)."""
+        out: dict[tuple[int, str], tuple[float, float]] = {}
+        for layer, sums in self._sum.items():
+            for name, v in sums.items():
+                out[(layer, name)] = (v, float(self._cnt[layer][name]))
+        by_device: dict[torch.device, list[tuple[int, str]]] = defaultdict(list)
+        for key, acc in self._dev.items():
+            by_device[acc.device].append(key)
+        for keys in by_device.values():
+            vals = torch.stack([self._dev[k] for k in keys]).tolist()
+            for key, (v, c) in zip(keys, vals):
+                if c > 0:
+                    s0, c0 = out.get(key, (0.0, 0.0))
+                    out[key] = (s0 + v, c0 + c)
+        return out
 
     def summary(self) -> dict[str, dict[str, float]]:
         out: dict[str, dict[str, float]] = {}
-        for layer in sorted(self._sum):
-            out[str(layer)] = {k: float(v) / self._cnt[layer][k] for k, v in self._sum[layer].items()}
+        for (layer, name), (v, c) in sorted(self._totals().items()):
+            out.setdefault(str(layer), {})[name] = v / c
         return out
 
     def mean(self, name: str) -> float | None:
-        vals = [float(s[name]) / self._cnt[l][name] for l, s in self._sum.items() if name in s]
+        vals = [v / c for (_, n), (v, c) in self._totals().items() if n == name]
         return sum(vals) / len(vals) if vals else None
 
 
