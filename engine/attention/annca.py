@@ -11,7 +11,7 @@ the same function:
   largest kept count only. That count is read on the host: one sync per call. Why `auto` does not take it:
   with this model's 16 prompt tokens the whole cross-attention call is a few microseconds of GPU work, less
   than what a sync costs (the GPU drains and then waits for the host's launches). On the H100 the annca mode
-  ran at 21.7 fps at frame 300 with packing against dense's 106.8 (docs/BENCHMARKS.md, session 24). A
+  ran at 21.3 fps at frame 300 with packing and 42.8 masked, dense at 107 (docs/BENCHMARKS.md, session 24). A
   prompt of hundreds of tokens with a low kept share is where packing could pay; measure it there.
 A head that would keep nothing keeps everything (no empty softmax).
 """
