@@ -500,6 +500,35 @@ def test_hot_path_has_no_host_sync_and_fixed_shapes(monkeypatch, name, params):
             cache.valid(0).sum().item()
 
 
+@pytest.mark.parametrize("compact", ["auto", "always"])
+def test_annca_default_cross_attention_has_no_host_sync(monkeypatch, compact):
+    """AnnCA's default (masked) prompt call, its keep mask and its density meter read nothing back to the host,
+    so its passes can be captured whole (FastARAttention graph_key); the packed path reads the kept count (one
+    sync a call), which the same check catches."""
+    mode = build_mode("annca", metrics={"recall_every": 0}, annca={"compact": compact},
+                      schedule={"layers": None, "dense_until": 0.0})
+    cache = _cache(mode, layers=2)
+    g = torch.Generator().manual_seed(12)
+    prompt = torch.randn(B, H, 5, D, generator=g, dtype=F64)
+
+    def frames() -> None:
+        for f in range(4):
+            for layer in range(2):
+                q, k, v = (torch.randn(B, H, N, D, generator=g, dtype=F64) for _ in range(3))
+                for step, commit in ((0, False), (1, False), (2, True)):
+                    fa = FrameAttention(mode, cache, StepInfo(frame=f, step=step, num_steps=2, commit=commit))
+                    fa.self_attn(layer, q, k, v)
+                    fa.cross_attn(layer, q, prompt, prompt)
+    with monkeypatch.context() as m:
+        _no_sync(m)
+        if compact == "always":
+            with pytest.raises(_Sync):
+                frames()
+            return
+        frames()
+    assert mode.stats()["paths"]["cross"].startswith("masked:") and mode.stats()["ca_density"] is not None
+
+
 def test_kernel_agreement_check_catches_a_wrong_result():
     """The dense-kernel chooser checks each candidate against a float32 reference before timing it: a
     relative error of ~1 (wrong layout or scale) fails, bf16 rounding passes."""
