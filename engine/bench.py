@@ -310,7 +310,7 @@ def run_benchmark(cfg: BenchConfig, conf_dir: Path = CONF) -> dict[str, Any]:
                   "notes": trace.notes, "revisit_min_gap": min_gap, "revisit_pairs": pairs},
         "truth": {"revisit_psnr_db": report.mean_of(truth_revisit), "revisit_psnr": truth_revisit},
         "kernels": {"chosen": kernels.chosen_kernels(), "timings_ms": kernels.kernel_timings(),
-                    "pinned_from": kernels.pinned_source(),
+                    "pinned_from": kernels.pinned_source(), "near_ties": kernels.near_ties(),
                     "per_mode": {n: summary[n]["kernel"] for n in summary},
                     "cuda_graphs": {n: results[n]["series"].get("cuda_graphs") for n in results}},
         "summary": summary,

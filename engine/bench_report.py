@@ -303,6 +303,16 @@ def write(out: Path, doc: dict[str, Any], strips: dict[str, np.ndarray], labels:
     print(f"wrote {out}/{{{','.join(doc['outputs'])}}}", flush=True)
 
 
+def near_tie_lines(ties: dict[str, dict[str, Any]]) -> list[str]:
+    """One line per measured choice that sat near the tie margin (kernels.near_ties): another machine may choose
+    otherwise, and then its frames differ from the first; pinning makes them comparable."""
+    from engine.attention.kernels import TIE
+    return [f"near tie: {bucket} chose {t['chosen']} ("
+            + ", ".join(f"{n} at {r:.3f}x the fastest" for n, r in t["ratios"].items())
+            + f"; ties within {1 + TIE:.2f}x): another machine may choose otherwise; to compare frames across "
+              "machines, pin with kernel_choices=" for bucket, t in ties.items()]
+
+
 def report_text(doc: dict[str, Any]) -> str:
     """table.txt: where and what ran, the dense kernels chosen, the table, the bars and the trace's notes."""
     commit = doc["commit"]
@@ -314,6 +324,7 @@ def report_text(doc: dict[str, Any]) -> str:
             ("dense kernels pinned from " + str(doc["kernels"]["pinned_from"]) + " (buckets it lacks: measured)"
              if doc["kernels"].get("pinned_from") else "dense kernels chosen by measurement")
             + ": " + (json.dumps(chosen) if chosen else "none (no CUDA: the torch SDPA math path runs)"),
+            *near_tie_lines(doc["kernels"].get("near_ties") or {}),
             f"revisit pairs: {len(doc['trace']['revisit_pairs'])} (gap > {doc['trace']['revisit_min_gap']} frames); "
             f"truth's own revisit PSNR: {_f(doc['truth']['revisit_psnr_db'], '{:.2f}')} dB", "",
             table(doc["summary"], doc["early_frame"], doc["late_frame"]), "", "bars:"]

@@ -542,6 +542,28 @@ def test_kernel_agreement_check_catches_a_wrong_result():
     assert kernels.relative_error(kernels._reference(q, v, k, None, 0.125), ref) > kernels.tolerance(torch.float32)
 
 
+def test_near_ties_flag_the_choices_another_machine_may_make_otherwise(monkeypatch):
+    """kernels.near_ties: a candidate ahead of the chosen one just outside the tie margin, or the chosen one just
+    inside it and not the fastest, is reported (session 24's 16-key prompt call: cudnn at 1.106x on one H100,
+    1.087x and chosen on another); a clear winner, a tie far inside the margin and a pinned bucket are not."""
+    from engine.attention import kernels
+    timings = {("a",): {"flash": 1.25, "cudnn": 1.106, "efficient": 1.0},      # cudnn ahead, just outside
+               ("b",): {"flash": 1.25, "cudnn": 1.087, "efficient": 1.0},      # cudnn chosen, just inside
+               ("c",): {"channel": 2.8, "triton": 1.0},                         # clear winner
+               ("d",): {"channel": 1.0, "triton_split": 1.01},                 # a tie far inside the margin
+               ("e",): {"flash (pinned)": None}}
+    choice = {k: kernels.pick(t) if any(v is not None for v in t.values()) else "flash" for k, t in timings.items()}
+    assert choice[("a",)] == "efficient" and choice[("b",)] == "cudnn" and choice[("d",)] == "channel"
+    monkeypatch.setattr(kernels, "_timings", timings)
+    monkeypatch.setattr(kernels, "_choice", choice)
+    monkeypatch.setattr(kernels, "bucket_name", lambda key: key[0])
+    assert kernels.near_ties() == {"a": {"chosen": "efficient", "ratios": {"cudnn": 1.106}},
+                                   "b": {"chosen": "cudnn", "ratios": {"cudnn": 1.087}}}
+    from engine.bench_report import near_tie_lines
+    lines = near_tie_lines(kernels.near_ties())
+    assert len(lines) == 2 and "a chose efficient (cudnn at 1.106x" in lines[0] and "kernel_choices=" in lines[0]
+
+
 def test_kernel_chooser_skips_fast_wrong_and_failing_candidates():
     """choose(): the fastest candidate that agrees with the reference wins; a faster wrong one (or a NaN one)
     is listed as wrong, one that raises as failed; with only bf16 rounding everywhere nothing is ruled out."""

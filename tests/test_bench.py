@@ -60,6 +60,7 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
     assert doc["summary"]["window"]["ssim_vs_dense_1step"] is not None
     assert doc["modes"]["window"]["params"] == {"sinks": 1, "window": 4}
     assert doc["inductor_options"] == {"deterministic": True}
+    assert doc["kernels"]["near_ties"] == {}    # nothing timed on the CPU, so no choice can sit near a tie
     for key in ("device", "commit", "dirty", "frames", "torch", "timer", "host"):
         assert key in doc, key
     assert doc["frames"] == FRAMES and doc["early_frame"] == 1 and doc["late_frame"] == FRAMES

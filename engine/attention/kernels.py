@@ -20,7 +20,7 @@ import gzip
 import json
 import math
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -463,6 +463,12 @@ def choose(cands: dict[str, Fn], q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 TIE = 0.10
 
 
+# How close to the tie margin a measured ratio must lie for the choice to be reported as fragile (near_ties).
+# Measured on the H100 (docs/BENCHMARKS.md, session 24): the 16-key prompt call's sdpa_cudnn against the
+# fastest, sdpa_efficient, at 1.106x on one machine and 1.087x on another, which chose it.
+NEAR_TIE = 0.03
+
+
 def pick(times: dict[str, float | None], tie: float = TIE) -> str:
     """The first candidate, in the dict's order, whose ms is within `tie` of the fastest (None: not timed)."""
     timed = {n: t for n, t in times.items() if t is not None}
@@ -516,3 +522,29 @@ def recorded_choice(q: torch.Tensor, keys: int, tag: str) -> str | None:
 def kernel_timings() -> dict[str, dict[str, float | None]]:
     """Measured ms of every candidate per shape bucket (what the choice was made from), for the benchmark."""
     return {bucket_name(k): v for k, v in _timings.items()}
+
+
+def near_ties(tie: float = TIE, near: float = NEAR_TIE) -> dict[str, dict[str, Any]]:
+    """The measured choices that another machine of the same kind may make differently (`pick`'s rule): a
+    candidate ahead of the chosen one in the order, at a ratio to the fastest just above 1 + tie (elsewhere it
+    may tie and win), or the chosen one itself just inside the tie, not the fastest (elsewhere it may fall
+    out). {bucket: {"chosen": kernel, "ratios": {candidate: ratio to the fastest}}}; pinned buckets (no
+    timings) never are. Runs whose frames must match across machines should pin these (kernel_choices)."""
+    out: dict[str, dict[str, Any]] = {}
+    for key, times in _timings.items():
+        timed = {n: t for n, t in times.items() if t is not None}
+        chosen = _choice.get(key)
+        if len(timed) < 2 or chosen not in timed:
+            continue
+        best = min(timed.values())
+        names = list(timed)
+        ratios: dict[str, float] = {}
+        for i, name in enumerate(names):
+            r = timed[name] / best
+            ahead = i < names.index(chosen) and 1.0 + tie < r <= 1.0 + tie + near
+            leaving = name == chosen and r > 1.0 and r >= 1.0 + tie - near
+            if ahead or leaving:
+                ratios[name] = round(r, 4)
+        if ratios:
+            out[bucket_name(key)] = {"chosen": chosen, "ratios": ratios}
+    return out
