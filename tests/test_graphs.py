@@ -180,6 +180,27 @@ def test_annca_keeping_every_prompt_token_rolls_out_as_dense() -> None:
     assert st["paths"]["cross"].startswith("masked:") and st["ca_density"] == pytest.approx(1.0)
 
 
+def test_annca_switched_in_mid_episode_continues_as_dense() -> None:
+    """Switching to AnnCA alone mid-episode adopts the cache through dense's own adopt; keeping every prompt
+    token, the rollout goes on exactly as dense's (float64), and switching away to fastar afterwards works."""
+    m = random_model(torch.float64)
+    ref = _roll(m, "dense", "off", frames=12)
+    s = Sampler(m, build_mode("dense"), steps=3, graphs="pieces")
+    s.reset(seed=3, prompt="night stone")
+    got = []
+    for i in range(12):
+        if i == 5:
+            s.set_mode(build_mode("annca_quant", ann={"centroids": 1, "probes": 1}, schedule={"layers": None}))
+        k, dx = ACTIONS[i % len(ACTIONS)]
+        got.append(s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float64)))
+    for a, b in zip(ref, got):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10)
+    assert s.mode.stats()["ca_density"] == pytest.approx(1.0) and s.mode._frames[0] == 12
+    s.set_mode(build_mode("fastar", **SMALL["fastar"]))
+    frame = s.step(torch.as_tensor(make_action(("forward",), 0.0)[None], dtype=torch.float64))
+    assert torch.isfinite(frame).all()
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU")
 def test_cuda_annca_whole_pass_graphs_keep_counting_its_metrics() -> None:
     """AnnCA's pass is captured whole (dense's buckets plus the prompt's keep mask); its density and recall
