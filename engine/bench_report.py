@@ -323,7 +323,7 @@ def report_text(doc: dict[str, Any]) -> str:
             f"{' (dirty)' if doc['dirty'] else ''}, {doc['frames']} frames, timer {doc['timer']}",
             ("dense kernels pinned from " + str(doc["kernels"]["pinned_from"]) + " (buckets it lacks: measured)"
              if doc["kernels"].get("pinned_from") else "dense kernels chosen by measurement")
-            + ": " + (json.dumps(chosen) if chosen else "none (no CUDA: the torch SDPA math path runs)"),
+            + ": " + (json.dumps(chosen) if chosen else "none (no CUDA: torch's own SDPA dispatch runs; the kernel column names its kernel)"),
             *near_tie_lines(doc["kernels"].get("near_ties") or {}),
             f"revisit pairs: {len(doc['trace']['revisit_pairs'])} (gap > {doc['trace']['revisit_min_gap']} frames); "
             f"truth's own revisit PSNR: {_f(doc['truth']['revisit_psnr_db'], '{:.2f}')} dB", "",

@@ -564,6 +564,27 @@ def test_near_ties_flag_the_choices_another_machine_may_make_otherwise(monkeypat
     assert len(lines) == 2 and "a chose efficient (cudnn at 1.106x" in lines[0] and "kernel_choices=" in lines[0]
 
 
+def test_cpu_attention_names_the_sdpa_kernel_torch_runs():
+    """On the CPU the call goes to torch's own SDPA dispatch, and the kernel name says which of its kernels that
+    takes (its flash kernel where it can, else math), not a fixed "math" label."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from engine.attention import kernels
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 16, 64, generator=g) for _ in range(3))
+    bias = torch.randn(1, 2, 16, generator=g)
+    kernels.attention(q, k, v, bias=bias)
+    default = kernels.kernel_name()
+    assert default in ("sdpa_flash_cpu", "sdpa_math_cpu")
+    for backend, name in ((SDPBackend.MATH, "sdpa_math_cpu"), (SDPBackend.FLASH_ATTENTION, "sdpa_flash_cpu")):
+        with sdpa_kernel(backend):
+            try:
+                kernels.attention(q, k, v, bias=bias)
+            except RuntimeError:   # a build whose CPU flash kernel cannot take this call: nothing to name
+                continue
+        assert kernels.kernel_name() == name
+
+
 def test_kernel_chooser_skips_fast_wrong_and_failing_candidates():
     """choose(): the fastest candidate that agrees with the reference wins; a faster wrong one (or a NaN one)
     is listed as wrong, one that raises as failed; with only bf16 rounding everywhere nothing is ruled out."""

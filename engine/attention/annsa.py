@@ -72,7 +72,7 @@ def masked_attention(q: torch.Tensor, K: torch.Tensor, V: torch.Tensor, bias: to
     m = torch.where(allowed, 0.0, NEG_BIAS).to(q.dtype)
     if bias is not None:
         m = m + bias[:, :, None, :].to(q.dtype)
-    kernels.note_kernel("sdpa_math_masked" if q.device.type == "cpu" else "sdpa_masked_dense")
+    kernels.note_kernel(kernels.sdpa_name(q, K, V, m, "masked"))
     return torch.nn.functional.scaled_dot_product_attention(q, K, V, attn_mask=m, scale=scale)
 
 

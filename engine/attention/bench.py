@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     dev = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     if dev.type == "cpu" and dtype != torch.float32:
-        dtype = torch.float32   # CPU smoke: the math path, fp32
+        dtype = torch.float32   # CPU smoke: torch's own SDPA dispatch, fp32
     n, H, D = args.tokens, args.heads, args.dim
     timer = _timer(dev)
     info_step = StepInfo(frame=0, step=2, num_steps=4, commit=False)   # progress 0.5: sparse on

@@ -5,7 +5,8 @@ Why measure: on Hopper, torch SDPA picks cuDNN by default, which is fast for lon
 than the FlashAttention-2 backend for one 256-query frame against a long cache. So on CUDA the first call for a
 shape bucket times every backend that accepts the inputs and keeps the fastest (near ties, within TIE, go to a
 fixed order, so that timing noise between near-equal kernels does not change the frames); `kernel_name()` says
-which one ran, and the benchmark reports it. On the CPU the math path runs (and is the float64 reference in tests).
+which one ran, and the benchmark reports it. On the CPU torch's own SDPA dispatch runs (its flash kernel
+where it can, else math; `sdpa_name` says which), float64 included (the tests' reference).
 
 Per-key bias (TempCache's log(group size)): the candidates are every plain kernel on extra-channel inputs and
 the SDPA kernels that take a (B, H, 1, Lk) bias mask natively; the measurement picks among them, so a bias can
@@ -132,6 +133,22 @@ def with_bias_channel(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: t
     kp[..., D] = (bias / scale).to(k.dtype)
     vp = F.pad(v, (0, Dp - D))
     return qp, kp, vp
+
+
+# torch's SDPA backend numbers (torch.nn.attention.SDPBackend), as torch._fused_sdp_choice returns them
+_SDP_BACKENDS = {0: "math", 1: "flash", 2: "efficient", 3: "cudnn"}
+
+
+def sdpa_name(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None, where: str) -> str:
+    """The name of the kernel torch's own SDPA dispatch runs for this call (on the CPU it takes its flash kernel
+    where the shape, dtype and mask allow, else math; session 24 found the label had said "math" while flash ran:
+    at 256 queries x 3328 keys, 6 heads, float32, 2 cores, 9-11 ms against math's 24), e.g.
+    "sdpa_flash_cpu"; "sdpa_<where>" where torch does not say."""
+    try:
+        choice = int(torch._fused_sdp_choice(q, k, v, mask, 0.0, False))
+    except Exception:   # a private helper: a torch without it still runs the call, it is only not named
+        return f"sdpa_{where}"
+    return f"sdpa_{_SDP_BACKENDS.get(choice, 'unknown')}_{where}"
 
 
 def note_kernel(name: str) -> None:
@@ -405,8 +422,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Ten
     D = q.shape[-1]
     scale = 1.0 / math.sqrt(D) if scale is None else scale
     if q.device.type != "cuda" or q.dtype == torch.float64:   # float64: the reference path (tests), any device
-        _last_kernel = "sdpa_math_cpu" if q.device.type != "cuda" else "sdpa_math_float64"
         mask = None if bias is None else bias[:, :, None, :].to(q.dtype)
+        _last_kernel = sdpa_name(q, k, v, mask, "cpu" if q.device.type != "cuda" else "float64")
         return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale)
     biased = bias is not None
     key = _bucket(q, k, biased)
