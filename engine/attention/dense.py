@@ -98,7 +98,6 @@ class DenseAttention(AttentionMode):
         self._ordered = True                     # the cache holds this mode's own commits, in frame order
         self.skipped = 0.0                       # share of the committed keys the last call skipped (horizon)
         self.decay_path = "none"                 # how the last long-context call applied a decay (stats)
-        self._hz: tuple[tuple, torch.Tensor] | None = None   # (key, (L, H) int32 horizons) for triton_decay
         self._warned = False
         self._warned_buckets = False
         self.decay_choice: str | None = None     # decay_kernel=auto: "triton_decay" or "channel", measured once
@@ -283,15 +282,10 @@ class DenseAttention(AttentionMode):
         the length may fall short of its host value when this call is replayed (a bucket's graph), so that
         the key chunks are sized for the longest range any replay reads. kv: K, V to read instead of the
         cache's (the measurement's contiguous copy)."""
-        hz = None
-        if cache.decay is not None:
-            key = (id(cache), id(cache.horizon), self._ordered, cache.decay.data_ptr())
-            if self._hz is None or self._hz[0] != key:
-                rows = cache.horizon if (cache.horizon is not None and self._ordered) else \
-                    [[None] * cache.n_heads for _ in range(cache.n_layers)]
-                hz_all = torch.tensor([[0 if w is None else w for w in row] for row in rows], dtype=torch.int32)
-                self._hz = (key, hz_all.to(cache.device))
-            hz = self._hz[1][layer]
+        # per head the horizon in frames (0: none), made once per set_decay by the cache; None (every slot read)
+        # for a cache another mode filled, whose slots need not be in frame order
+        hz_all = cache.horizon_tensor() if cache.decay is not None and self._ordered else None
+        hz = None if hz_all is None else hz_all[layer]
         length = self._length_tensor(cache.frame.device)   # filled by the caller (eager) or graph_inputs
         starts = self._horizon_starts(cache, layer, n)
         if starts is not None and lag:

@@ -633,7 +633,7 @@ class FastARAttention(AttentionMode):
             out["search_layers"] = list(self._search_layers)   # the others keep a window, no bias once full
             out["plain_layers"] = [x for x in range(self._n_layers or 0) if self._plain(x)]
         for key in ("sa_density", "sa_recall", "ca_density", "ca_recall"):
-            out[key] = self.meter.mean(key)
+            out[key] = self.meter.mean(key, layers)   # from the one summary read above (one sync, not five)
         c = self._cache
         if c is not None:
             # per layer: mean valid slots per head, and (TempCache) groups holding more than one key (log m > 0),

@@ -75,8 +75,10 @@ class LayerMeter:
             out.setdefault(str(layer), {})[name] = v / c
         return out
 
-    def mean(self, name: str) -> float | None:
-        vals = [v / c for (_, n), (v, c) in self._totals().items() if n == name]
+    def mean(self, name: str, summary: dict[str, dict[str, float]] | None = None) -> float | None:
+        """The mean over layers of `name`'s per-layer mean; `summary`: one already read (no second sync)."""
+        rows = (self.summary() if summary is None else summary).values()
+        vals = [row[name] for row in rows if name in row]
         return sum(vals) / len(vals) if vals else None
 
 
