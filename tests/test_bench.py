@@ -278,6 +278,24 @@ def test_revisit_bars_ask_for_more_than_noise() -> None:
     assert paired([1.0, None, 3.0], [0.0, 5.0, 1.0]) == (1.5, 0.5, 2) and paired([1.0], [0.0]) is None
 
 
+def test_quality_bars_name_dense_twin_without_changing_their_verdicts() -> None:
+    """With a dense_twin row the quality and revisit bars quote its figures (the floor that rounding alone sets
+    for free rollouts of this model); PASS/FAIL stay the issue's, decided by fastar, dense and window only."""
+    def row(psnr: float | None, ssim: float | None, rev: float) -> dict:
+        return {"fps_at_3000": 10.0, "mean_fps": 10.0, "ms_at_300": 1.0, "ms_at_3000": 1.0,
+                "peak_mem_mib_at_300": 1.0, "peak_mem_mib_at_3000": 1.0, "psnr_vs_dense_db": psnr,
+                "ssim_vs_dense": ssim, "revisit_psnr_db": rev}
+    s = {"dense": row(None, None, 11.3), "fastar": row(13.8, 0.404, 11.2), "window": row(14.2, 0.42, 11.6)}
+    plain = bars(s, 1, 10, BarsConfig())
+    twin = bars(s | {"dense_twin": row(15.3, 0.482, 11.5)}, 1, 10, BarsConfig())
+    assert [b["status"] for b in twin] == [b["status"] for b in plain]
+    q = next(b for b in twin if b["bar"].startswith("fastar vs dense PSNR"))
+    assert q["status"] == "FAIL" and "dense_twin, the same attention in other rounding: 15.30 dB, 0.482" in q["detail"]
+    r = next(b for b in twin if b["bar"].startswith("revisit:"))
+    assert "(dense_twin 11.50)" in r["detail"]
+    assert not any("dense_twin" in b["detail"] for b in plain)
+
+
 def test_frame_digests_change_from_the_first_frame_that_differs() -> None:
     """The per-frame digests say from which frame two rollouts part; the whole digest, whether they do at all."""
     from engine.bench_run import frame_digests
