@@ -338,6 +338,14 @@ class KVCache:
         for t in self.slot_data.values():
             t[layer, :, :, dst] = t[layer, :, :, src].clone()
 
+    def clear_slots(self, layer: int, start: int, stop: int) -> None:
+        """Mark slots [start, stop) of `layer` empty: NEG_BIAS (no weight in any kernel), frame -1, side data at its
+        fill value. The bounded modes' fixed layouts start (and refill) that way; their K/V are left as they are."""
+        self.bias[layer, :, :, start:stop] = NEG_BIAS
+        self.frame[layer, start:stop] = -1
+        for name, t in self.slot_data.items():
+            t[layer, :, :, start:stop] = self._slot_fill[name]
+
     def set_length(self, layer: int, length: int) -> None:
         if not 0 <= length <= self.capacity:
             raise ValueError(f"KVCache.set_length: {length} outside [0, {self.capacity}]")

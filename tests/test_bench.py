@@ -54,8 +54,10 @@ def test_end_to_end_cpu_tiny(tmp_path: Path) -> None:
     assert doc["summary"]["dense"]["density"] == 1.0 and doc["summary"]["dense"]["psnr_vs_dense_db"] is None
     assert doc["summary"]["window"]["psnr_vs_dense_db"] is not None
     # one step on dense's history: the window (1 sink + 4) holds all of it for frames 1-5, so those equal dense
+    # up to rounding (the window attends over its fixed layout, the empty slots masked: another summation order;
+    # a frame it lost scores ~40 dB here)
     one = doc["modes"]["window"]["series"]["psnr_vs_dense_1step"]
-    assert len(one) == FRAMES and one[:4] == [100.0] * 4 and all(x is not None for x in one)
+    assert len(one) == FRAMES and min(one[:5]) > 80 and all(x is not None for x in one)
     assert doc["modes"]["dense"]["series"]["psnr_vs_dense_1step"] == [None] * FRAMES
     assert doc["summary"]["window"]["ssim_vs_dense_1step"] is not None
     assert doc["modes"]["window"]["params"] == {"sinks": 1, "window": 4}

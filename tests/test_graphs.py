@@ -582,6 +582,52 @@ def test_window_commit_has_one_graph_key_for_every_ring_slot() -> None:
     assert frames[:, 0].tolist() == [0, 4, 5, 3] and bool((frames == frames[:, :1]).all())
 
 
+def test_window_fills_a_fixed_layout_with_one_graph_key() -> None:
+    """While the ring fills, the window already has its fixed length (sinks + window frames of slots, the empty
+    ones masked and frame -1), so its passes have one key and its commits one key (capturable as the full ring's
+    are); commit number c writes frame slot c, through the device scalar graph_inputs sets."""
+    from engine.attention.base import StepInfo
+    from engine.cache import NEG_BIAS
+    m = random_model(torch.float32)
+    keep: list = []
+    _roll(m, "window", "off", frames=2, out_sampler=keep)          # sinks 1 + window 3: two of four frames in
+    s = keep[0]
+    mode, cache = s.mode, s.cache
+    n = m.tokens_per_frame
+    assert cache.length == [4 * n] * cache.n_layers
+    assert cache.frame[0, :4 * n].reshape(4, n)[:, 0].tolist() == [0, 1, -1, -1]
+    assert bool((cache.bias[0, :, :, 2 * n:4 * n] == NEG_BIAS).all()) and bool((cache.bias[0, :, :, :2 * n] == 0).all())
+    assert mode.graph_key(StepInfo(2, 0, 3, False), cache) == ("pass", -2)
+    for f in (2, 3):
+        info = StepInfo(f, 3, 3, True)
+        assert mode.graph_key(info, cache) == ("commit", 1)
+        mode.graph_inputs(info)
+        assert int(mode._dst_t) == f * n                              # the next empty frame slot
+        mode.graph_replayed(info)
+    assert mode.graph_key(StepInfo(4, 0, 3, False), cache) == ("pass", -1)   # full: the ring's keys
+    assert mode.graph_key(StepInfo(4, 3, 3, True), cache) == ("commit", 0)
+
+
+def test_window_repeats_its_frames_after_a_reset_with_the_bias_channel() -> None:
+    """A reset leaves the last episode's keys and bias channel in the storage; the window's fresh layout masks
+    them (channel included, which committed_fresh reads as this frame's), so the second episode repeats the
+    first frame for frame, and equals the maskless path to rounding."""
+    m = _decay_model(torch.float32)
+
+    def episode(s: Sampler) -> list[torch.Tensor]:
+        s.reset(seed=3, prompt="night stone")
+        s.cache.set_bias_channel(True)
+        return [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32))
+                for k, dx in ACTIONS + ACTIONS[:2]]
+    s = Sampler(m, build_mode("window", **SMALL["window"]), steps=3, graphs="off")
+    first, second = episode(s), episode(s)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+    plain = _roll(m, "window", "off", frames=len(first), channel=False)
+    for a, b in zip(plain, first):
+        torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
+
+
 def test_env_pins_kernel_choices_from_a_file(tmp_path) -> None:
     """NeuralEnv(kernel_choices=...) pins the file's kernels for the process and says so in info() (a session's
     meta records it); without it the choices are measured."""

@@ -193,7 +193,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 gpu_ms = kernels._time(call, reps=min(args.reps, 10)) if dev.type == "cuda" else None
                 cap, sparse_kernels.capture = sparse_kernels.capture, None
                 stats = mode.stats()
-                pairs = float(mode.last_pairs) if isinstance(mode, FastARAttention) else n * (cache.length[0] + n) * H
+                # keys held: a window that is still filling attends over its fixed layout, empty slots masked
+                # (computed, weightless); held and pairs count the slots that carry a key, as dense's buckets do
+                held = int(cache.valid(0)[0].sum()) / H
+                pairs = float(mode.last_pairs) if isinstance(mode, FastARAttention) else n * (held + n) * H
                 kernel_ms = None
                 if cap and "args" in cap and any(w in str(stats.get("paths", {}).get("self", "")) for w in ("varlen", "bucketed")):
                     run_kernel = lambda: sparse_kernels._run(*cap["args"])   # noqa: E731
@@ -217,8 +220,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 entry = {"time_ms": ms, "speedup_vs_dense": None, "gpu_ms": gpu_ms, "gpu_speedup_vs_dense": None, "tflops_on_computed": 4 * pairs * D / ms / 1e9,
                          "kernel_only_ms": kernel_ms,
                          "kernel_tflops_on_computed": 4 * pairs * D / kernel_ms / 1e9 if kernel_ms else None,
-                         "density": pairs / dense_pairs, "cache_density": stats.get("cache_density",
-                                                                                   (cache.length[0]) / (F * n)),
+                         "density": pairs / dense_pairs, "cache_density": stats.get("cache_density", held / (F * n)),
                          "recall": recall, "ann_ms": ann_ms, "adopt_s": adopt_s, "kernel": kern,
                          "cache_bytes": cache.nbytes(), "sparse_kernel_errors": sparse_kernels.errors()}
                 if name == "dense":

@@ -218,10 +218,7 @@ class TempCache:
     def _empty_layout(self, cache: KVCache, layer: int, n: int) -> None:
         S = self.slots(n)
         cache.ensure_capacity(S + n)
-        cache.bias[layer, :, :, :S] = NEG_BIAS
-        cache.frame[layer, :S] = -1
-        for name, t in cache.slot_data.items():
-            t[layer, :, :, :S] = cache._slot_fill[name]
+        cache.clear_slots(layer, 0, S)
         cache.set_length(layer, S)
 
     # ---- the commit step --------------------------------------------------------------------------------
