@@ -590,7 +590,8 @@ def test_window_fills_a_fixed_layout_with_one_graph_key() -> None:
     from engine.cache import NEG_BIAS
     m = random_model(torch.float32)
     keep: list = []
-    _roll(m, "window", "off", frames=2, out_sampler=keep)          # sinks 1 + window 3: two of four frames in
+    fixed = {**SMALL["window"], "fill": "fixed"}                   # what fill: auto takes on CUDA
+    _roll(m, "window", "off", frames=2, out_sampler=keep, params=fixed)   # sinks 1 + window 3: two of four in
     s = keep[0]
     mode, cache = s.mode, s.cache
     n = m.tokens_per_frame
@@ -606,6 +607,13 @@ def test_window_fills_a_fixed_layout_with_one_graph_key() -> None:
         mode.graph_replayed(info)
     assert mode.graph_key(StepInfo(4, 0, 3, False), cache) == ("pass", -1)   # full: the ring's keys
     assert mode.graph_key(StepInfo(4, 3, 3, True), cache) == ("commit", 0)
+    # fill: auto grows on the CPU: the frames so far, no key until the ring is full
+    keep = []
+    _roll(m, "window", "off", frames=2, out_sampler=keep)
+    assert keep[0].cache.length == [2 * n] * cache.n_layers and keep[0].mode.graph_key(StepInfo(2, 0, 3, False),
+                                                                                     keep[0].cache) is None
+    with pytest.raises(ValueError, match="fill must be auto, fixed or grow"):
+        build_mode("window", fill="sometimes")
 
 
 def test_window_repeats_its_frames_after_a_reset_with_the_bias_channel() -> None:
@@ -619,11 +627,12 @@ def test_window_repeats_its_frames_after_a_reset_with_the_bias_channel() -> None
         s.cache.set_bias_channel(True)
         return [s.step(torch.as_tensor(make_action(k, dx)[None], dtype=torch.float32))
                 for k, dx in ACTIONS + ACTIONS[:2]]
-    s = Sampler(m, build_mode("window", **SMALL["window"]), steps=3, graphs="off")
+    fixed = {**SMALL["window"], "fill": "fixed"}
+    s = Sampler(m, build_mode("window", **fixed), steps=3, graphs="off")
     first, second = episode(s), episode(s)
     for a, b in zip(first, second):
         assert torch.equal(a, b)
-    plain = _roll(m, "window", "off", frames=len(first), channel=False)
+    plain = _roll(m, "window", "off", frames=len(first), channel=False)   # grows, no channel
     for a, b in zip(plain, first):
         torch.testing.assert_close(b, a, rtol=1e-4, atol=1e-4)
 

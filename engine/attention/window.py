@@ -4,11 +4,16 @@ Constant memory and time per frame (the capacity is fixed up front), as Self-For
 Matrix-Game 2.0 do; but a place that left the window is forgotten. Slots: [0, sinks*n) the first frames,
 then a ring of `window` frames; the frame being generated sits in the scratch slots after them.
 
-The layout is fixed from a layer's first call: all (sinks + window) frames of slots, those not yet written
-empty (NEG_BIAS, frame -1), as TempCache's are. So the attention has one shape from the first frame on and
-the passes are captured as CUDA graphs while the ring fills too; commit number c writes frame slot c until the
-ring is full, then the oldest ring frame. (Growing the length while filling left the first sinks + window
-frames eager: 16.5 ms a frame against 4.2 once full on the H100, session 25.)
+While the ring fills (`fill`):
+- "fixed" (auto on CUDA): the layout is fixed from a layer's first call: all (sinks + window) frames of slots,
+  those not yet written empty (NEG_BIAS, frame -1), as TempCache's are. The attention has one shape from the
+  first frame on, so the passes are captured as CUDA graphs while the ring fills too; commit number c writes
+  frame slot c until the ring is full, then the oldest ring frame. (Growing left the first sinks + window
+  frames eager on the H100: 16.5 ms a frame against 4.2 once full, session 25.)
+- "grow" (auto elsewhere): the cache grows by a frame at each commit until the ring is full, so a frame
+  attends to the frames so far only. Nothing is captured on a CPU, and there the masked slots would cost:
+  ~850 ms a frame from the first frame of CPU play against 340-700 ms while growing (2 cores, session 25).
+Both compute the same function (empty slots get no weight), in another summation order.
 """
 from __future__ import annotations
 
@@ -25,11 +30,15 @@ from engine.cache import KVCache
 class WindowConfig:
     sinks: int = 1     # first frames kept forever (attention sinks)
     window: int = 32   # most recent frames kept
+    fill: str = "auto"  # while the ring fills: fixed (every slot from the start, the empty ones masked:
+                        # capturable) | grow (the frames so far) | auto (fixed on CUDA, grow elsewhere)
 
     def __post_init__(self) -> None:
         if self.sinks < 0 or self.window < 1:
             raise ValueError(f"window attention: sinks must be >= 0 and window >= 1, got sinks={self.sinks} "
                              f"window={self.window}")
+        if self.fill not in ("auto", "fixed", "grow"):
+            raise ValueError(f"window attention: fill must be auto, fixed or grow, got {self.fill!r}")
 
 
 class WindowAttention(AttentionMode):
@@ -45,25 +54,33 @@ class WindowAttention(AttentionMode):
     def capacity_tokens(self, tokens_per_frame: int) -> int:
         return (self.cfg.sinks + self.cfg.window + 1) * tokens_per_frame   # +1: the scratch frame
 
+    def fixed(self, cache: KVCache) -> bool:
+        """Whether the layout is fixed while the ring fills (WindowConfig.fill)."""
+        return self.cfg.fill == "fixed" or (self.cfg.fill == "auto" and cache.device.type == "cuda")
+
     def self_attention(self, layer: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cache: KVCache,
                        info: StepInfo) -> torch.Tensor:
         n = self._n = k.shape[2]
         kept = self.cfg.sinks + self.cfg.window
-        if cache.length[layer] != kept * n:
+        fixed = self.fixed(cache)
+        if fixed and cache.length[layer] != kept * n:
             self._fixed_layout(cache, layer, n)
         done = self._frames.get(layer, 0)
         end = cache.write_scratch(layer, k, v)
         # a cache adopted from TempCache keeps its group weights and emptied slots until the ring overwrites them;
-        # while the ring fills, its empty slots are masked by their bias (committed slots change only at the
-        # commit below: their bias channel is the frame's refresh)
-        out = kernels.cache_attention(q, cache, layer, end, bool(self._biased.get(layer)) or done < kept,
+        # a fixed layout's empty slots are masked by their bias while the ring fills (committed slots change only
+        # at the commit below: their bias channel is the frame's refresh)
+        out = kernels.cache_attention(q, cache, layer, end, bool(self._biased.get(layer)) or (fixed and done < kept),
                                       committed_fresh=True)
-        if info.commit:   # into the next empty frame slot, or over the oldest frame of the ring
-            cache.move_at(layer, slice(end - n, end), self._dst_tensor(done, n, cache.frame.device),
-                          self.frame_tensor(info, cache.frame.device))
-            if done >= kept and self._biased.get(layer) and (done - self.cfg.sinks) % self.cfg.window == \
-                    self.cfg.window - 1:   # a full turn of the ring: recheck the adopted biases once
-                self._biased[layer] = bool((cache.view(layer)[2] != 0).any())
+        if info.commit:
+            if not fixed and done < kept:   # growing: the frame joins the frames so far
+                cache.commit_scratch(layer, n, info.frame)
+            else:   # into the next empty frame slot of a fixed layout, or over the oldest frame of the ring
+                cache.move_at(layer, slice(end - n, end), self._dst_tensor(done, n, cache.frame.device),
+                              self.frame_tensor(info, cache.frame.device))
+                if done >= kept and self._biased.get(layer) and (done - self.cfg.sinks) % self.cfg.window == \
+                        self.cfg.window - 1:   # a full turn of the ring: recheck the adopted biases once
+                    self._biased[layer] = bool((cache.view(layer)[2] != 0).any())
             self._frames[layer] = done + 1
         return out
 
@@ -96,22 +113,25 @@ class WindowAttention(AttentionMode):
         return t
 
     def _ring_start(self, done: int, n: int) -> int:
-        """First slot that commit number `done` writes: the next empty frame slot while the ring fills, then the
-        oldest frame of the ring."""
+        """First slot that commit number `done` writes: the next empty frame slot while a fixed layout fills,
+        then the oldest frame of the ring."""
         if done < self.cfg.sinks + self.cfg.window:
             return done * n
         return (self.cfg.sinks + (done - self.cfg.sinks) % self.cfg.window) * n
 
     def graph_key(self, info: StepInfo, cache: KVCache) -> tuple[str, int] | None:
-        """Capturable once every layer is in the fixed layout (after its first call) and no slot carries an
-        adopted bias: one pair of graphs while the ring fills (empty slots masked), one once it is full. The
-        slot a commit writes is a device scalar (graph_inputs), so one commit graph serves every slot."""
+        """Capturable once every layer has its fixed length and no slot carries an adopted bias: with a fixed
+        layout one pair of graphs while the ring fills (empty slots masked) and one once it is full; growing,
+        only once it is full. The slot a commit writes is a device scalar (graph_inputs), so one commit graph
+        serves every slot."""
         if any(self._biased.values()) or len(self._frames) != cache.n_layers:
             return None
         done = set(self._frames.values())
         if len(done) != 1:
             return None
         full = done.pop() >= self.cfg.sinks + self.cfg.window
+        if not full and not self.fixed(cache):
+            return None   # the length grows at every commit
         if info.commit:
             return ("commit", 0 if full else 1)
         return ("pass", -1 if full else -2)
@@ -152,13 +172,13 @@ class WindowAttention(AttentionMode):
             cache.bias[layer, :, :, :m], cache.frame[layer, :m] = src_b, src_f
             for name, t in side.items():
                 cache.slot_data[name][layer, :, :, :m] = t
-            # the fixed layout: the rest of the last kept frame and the frame slots after it are empty (for the
-            # next commits to fill)
-            S = n_sink + n_win
-            cache.ensure_capacity(S + n)
-            cache.clear_slots(layer, m, S)
+            # the rest of the last kept frame is empty, and with a fixed layout the frame slots after it too (for
+            # the next commits to fill)
+            top = n_sink + n_win if self.fixed(cache) else padded
+            cache.ensure_capacity(top + n)
+            cache.clear_slots(layer, m, top)
             self._biased[layer] = bool((cache.bias[layer, :, :, :padded] != 0).any())
-            cache.set_length(layer, S)
+            cache.set_length(layer, top)
             # next commit fills frame slot padded // n, or (ring full) overwrites ring slot (done - sinks) % window:
             # the oldest kept window frame
             self._frames[layer] = padded // n
