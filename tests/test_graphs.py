@@ -619,7 +619,7 @@ def test_window_fills_a_fixed_layout_with_one_graph_key() -> None:
 def test_window_repeats_its_frames_after_a_reset_with_the_bias_channel() -> None:
     """A reset leaves the last episode's keys and bias channel in the storage; the window's fresh layout masks
     them (channel included, which committed_fresh reads as this frame's), so the second episode repeats the
-    first frame for frame, and equals the maskless path to rounding."""
+    first frame for frame, and equals the growing path without a channel to rounding."""
     m = _decay_model(torch.float32)
 
     def episode(s: Sampler) -> list[torch.Tensor]:
