@@ -7,10 +7,5 @@ commit=$1
 source tools/gpu/setup.sh
 python3 -m pytest -q -p no:cacheprovider tests/test_graphs.py tests/test_model_core.py tests/test_attention_fastar.py \
   -k "window" 2>&1 | tail -n 6
-o=runs/results/s25w
-mkdir -p $o
-python3 -m engine.bench out=$o "commit='$commit'" progress=false compile=true frames=300 plots=false \
-  'modes=[dense,window]' kernel_choices=docs/results/bench_h100_s24_all6/bench.json.gz 2>&1 | grep --line-buffered -v Warn
-gzip -f $o/bench.json
-tar czf runs/results/s25w.tgz -C runs/results s25w
-echo "=== done $(date)"
+bash tools/gpu/s21.sh $commit s25w '[dense,window]' frames=300 plots=false \
+  kernel_choices=docs/results/bench_h100_s24_all6/bench.json.gz
